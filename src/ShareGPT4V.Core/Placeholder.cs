@@ -1,0 +1,1 @@
+namespace ShareGPT4V;
