@@ -1,0 +1,191 @@
+using System.Diagnostics;
+using ShareGPT4V.Configuration;
+using ShareGPT4V.Modeling;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace ShareGPT4V.Checkpoints;
+
+/// <summary>Progress of a model load.</summary>
+public readonly record struct LoadProgress(int TensorsLoaded, int TensorsTotal, long BytesLoaded, long BytesTotal, string? CurrentTensor);
+
+/// <summary>How to load a model.</summary>
+public sealed record LoadOptions
+{
+    /// <summary>Element type the weights are kept and computed in (float32 by default: on CPU it is by far the fastest).</summary>
+    public ScalarType DType { get; init; } = ScalarType.Float32;
+    /// <summary>Device for the weights (CPU by default).</summary>
+    public Device? Device { get; init; }
+    /// <summary>Overrides the CLIP tower folder named by <c>mm_vision_tower</c> (original layout).</summary>
+    public string? VisionTowerPath { get; init; }
+}
+
+/// <summary>
+/// Loads a <see cref="LlavaModel"/> from a checkpoint folder of either layout. The checkpoint is checked against the
+/// model's full list of parameter names and shapes before any weight is read, so a missing, unexpected or
+/// mis-shaped tensor fails the load with one message naming every problem, and nothing half-loaded is returned.
+/// </summary>
+public static class ModelLoader
+{
+    /// <summary>Opens the tensors of a folder. Replaceable so other checkpoint formats can plug in.</summary>
+    internal static Func<string, ITensorReader> OpenFolder { get; set; } = OpenSafeTensorsFolder;
+
+    public static LlavaModel Load(string modelPath, LoadOptions? options = null, IProgress<LoadProgress>? progress = null,
+        CancellationToken cancellationToken = default)
+    {
+        options ??= new LoadOptions();
+        var folder = ModelFolder.Open(modelPath, options.VisionTowerPath);
+        return Load(folder, options, progress, cancellationToken);
+    }
+
+    public static LlavaModel Load(ModelFolder folder, LoadOptions options, IProgress<LoadProgress>? progress = null,
+        CancellationToken cancellationToken = default)
+    {
+        var readers = new List<(ITensorReader Reader, CheckpointPart Part)>();
+        try
+        {
+            if (folder.Config.Layout == CheckpointLayout.LlavaHf)
+                readers.Add((OpenFolder(folder.ModelPath), CheckpointPart.LlavaHf));
+            else
+            {
+                readers.Add((OpenFolder(folder.ModelPath), CheckpointPart.OriginalLanguageModel));
+                readers.Add((OpenFolder(folder.VisionTowerPath), CheckpointPart.VisionTower));
+            }
+            return Load(folder.Config, readers, options, progress, cancellationToken);
+        }
+        finally
+        {
+            // Loaded tensors are views that keep their own reference to the mapped files.
+            foreach (var (r, _) in readers) r.Dispose();
+        }
+    }
+
+    /// <summary>Builds the model from already-open readers (each tagged with how its keys map).</summary>
+    public static LlavaModel Load(LlavaConfig config, IReadOnlyList<(ITensorReader Reader, CheckpointPart Part)> readers,
+        LoadOptions options, IProgress<LoadProgress>? progress = null, CancellationToken cancellationToken = default)
+    {
+        // 1. Our name -> (reader, key) for every tensor the checkpoint offers.
+        var sources = new Dictionary<string, (ITensorReader Reader, string Key)>(StringComparer.Ordinal);
+        foreach (var (reader, part) in readers)
+            foreach (var key in reader.Names)
+            {
+                var name = CheckpointKeyMap.Map(key, part, config);
+                if (name is null) continue;
+                if (config.Text.TieWordEmbeddings && name == "language_model.lm_head.weight") continue;
+                if (!sources.TryAdd(name, (reader, key)))
+                    throw new CheckpointFormatException($"Two checkpoint tensors map to parameter '{name}' ('{sources[name].Key}' in {sources[name].Reader.Source} and '{key}')", reader.Source, key);
+            }
+
+        // 2. The model's expected names and shapes, from a build on the meta device (no memory).
+        var meta = new MetaWeightSource(options.DType);
+        using (var _ = new LlavaModel(config, meta)) { }
+        var problems = new List<string>();
+        var expected = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var (name, shape) in meta.Requested)
+        {
+            expected.Add(name);
+            if (!sources.TryGetValue(name, out var src))
+            {
+                problems.Add($"missing tensor '{name}' (expected shape [{string.Join(", ", shape)}])");
+                continue;
+            }
+            var info = src.Reader.GetInfo(src.Key);
+            if (!info.Shape.SequenceEqual(shape))
+                problems.Add($"tensor '{src.Key}' in {info.FilePath} has shape [{string.Join(", ", info.Shape)}], expected [{string.Join(", ", shape)}]");
+            else if (!IsFloating(info.DType))
+                problems.Add($"tensor '{src.Key}' in {info.FilePath} has dtype {info.DType}, expected a floating-point type");
+        }
+        foreach (var (name, src) in sources)
+            if (!expected.Contains(name))
+                problems.Add($"unexpected tensor '{src.Key}' in {src.Reader.Source}");
+        if (problems.Count > 0)
+        {
+            const int shown = 20;
+            var text = string.Join("; ", problems.Take(shown)) + (problems.Count > shown ? $"; and {problems.Count - shown} more" : "");
+            throw new CheckpointFormatException($"The checkpoint does not match the model ({problems.Count} problem(s)): {text}",
+                string.Join(", ", readers.Select(r => r.Reader.Source)));
+        }
+
+        // 3. Materialise: every parameter straight from its checkpoint tensor.
+        long totalBytes = meta.Requested.Sum(r => r.Shape.Aggregate(1L, (a, b) => a * b) * ElementSize(options.DType));
+        var source = new CheckpointWeightSource(sources, options, meta.Requested.Count, totalBytes, progress, cancellationToken);
+        try
+        {
+            using var noGrad = torch.no_grad();
+            return new LlavaModel(config, source);
+        }
+        catch
+        {
+            source.DisposeCreated();
+            throw;
+        }
+    }
+
+    private static bool IsFloating(ScalarType t) =>
+        t is ScalarType.Float32 or ScalarType.Float16 or ScalarType.BFloat16 or ScalarType.Float64;
+
+    internal static int ElementSize(ScalarType t) => t switch
+    {
+        ScalarType.Float64 or ScalarType.Int64 => 8,
+        ScalarType.Float32 or ScalarType.Int32 => 4,
+        ScalarType.Float16 or ScalarType.BFloat16 or ScalarType.Int16 => 2,
+        _ => 1,
+    };
+
+    private static ITensorReader OpenSafeTensorsFolder(string dir)
+    {
+        var index = Path.Combine(dir, "model.safetensors.index.json");
+        if (File.Exists(index)) return ShardedTensorReader.OpenIndex(index, SafeTensorsFile.Open);
+        var single = Path.Combine(dir, "model.safetensors");
+        if (File.Exists(single)) return SafeTensorsFile.Open(single);
+        var any = Directory.Exists(dir) ? Directory.GetFiles(dir, "*.safetensors") : Array.Empty<string>();
+        if (any.Length == 1) return SafeTensorsFile.Open(any[0]);
+        var found = Directory.Exists(dir) ? string.Join(", ", Directory.GetFiles(dir).Select(Path.GetFileName)) : "(folder missing)";
+        throw new CheckpointFormatException($"No supported checkpoint found (looked for model.safetensors.index.json, model.safetensors; found: {found})", dir);
+    }
+
+    private sealed class CheckpointWeightSource : WeightSource
+    {
+        private readonly Dictionary<string, (ITensorReader Reader, string Key)> _sources;
+        private readonly LoadOptions _options;
+        private readonly int _total;
+        private readonly long _totalBytes;
+        private readonly IProgress<LoadProgress>? _progress;
+        private readonly CancellationToken _ct;
+        private readonly List<Tensor> _created = new();
+        private long _bytes;
+        private readonly Stopwatch _sinceReport = Stopwatch.StartNew();
+
+        public CheckpointWeightSource(Dictionary<string, (ITensorReader, string)> sources, LoadOptions options, int total,
+            long totalBytes, IProgress<LoadProgress>? progress, CancellationToken ct)
+        {
+            _sources = sources;
+            _options = options;
+            _total = total;
+            _totalBytes = totalBytes;
+            _progress = progress;
+            _ct = ct;
+        }
+
+        public override Tensor Take(string name, long[] shape)
+        {
+            _ct.ThrowIfCancellationRequested();
+            var (reader, key) = _sources[name];
+            var t = reader.Load(key, _options.DType, _options.Device);
+            _created.Add(t);
+            _bytes += t.NumberOfElements * t.ElementSize;
+            if (_progress is not null && (_sinceReport.ElapsedMilliseconds >= 100 || _created.Count == _total))
+            {
+                _progress.Report(new LoadProgress(_created.Count, _total, _bytes, _totalBytes, name));
+                _sinceReport.Restart();
+            }
+            return t;
+        }
+
+        public void DisposeCreated()
+        {
+            foreach (var t in _created) t.Dispose();
+            _created.Clear();
+        }
+    }
+}

@@ -1,0 +1,64 @@
+namespace ShareGPT4V.Configuration;
+
+/// <summary>
+/// The CLIP vision tower's configuration. Defaults are those of transformers' <c>CLIPVisionConfig</c>
+/// (ViT-B/32 at 224 px, <c>quick_gelu</c>), applied to keys a config omits.
+/// </summary>
+public sealed record ClipVisionConfig
+{
+    public int HiddenSize { get; init; } = 768;
+    public int IntermediateSize { get; init; } = 3072;
+    public int NumHiddenLayers { get; init; } = 12;
+    public int NumAttentionHeads { get; init; } = 12;
+    public int NumChannels { get; init; } = 3;
+    public int ImageSize { get; init; } = 224;
+    public int PatchSize { get; init; } = 32;
+    public string HiddenAct { get; init; } = "quick_gelu";
+    public double LayerNormEps { get; init; } = 1e-5;
+
+    public int NumPatches => (ImageSize / PatchSize) * (ImageSize / PatchSize);
+    public int HeadDim => HiddenSize / NumAttentionHeads;
+
+    /// <summary>The real CLIP ViT-L/14-336 tower of LLaVA-1.5 / ShareGPT4V (also what <c>LlavaConfig</c> assumes without a vision_config).</summary>
+    public static ClipVisionConfig VitLarge336 { get; } = new()
+    {
+        HiddenSize = 1024, IntermediateSize = 4096, NumHiddenLayers = 24, NumAttentionHeads = 16,
+        ImageSize = 336, PatchSize = 14,
+    };
+
+    internal static ClipVisionConfig FromJson(JsonConfigReader r, ClipVisionConfig? defaults = null)
+    {
+        var d = defaults ?? new ClipVisionConfig();
+        var cfg = new ClipVisionConfig
+        {
+            HiddenSize = r.Int("hidden_size", d.HiddenSize),
+            IntermediateSize = r.Int("intermediate_size", d.IntermediateSize),
+            NumHiddenLayers = r.Int("num_hidden_layers", d.NumHiddenLayers),
+            NumAttentionHeads = r.Int("num_attention_heads", d.NumAttentionHeads),
+            NumChannels = r.Int("num_channels", d.NumChannels),
+            ImageSize = r.Int("image_size", d.ImageSize),
+            PatchSize = r.Int("patch_size", d.PatchSize),
+            HiddenAct = r.String("hidden_act", d.HiddenAct)!,
+            LayerNormEps = r.Double("layer_norm_eps", d.LayerNormEps),
+        };
+        cfg.Validate(r.FilePath);
+        return cfg;
+    }
+
+    public void Validate(string? file = null)
+    {
+        LlamaConfig.Check(HiddenSize, 1, 1 << 15, "hidden_size", file);
+        LlamaConfig.Check(IntermediateSize, 1, 1 << 17, "intermediate_size", file);
+        LlamaConfig.Check(NumHiddenLayers, 1, 256, "num_hidden_layers", file);
+        LlamaConfig.Check(NumAttentionHeads, 1, 256, "num_attention_heads", file);
+        LlamaConfig.Check(NumChannels, 1, 4, "num_channels", file);
+        LlamaConfig.Check(ImageSize, 1, 4096, "image_size", file);
+        LlamaConfig.Check(PatchSize, 1, ImageSize, "patch_size", file);
+        if (HiddenSize % NumAttentionHeads != 0)
+            throw new ModelConfigurationException($"hidden_size ({HiddenSize}) is not a multiple of num_attention_heads ({NumAttentionHeads})", file, "hidden_size");
+        if (HiddenAct is not ("quick_gelu" or "gelu" or "gelu_new" or "gelu_pytorch_tanh"))
+            throw new ModelConfigurationException($"Unsupported hidden_act '{HiddenAct}' for CLIP (supported: quick_gelu, gelu, gelu_new, gelu_pytorch_tanh)", file, "hidden_act");
+        if (!(LayerNormEps > 0 && LayerNormEps < 1))
+            throw new ModelConfigurationException($"layer_norm_eps {LayerNormEps} is out of range", file, "layer_norm_eps");
+    }
+}

@@ -1,0 +1,274 @@
+using ShareGPT4V.Configuration;
+using ShareGPT4V.Generation;
+using ShareGPT4V.Modeling;
+using TorchSharp;
+using TorchSharp.Modules;
+using TorchSharp.Utils;
+using static TorchSharp.torch;
+using Embedding = ShareGPT4V.Modeling.Embedding;
+using Linear = ShareGPT4V.Modeling.Linear;
+
+namespace ShareGPT4V.Language;
+
+/// <summary>Which logits a forward pass computes: the vocabulary projection is the largest matmul of a decode step.</summary>
+public enum LogitsMode
+{
+    /// <summary>Logits for every position (checks, scoring).</summary>
+    All,
+    /// <summary>Logits for the last position of each row only (generation).</summary>
+    Last,
+    /// <summary>No logits (prefill of a prompt whose continuation is supplied).</summary>
+    None,
+}
+
+/// <summary>
+/// The LLaMA causal language model (transformers' <c>LlamaForCausalLM</c>): token embeddings, decoder layers with
+/// RMSNorm, rotary grouped-query attention and a SwiGLU MLP, final norm and the LM head. Keys: <c>model.*</c>, <c>lm_head.*</c>.
+/// Takes input embeddings as a first-class input so image features can be spliced in.
+/// </summary>
+public sealed class LlamaModel : nn.Module<Tensor, Tensor>
+{
+    [ComponentName(Name = "model")] private readonly LlamaTransformer _model;
+    [ComponentName(Name = "lm_head")] private readonly Linear? _lmHead;
+    private readonly RotaryEmbedding _rope;
+
+    public LlamaConfig Config { get; }
+
+    public LlamaModel(string prefix, LlamaConfig config, WeightSource w) : base(nameof(LlamaModel))
+    {
+        Config = config;
+        _model = new LlamaTransformer(Join(prefix, "model"), config, w);
+        // Tied embeddings reuse embed_tokens as the output projection; the checkpoint then has no lm_head.
+        if (!config.TieWordEmbeddings)
+            _lmHead = new Linear(Join(prefix, "lm_head"), config.HiddenSize, config.VocabSize, false, w);
+        _rope = new RotaryEmbedding(config);
+        RegisterComponents();
+    }
+
+    private static string Join(string prefix, string name) => prefix.Length == 0 ? name : prefix + "." + name;
+
+    public ScalarType DType => _model.EmbedTokens.Weight.dtype;
+    public Device Device => _model.EmbedTokens.Weight.device;
+
+    /// <summary>Token ids [B, T] → embeddings [B, T, H]. Ids outside the vocabulary are refused.</summary>
+    public Tensor Embed(Tensor ids)
+    {
+        if (ids.numel() > 0)
+        {
+            long min = ids.min().item<long>(), max = ids.max().item<long>();
+            if (min < 0 || max >= Config.VocabSize)
+                throw new PromptException($"Token id {(min < 0 ? min : max)} is outside the vocabulary [0, {Config.VocabSize})");
+        }
+        return _model.EmbedTokens.forward(ids);
+    }
+
+    /// <summary>Full forward on token ids without cache (logits for every position).</summary>
+    public override Tensor forward(Tensor ids)
+    {
+        using var scope = NewDisposeScope();
+        var emb = Embed(ids);
+        long b = ids.shape[0], t = ids.shape[1];
+        var pos = torch.arange(t, ScalarType.Int64, ids.device).unsqueeze(0).expand(b, t);
+        return Forward(emb, pos, null, null, 0, LogitsMode.All).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// One forward pass over input embeddings [B, T, H] at positions <paramref name="positionIds"/> [B, T].
+    /// <paramref name="attentionMask"/> [B, start + T] marks real tokens (1) and padding (0) over the cached and new
+    /// positions; null means no padding. With a cache, k/v are written at [start, start + T).
+    /// <paramref name="hiddenStates"/>, when given, receives the input of each layer and the final normed output.
+    /// </summary>
+    public Tensor Forward(Tensor inputsEmbeds, Tensor positionIds, Tensor? attentionMask, KvCache? cache, long start,
+        LogitsMode logits, List<Tensor>? hiddenStates = null)
+    {
+        using var scope = NewDisposeScope();
+        long b = inputsEmbeds.shape[0], t = inputsEmbeds.shape[1];
+        long total = start + t;
+        if (cache is null && start != 0)
+            throw new ArgumentException("A start position needs a KV cache", nameof(start));
+        var h = inputsEmbeds.to(DType);
+        var (cos, sin) = _rope.Get(positionIds, h.dtype);
+        var mask = BuildMask(attentionMask, b, t, start, h.dtype, h.device);
+        for (int i = 0; i < _model.Layers.Count; i++)
+        {
+            if (hiddenStates is not null) hiddenStates.Add(h.alias().MoveToOuterDisposeScope());
+            h = _model.Layers[i].Forward(h, cos, sin, mask, cache, i, start);
+        }
+        h = _model.Norm.forward(h);
+        if (hiddenStates is not null) hiddenStates.Add(h.alias().MoveToOuterDisposeScope());
+        Tensor result = logits switch
+        {
+            LogitsMode.None => torch.empty(0),
+            LogitsMode.Last => Project(h.narrow(1, t - 1, 1)),
+            _ => Project(h),
+        };
+        return result.MoveToOuterDisposeScope();
+    }
+
+    private Tensor Project(Tensor h) =>
+        _lmHead is not null ? _lmHead.forward(h) : nn.functional.linear(h, _model.EmbedTokens.Weight, null);
+
+    /// <summary>
+    /// Additive mask [B, 1, T, start + T]: causal over positions, padding keys excluded. The dtype's lowest value
+    /// (not -inf) keeps fully-masked padding rows finite, so no NaN can reach real rows through 0 × NaN.
+    /// </summary>
+    private static Tensor? BuildMask(Tensor? attentionMask, long b, long t, long start, ScalarType dtype, Device device)
+    {
+        long total = start + t;
+        if (attentionMask is null && t == 1)
+            return null; // one new token attends to everything cached: no mask needed
+        using var scope = NewDisposeScope();
+        var qPos = torch.arange(start, total, ScalarType.Int64, device).unsqueeze(1); // [T, 1]
+        var kPos = torch.arange(0, total, ScalarType.Int64, device).unsqueeze(0);     // [1, S]
+        var allowed = (kPos <= qPos).unsqueeze(0).unsqueeze(0);                          // [1, 1, T, S]
+        if (attentionMask is not null)
+        {
+            if (attentionMask.shape[0] != b || attentionMask.shape[1] != total)
+                throw new ArgumentException($"Attention mask has shape [{string.Join(", ", attentionMask.shape)}], expected [{b}, {total}]");
+            var keyOk = attentionMask.to(ScalarType.Bool).reshape(b, 1, 1, total);
+            allowed = allowed.logical_and(keyOk);
+        }
+        double min = dtype switch
+        {
+            ScalarType.Float16 => -65504.0,
+            ScalarType.BFloat16 => -3.3895313892515355e38,
+            ScalarType.Float64 => double.MinValue,
+            _ => float.MinValue,
+        };
+        var m = torch.zeros(allowed.shape, dtype, device).masked_fill(allowed.logical_not(), min);
+        return m.expand(b, 1, t, total).MoveToOuterDisposeScope();
+    }
+
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing) _rope.Dispose();
+        base.Dispose(disposing);
+    }
+}
+
+internal sealed class LlamaTransformer : nn.Module<Tensor, Tensor>
+{
+    [ComponentName(Name = "embed_tokens")] private readonly Embedding _embedTokens;
+    [ComponentName(Name = "layers")] private readonly ModuleList<LlamaDecoderLayer> _layers;
+    [ComponentName(Name = "norm")] private readonly RmsNorm _norm;
+
+    public LlamaTransformer(string prefix, LlamaConfig c, WeightSource w) : base(nameof(LlamaTransformer))
+    {
+        _embedTokens = new Embedding(prefix + ".embed_tokens", c.VocabSize, c.HiddenSize, w);
+        _layers = new ModuleList<LlamaDecoderLayer>();
+        for (int i = 0; i < c.NumHiddenLayers; i++)
+            _layers.Add(new LlamaDecoderLayer($"{prefix}.layers.{i}", c, w));
+        _norm = new RmsNorm(prefix + ".norm", c.HiddenSize, c.RmsNormEps, w);
+        RegisterComponents();
+    }
+
+    public Embedding EmbedTokens => _embedTokens;
+    public ModuleList<LlamaDecoderLayer> Layers => _layers;
+    public RmsNorm Norm => _norm;
+
+    public override Tensor forward(Tensor x) => throw new NotSupportedException("Use LlamaModel.Forward");
+}
+
+internal sealed class LlamaDecoderLayer : nn.Module<Tensor, Tensor>
+{
+    [ComponentName(Name = "self_attn")] private readonly LlamaAttention _selfAttn;
+    [ComponentName(Name = "mlp")] private readonly LlamaMlp _mlp;
+    [ComponentName(Name = "input_layernorm")] private readonly RmsNorm _inputLayernorm;
+    [ComponentName(Name = "post_attention_layernorm")] private readonly RmsNorm _postAttentionLayernorm;
+
+    public LlamaDecoderLayer(string prefix, LlamaConfig c, WeightSource w) : base(nameof(LlamaDecoderLayer))
+    {
+        _selfAttn = new LlamaAttention(prefix + ".self_attn", c, w);
+        _mlp = new LlamaMlp(prefix + ".mlp", c, w);
+        _inputLayernorm = new RmsNorm(prefix + ".input_layernorm", c.HiddenSize, c.RmsNormEps, w);
+        _postAttentionLayernorm = new RmsNorm(prefix + ".post_attention_layernorm", c.HiddenSize, c.RmsNormEps, w);
+        RegisterComponents();
+    }
+
+    public Tensor Forward(Tensor x, Tensor cos, Tensor sin, Tensor? mask, KvCache? cache, int layer, long start)
+    {
+        using var scope = NewDisposeScope();
+        var h = x + _selfAttn.Forward(_inputLayernorm.forward(x), cos, sin, mask, cache, layer, start);
+        h = h + _mlp.forward(_postAttentionLayernorm.forward(h));
+        return h.MoveToOuterDisposeScope();
+    }
+
+    public override Tensor forward(Tensor x) => throw new NotSupportedException("Use Forward with rotary tables");
+}
+
+internal sealed class LlamaAttention : nn.Module<Tensor, Tensor>
+{
+    [ComponentName(Name = "q_proj")] private readonly Linear _qProj;
+    [ComponentName(Name = "k_proj")] private readonly Linear _kProj;
+    [ComponentName(Name = "v_proj")] private readonly Linear _vProj;
+    [ComponentName(Name = "o_proj")] private readonly Linear _oProj;
+    private readonly int _heads, _kvHeads, _headDim;
+
+    public LlamaAttention(string prefix, LlamaConfig c, WeightSource w) : base(nameof(LlamaAttention))
+    {
+        _heads = c.NumAttentionHeads;
+        _kvHeads = c.NumKeyValueHeads;
+        _headDim = c.HeadDim;
+        _qProj = new Linear(prefix + ".q_proj", c.HiddenSize, (long)_heads * _headDim, c.AttentionBias, w);
+        _kProj = new Linear(prefix + ".k_proj", c.HiddenSize, (long)_kvHeads * _headDim, c.AttentionBias, w);
+        _vProj = new Linear(prefix + ".v_proj", c.HiddenSize, (long)_kvHeads * _headDim, c.AttentionBias, w);
+        _oProj = new Linear(prefix + ".o_proj", (long)_heads * _headDim, c.HiddenSize, c.AttentionBias, w);
+        RegisterComponents();
+    }
+
+    public Tensor Forward(Tensor x, Tensor cos, Tensor sin, Tensor? mask, KvCache? cache, int layer, long start)
+    {
+        using var scope = NewDisposeScope();
+        long b = x.shape[0], t = x.shape[1];
+        var q = _qProj.forward(x).view(b, t, _heads, _headDim).transpose(1, 2);
+        var k = _kProj.forward(x).view(b, t, _kvHeads, _headDim).transpose(1, 2);
+        var v = _vProj.forward(x).view(b, t, _kvHeads, _headDim).transpose(1, 2);
+        q = RotaryEmbedding.Apply(q, cos, sin);
+        k = RotaryEmbedding.Apply(k, cos, sin);
+        Tensor keys = k, values = v;
+        if (cache is not null)
+            (keys, values) = cache.Update(layer, start, k, v);
+        long s = keys.shape[2];
+        int groups = _heads / _kvHeads;
+        Tensor o;
+        if (groups == 1)
+        {
+            o = nn.functional.scaled_dot_product_attention(q, keys, values, mask);
+        }
+        else
+        {
+            // Grouped-query attention without copying k/v: fold each group's query heads into the sequence axis
+            // (query head h uses kv head h / groups, as transformers' repeat_kv does).
+            var qg = q.reshape(b, _kvHeads, groups * t, _headDim);
+            Tensor? mg = mask is null ? null
+                : mask.unsqueeze(2).expand(b, 1, groups, t, s).reshape(b, 1, groups * t, s);
+            o = nn.functional.scaled_dot_product_attention(qg, keys, values, mg).reshape(b, _heads, t, _headDim);
+        }
+        o = o.transpose(1, 2).reshape(b, t, (long)_heads * _headDim);
+        return _oProj.forward(o).MoveToOuterDisposeScope();
+    }
+
+    public override Tensor forward(Tensor x) => throw new NotSupportedException("Use Forward with rotary tables");
+}
+
+internal sealed class LlamaMlp : nn.Module<Tensor, Tensor>
+{
+    [ComponentName(Name = "gate_proj")] private readonly Linear _gateProj;
+    [ComponentName(Name = "up_proj")] private readonly Linear _upProj;
+    [ComponentName(Name = "down_proj")] private readonly Linear _downProj;
+
+    public LlamaMlp(string prefix, LlamaConfig c, WeightSource w) : base(nameof(LlamaMlp))
+    {
+        _gateProj = new Linear(prefix + ".gate_proj", c.HiddenSize, c.IntermediateSize, c.MlpBias, w);
+        _upProj = new Linear(prefix + ".up_proj", c.HiddenSize, c.IntermediateSize, c.MlpBias, w);
+        _downProj = new Linear(prefix + ".down_proj", c.IntermediateSize, c.HiddenSize, c.MlpBias, w);
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor x)
+    {
+        using var scope = NewDisposeScope();
+        var h = nn.functional.silu(_gateProj.forward(x)) * _upProj.forward(x);
+        return _downProj.forward(h).MoveToOuterDisposeScope();
+    }
+}

@@ -1,0 +1,117 @@
+using ShareGPT4V.Configuration;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace ShareGPT4V.Language;
+
+/// <summary>
+/// Rotary position embeddings as transformers' LLaMA computes them: inverse frequencies θ^(-2i/d) in float32, the
+/// angle position × frequency, [cos, cos] / [sin, sin] halves, and rotate_half. Supports the <c>linear</c>,
+/// <c>dynamic</c> (NTK) and <c>llama3</c> scalings.
+/// </summary>
+public sealed class RotaryEmbedding : IDisposable
+{
+    private readonly LlamaConfig _c;
+    private readonly Tensor _invFreq; // [d/2] float32, CPU
+    private readonly Dictionary<DeviceType, Tensor> _onDevice = new();
+
+    public RotaryEmbedding(LlamaConfig c)
+    {
+        _c = c;
+        _invFreq = ComputeInvFreq(c, c.RopeTheta);
+        if (c.RopeScaling is { Type: "linear" } lin)
+        {
+            var scaled = _invFreq / lin.Factor;
+            _invFreq.Dispose();
+            _invFreq = scaled;
+        }
+        else if (c.RopeScaling is { Type: "llama3" } l3)
+        {
+            var scaled = Llama3(_invFreq, l3);
+            _invFreq.Dispose();
+            _invFreq = scaled;
+        }
+        _invFreq.DetachFromDisposeScope();
+    }
+
+    private static Tensor ComputeInvFreq(LlamaConfig c, double theta)
+    {
+        using var scope = NewDisposeScope();
+        var exponents = torch.arange(0, c.HeadDim, 2, ScalarType.Int64).to(ScalarType.Float32) / c.HeadDim;
+        var inv = 1.0f / torch.pow(torch.tensor((float)theta), exponents);
+        return inv.MoveToOuterDisposeScope();
+    }
+
+    private static Tensor Llama3(Tensor invFreq, RopeScaling s)
+    {
+        using var scope = NewDisposeScope();
+        double lowWavelen = s.OriginalMaxPositionEmbeddings / s.LowFreqFactor;
+        double highWavelen = s.OriginalMaxPositionEmbeddings / s.HighFreqFactor;
+        var wavelen = 2 * Math.PI / invFreq;
+        var llama = torch.where(wavelen > lowWavelen, invFreq / s.Factor, invFreq);
+        var smooth = (s.OriginalMaxPositionEmbeddings / wavelen - s.LowFreqFactor) / (s.HighFreqFactor - s.LowFreqFactor);
+        var smoothed = (1 - smooth) * llama / s.Factor + smooth * llama;
+        var isMedium = (wavelen >= highWavelen).logical_and(wavelen <= lowWavelen);
+        return torch.where(isMedium, smoothed, llama).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>cos and sin of shape [B, T, head_dim] in <paramref name="dtype"/>, for position ids [B, T].</summary>
+    public (Tensor Cos, Tensor Sin) Get(Tensor positionIds, ScalarType dtype)
+    {
+        using var scope = NewDisposeScope();
+        Tensor inv;
+        if (_c.RopeScaling is { Type: "dynamic" } dyn)
+        {
+            // NTK-aware scaling: once the sequence outgrows the trained length, the base grows with it.
+            long seqLen = positionIds.max().item<long>() + 1;
+            if (seqLen > _c.MaxPositionEmbeddings)
+            {
+                double d = _c.HeadDim;
+                double theta = _c.RopeTheta * Math.Pow(dyn.Factor * seqLen / _c.MaxPositionEmbeddings - (dyn.Factor - 1), d / (d - 2));
+                inv = ComputeInvFreq(_c, theta).to(positionIds.device);
+            }
+            else inv = InvFreqOn(positionIds.device);
+        }
+        else inv = InvFreqOn(positionIds.device);
+        var freqs = positionIds.to(ScalarType.Float32).unsqueeze(-1) * inv; // [B, T, d/2]
+        var emb = torch.cat(new[] { freqs, freqs }, -1);
+        var cos = emb.cos().to(dtype);
+        var sin = emb.sin().to(dtype);
+        return (cos.MoveToOuterDisposeScope(), sin.MoveToOuterDisposeScope());
+    }
+
+    private Tensor InvFreqOn(Device device)
+    {
+        if (device.type == DeviceType.CPU) return _invFreq.alias();
+        lock (_onDevice)
+        {
+            if (!_onDevice.TryGetValue(device.type, out var t))
+            {
+                t = _invFreq.to(device);
+                t.DetachFromDisposeScope();
+                _onDevice[device.type] = t;
+            }
+            return t.alias();
+        }
+    }
+
+    /// <summary>x [B, H, T, d] rotated by cos/sin [B, T, d].</summary>
+    public static Tensor Apply(Tensor x, Tensor cos, Tensor sin)
+    {
+        using var scope = NewDisposeScope();
+        long half = x.shape[^1] / 2;
+        var x1 = x.narrow(-1, 0, half);
+        var x2 = x.narrow(-1, half, half);
+        var rotated = torch.cat(new[] { -x2, x1 }, -1);
+        var c = cos.unsqueeze(1);
+        var s = sin.unsqueeze(1);
+        return (x * c + rotated * s).MoveToOuterDisposeScope();
+    }
+
+    public void Dispose()
+    {
+        _invFreq.Dispose();
+        foreach (var t in _onDevice.Values) t.Dispose();
+        _onDevice.Clear();
+    }
+}
