@@ -36,6 +36,21 @@ public sealed record ModelFolder
 
     private static ModelFolder OpenLlavaHf(string dir, string configPath, JsonConfigReader r, string modelType)
     {
+        var cfg = ParseLlavaHf(r, modelType);
+        var pre = Path.Combine(dir, "preprocessor_config.json");
+        return new ModelFolder
+        {
+            ModelPath = dir,
+            VisionTowerPath = dir,
+            Config = cfg,
+            PreprocessorConfigPath = File.Exists(pre) ? pre : null,
+        };
+    }
+
+    /// <summary>Parses a llava-hf <c>config.json</c> (nested vision/text configs, transformers defaults for omitted keys).</summary>
+    internal static LlavaConfig ParseLlavaHf(JsonConfigReader r, string modelType)
+    {
+        var configPath = r.FilePath;
         var vr = r.Object("vision_config");
         var vision = vr is null ? ClipVisionConfig.VitLarge336 : ClipVisionConfig.FromJson(vr, vr.String("model_type") is null or "clip_vision_model" ? null : null);
         var tr = r.Object("text_config");
@@ -64,24 +79,34 @@ public sealed record ModelFolder
             ImageAspectRatio = "square",
         };
         cfg.Validate(configPath);
-        var pre = Path.Combine(dir, "preprocessor_config.json");
+        return cfg;
+    }
+
+    private static ModelFolder OpenOriginal(string dir, string configPath, JsonConfigReader r, string modelType, string? towerOverride)
+    {
+        var towerName = r.String("mm_vision_tower") ?? r.String("vision_tower");
+        var towerDir = ResolveTower(dir, configPath, towerName, towerOverride);
+        var cfg = ParseOriginal(r, modelType, JsonConfigReader.Load(Path.Combine(towerDir, "config.json")));
+        var pre = Path.Combine(towerDir, "preprocessor_config.json");
         return new ModelFolder
         {
             ModelPath = dir,
-            VisionTowerPath = dir,
+            VisionTowerPath = towerDir,
             Config = cfg,
             PreprocessorConfigPath = File.Exists(pre) ? pre : null,
         };
     }
 
-    private static ModelFolder OpenOriginal(string dir, string configPath, JsonConfigReader r, string modelType, string? towerOverride)
+    /// <summary>Parses an original LLaVA / ShareGPT4V <c>config.json</c> together with its CLIP tower's config.</summary>
+    internal static LlavaConfig ParseOriginal(JsonConfigReader r, string modelType, JsonConfigReader towerConfig)
     {
+        var configPath = r.FilePath;
+        var towerDir = Path.GetDirectoryName(towerConfig.FilePath) ?? towerConfig.FilePath;
         var text = LlamaConfig.FromJson(r);
         if (r.Bool("mm_use_im_start_end", false))
             throw new ModelConfigurationException("mm_use_im_start_end = true (image start/end tokens) is not supported; LLaVA-1.5 and ShareGPT4V use false", configPath, "mm_use_im_start_end");
         var towerName = r.String("mm_vision_tower") ?? r.String("vision_tower");
-        var towerDir = ResolveTower(dir, configPath, towerName, towerOverride);
-        var vision = ReadTowerConfig(towerDir);
+        var vision = ReadTowerConfig(towerConfig);
         var select = r.String("mm_vision_select_feature", "patch")!;
         if (select is not ("patch" or "cls_patch"))
             throw new ModelConfigurationException($"Unknown mm_vision_select_feature '{select}' (expected 'patch' or 'cls_patch')", configPath, "mm_vision_select_feature");
@@ -102,14 +127,7 @@ public sealed record ModelFolder
             VisionTowerName = towerName,
         };
         cfg.Validate(configPath);
-        var pre = Path.Combine(towerDir, "preprocessor_config.json");
-        return new ModelFolder
-        {
-            ModelPath = dir,
-            VisionTowerPath = towerDir,
-            Config = cfg,
-            PreprocessorConfigPath = File.Exists(pre) ? pre : null,
-        };
+        return cfg;
     }
 
     private static string ResolveTower(string modelDir, string configPath, string? towerName, string? towerOverride)
@@ -145,10 +163,9 @@ public sealed record ModelFolder
     }
 
     /// <summary>Reads a tower's config: a <c>CLIPVisionModel</c> config, or a full <c>CLIPModel</c> one (its vision part).</summary>
-    private static ClipVisionConfig ReadTowerConfig(string towerDir)
+    private static ClipVisionConfig ReadTowerConfig(JsonConfigReader r)
     {
-        var path = Path.Combine(towerDir, "config.json");
-        var r = JsonConfigReader.Load(path);
+        var path = r.FilePath;
         var type = r.String("model_type");
         if (type == "clip")
         {
