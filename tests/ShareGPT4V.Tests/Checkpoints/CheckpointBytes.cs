@@ -7,7 +7,9 @@ namespace ShareGPT4V.Tests.Checkpoints;
 internal static class CheckpointBytes
 {
     /// <summary>A minimal zip: STORED records (or the given method), local headers, central directory, end record.</summary>
-    public static byte[] Zip(IEnumerable<(string Name, byte[] Data)> records, int method = 0, long? centralDirOffsetOverride = null)
+    /// <remarks>With <paramref name="zip64"/>, sizes and offsets move to zip64 extra fields (0xFFFFFFFF in the classic
+    /// fields) and a zip64 end record + locator precede the classic end record, as in torch's multi-GB shards.</remarks>
+    public static byte[] Zip(IEnumerable<(string Name, byte[] Data)> records, int method = 0, long? centralDirOffsetOverride = null, bool zip64 = false)
     {
         var ms = new MemoryStream();
         var w = new BinaryWriter(ms);
@@ -25,12 +27,32 @@ internal static class CheckpointBytes
         foreach (var (name, size, offset) in central)
         {
             var nameBytes = Encoding.UTF8.GetBytes(name);
-            w.Write(0x02014b50u); w.Write((ushort)20); w.Write((ushort)20); w.Write((ushort)0); w.Write((ushort)method);
-            w.Write(0u); w.Write(0u); w.Write(size); w.Write(size);
-            w.Write((ushort)nameBytes.Length); w.Write((ushort)0); w.Write((ushort)0); w.Write((ushort)0); w.Write((ushort)0);
-            w.Write(0u); w.Write((uint)offset); w.Write(nameBytes);
+            w.Write(0x02014b50u); w.Write((ushort)45); w.Write((ushort)45); w.Write((ushort)0); w.Write((ushort)method);
+            if (!zip64)
+            {
+                w.Write(0u); w.Write(0u); w.Write(size); w.Write(size);
+                w.Write((ushort)nameBytes.Length); w.Write((ushort)0); w.Write((ushort)0); w.Write((ushort)0); w.Write((ushort)0);
+                w.Write(0u); w.Write((uint)offset); w.Write(nameBytes);
+            }
+            else
+            {
+                w.Write(0u); w.Write(0u); w.Write(0xFFFFFFFFu); w.Write(0xFFFFFFFFu);
+                w.Write((ushort)nameBytes.Length); w.Write((ushort)28); w.Write((ushort)0); w.Write((ushort)0); w.Write((ushort)0);
+                w.Write(0u); w.Write(0xFFFFFFFFu); w.Write(nameBytes);
+                w.Write((ushort)1); w.Write((ushort)24); w.Write((long)size); w.Write((long)size); w.Write(offset);
+            }
         }
         long cdSize = ms.Position - cdOffset;
+        if (zip64)
+        {
+            long z64 = ms.Position;
+            w.Write(0x06064b50u); w.Write(44L); w.Write((ushort)45); w.Write((ushort)45); w.Write(0u); w.Write(0u);
+            w.Write((long)central.Count); w.Write((long)central.Count); w.Write(cdSize); w.Write(centralDirOffsetOverride ?? cdOffset);
+            w.Write(0x07064b50u); w.Write(0u); w.Write(z64); w.Write(1u);
+            w.Write(0x06054b50u); w.Write((ushort)0); w.Write((ushort)0); w.Write((ushort)0xFFFF); w.Write((ushort)0xFFFF);
+            w.Write(0xFFFFFFFFu); w.Write(0xFFFFFFFFu); w.Write((ushort)0);
+            return ms.ToArray();
+        }
         w.Write(0x06054b50u); w.Write((ushort)0); w.Write((ushort)0);
         w.Write((ushort)central.Count); w.Write((ushort)central.Count);
         w.Write((uint)cdSize); w.Write((uint)(centralDirOffsetOverride ?? cdOffset)); w.Write((ushort)0);
@@ -38,13 +60,13 @@ internal static class CheckpointBytes
     }
 
     /// <summary>A torch zip with one data.pkl and the given storages (key → bytes) under folder <c>ckpt/</c>.</summary>
-    public static byte[] TorchZip(byte[] dataPkl, IDictionary<string, byte[]> storages, string? byteorder = null, int method = 0)
+    public static byte[] TorchZip(byte[] dataPkl, IDictionary<string, byte[]> storages, string? byteorder = null, int method = 0, bool zip64 = false)
     {
         var records = new List<(string, byte[])> { ("ckpt/data.pkl", dataPkl) };
         if (byteorder is not null) records.Add(("ckpt/byteorder", Encoding.ASCII.GetBytes(byteorder)));
         foreach (var kv in storages) records.Add(("ckpt/data/" + kv.Key, kv.Value));
         records.Add(("ckpt/version", Encoding.ASCII.GetBytes("3\n")));
-        return Zip(records, method);
+        return Zip(records, method, zip64: zip64);
     }
 
     /// <summary>Pickle opcodes, written as a state dict would be.</summary>

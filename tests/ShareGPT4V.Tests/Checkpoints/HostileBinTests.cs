@@ -53,6 +53,26 @@ public sealed class HostileBinTests : IDisposable
         Assert.Equal(new[] { 1f, 2f, 3f, 4f }, t.data<float>().ToArray());
     }
 
+    [Fact]
+    public void Zip64ExtraFieldsAndEndRecordsAreRead()
+    {
+        var path = Write("z64.bin", TorchZip(OneTensorPickle(), new Dictionary<string, byte[]> { ["0"] = Floats(1, 2, 3, 4) }, zip64: true));
+        using var r = PyTorchCheckpointReader.Open(path);
+        using var t = r.Load("w");
+        Assert.Equal(new[] { 1f, 2f, 3f, 4f }, t.data<float>().ToArray());
+        var bad = Zip(new[] { ("ckpt/data.pkl", OneTensorPickle()), ("ckpt/data/0", Floats(1, 2, 3, 4)) }, centralDirOffsetOverride: 1L << 40, zip64: true);
+        Refused<CheckpointFormatException>(Write("z64bad.bin", bad), "Central directory");
+    }
+
+    [Fact]
+    public void NegativeStridesAndNonDictRootsAreRefused()
+    {
+        Refused<CheckpointFormatException>(
+            Write("negstride.bin", TorchZip(OneTensorPickle(offset: 3, stride: new[] { -1 }), new Dictionary<string, byte[]> { ["0"] = Floats(1, 2, 3, 4) })),
+            "Negative size or stride");
+        Refused<CheckpointFormatException>(ZipWithPickle("list.bin", new Pickle().Proto().Op((byte)']', (byte)'.').Bytes), "not a dict");
+    }
+
     private string ZipWithPickle(string name, byte[] pkl) =>
         Write(name, TorchZip(pkl, new Dictionary<string, byte[]> { ["0"] = Floats(1, 2, 3, 4) }));
 
