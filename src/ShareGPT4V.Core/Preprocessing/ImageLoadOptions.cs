@@ -15,6 +15,13 @@ public sealed record ImageLoadOptions
     /// </summary>
     public int MaxFrames { get; init; } = 1000;
 
+    /// <summary>
+    /// Rotate/flip the image as its EXIF orientation tag says (default false). LLaVA/ShareGPT4V open images with
+    /// <c>Image.open(...).convert("RGB")</c>, which ignores the tag; transformers' <c>load_image</c> applies it
+    /// (<c>ImageOps.exif_transpose</c>). Pick the one that matches the pipeline you compare with.
+    /// </summary>
+    public bool ApplyExifOrientation { get; init; }
+
     /// <summary>The default limits.</summary>
     public static ImageLoadOptions Default { get; } = new();
 

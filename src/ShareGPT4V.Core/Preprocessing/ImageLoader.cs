@@ -8,6 +8,7 @@ using SixLabors.ImageSharp.Formats.Tiff;
 using SixLabors.ImageSharp.Formats.Webp;
 using SixLabors.ImageSharp.Metadata;
 using SixLabors.ImageSharp.PixelFormats;
+using SixLabors.ImageSharp.Processing;
 
 namespace ShareGPT4V.Preprocessing;
 
@@ -143,9 +144,9 @@ public static class ImageLoader
             using var ms = new MemoryStream(bytes, writable: false);
             return ChooseConversion(info, format) switch
             {
-                Conversion.Grey16Clip => FromGrey16Clipped(Image.Load<L16>(DecoderConfiguration, ms), name),
-                Conversion.HighByte16 => FromRgba64HighByte(Image.Load<Rgba64>(DecoderConfiguration, ms), name),
-                _ => FromRgb24(Image.Load<Rgb24>(DecoderConfiguration, ms), name),
+                Conversion.Grey16Clip => FromGrey16Clipped(Orient(Image.Load<L16>(DecoderConfiguration, ms), options)),
+                Conversion.HighByte16 => FromRgba64HighByte(Orient(Image.Load<Rgba64>(DecoderConfiguration, ms), options)),
+                _ => FromRgb24(Orient(Image.Load<Rgb24>(DecoderConfiguration, ms), options)),
             };
         }
         catch (ImageInputException) { throw; }
@@ -182,7 +183,14 @@ public static class ImageLoader
         return info.PixelType?.BitsPerPixel > 32 ? Conversion.HighByte16 : Conversion.Rgb8;
     }
 
-    private static RgbImage FromRgb24(Image<Rgb24> image, string name)
+    // Rotations and flips move whole pixels, so this is exact (PIL's ImageOps.exif_transpose gives the same pixels).
+    private static Image<TPixel> Orient<TPixel>(Image<TPixel> image, ImageLoadOptions options) where TPixel : unmanaged, IPixel<TPixel>
+    {
+        if (options.ApplyExifOrientation) image.Mutate(x => x.AutoOrient());
+        return image;
+    }
+
+    private static RgbImage FromRgb24(Image<Rgb24> image)
     {
         using (image)
         {
@@ -200,7 +208,7 @@ public static class ImageLoader
         }
     }
 
-    private static RgbImage FromGrey16Clipped(Image<L16> image, string name)
+    private static RgbImage FromGrey16Clipped(Image<L16> image)
     {
         using (image)
         {
@@ -223,7 +231,7 @@ public static class ImageLoader
         }
     }
 
-    private static RgbImage FromRgba64HighByte(Image<Rgba64> image, string name)
+    private static RgbImage FromRgba64HighByte(Image<Rgba64> image)
     {
         using (image)
         {

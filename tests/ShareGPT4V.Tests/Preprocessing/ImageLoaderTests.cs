@@ -275,3 +275,25 @@ public sealed class ImageLoaderTests : IDisposable
         public override long Length => throw new NotSupportedException();
     }
 }
+
+public class ExifOrientationTests
+{
+    [Fact]
+    public void OrientationIsIgnoredByDefaultAndAppliedOnRequest()
+    {
+        using var image = new Image<Rgb24>(2, 1);
+        image[0, 0] = new Rgb24(255, 0, 0);
+        image[1, 0] = new Rgb24(0, 0, 255);
+        image.Metadata.ExifProfile = new SixLabors.ImageSharp.Metadata.Profiles.Exif.ExifProfile();
+        image.Metadata.ExifProfile.SetValue(SixLabors.ImageSharp.Metadata.Profiles.Exif.ExifTag.Orientation, (ushort)6); // rotate 90° clockwise
+        using var ms = new MemoryStream();
+        image.SaveAsPng(ms);
+        var bytes = ms.ToArray();
+
+        var asStored = ImageLoader.Load(bytes);
+        Assert.Equal((2, 1), (asStored.Width, asStored.Height));
+        var oriented = ImageLoader.Load(bytes, null, new ImageLoadOptions { ApplyExifOrientation = true });
+        Assert.Equal((1, 2), (oriented.Width, oriented.Height));
+        Assert.Equal(new byte[] { 255, 0, 0, 0, 0, 255 }, oriented.Pixels); // red on top after a clockwise turn
+    }
+}
