@@ -84,6 +84,19 @@ public sealed class ImageLoaderTests : IDisposable
     }
 
     [Fact]
+    public void CorruptPngData()
+    {
+        var bytes = File.ReadAllBytes(Image1);
+        int idat = IndexOf(bytes, "IDAT"u8) + 4;
+        for (int i = idat + 10; i < idat + 60; i++) bytes[i] ^= 0x5A; // the chunk CRC no longer matches
+        var e = Assert.Throws<ImageInputException>(() => ImageLoader.Load(bytes, "scrambled.png"));
+        Assert.Contains("corrupt", e.Message);
+        Assert.Contains("scrambled.png", e.Message);
+    }
+
+    private static int IndexOf(byte[] haystack, ReadOnlySpan<byte> needle) => haystack.AsSpan().IndexOf(needle);
+
+    [Fact]
     public void TruncatedJpeg()
     {
         using var image = new Image<Rgb24>(64, 48, new Rgb24(200, 30, 60));
@@ -222,10 +235,10 @@ public sealed class ImageLoaderTests : IDisposable
     {
         using var ms = new MemoryStream();
         ms.Write("RIFF\0\0\0\0WEBP"u8);
+        Span<byte> len = stackalloc byte[4];
         foreach (var (type, size) in chunks)
         {
             ms.Write(System.Text.Encoding.ASCII.GetBytes(type));
-            Span<byte> len = stackalloc byte[4];
             BinaryPrimitives.WriteUInt32LittleEndian(len, (uint)size);
             ms.Write(len);
             ms.Write(new byte[size + (size & 1)]);
