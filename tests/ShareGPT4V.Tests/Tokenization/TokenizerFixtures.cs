@@ -49,10 +49,23 @@ internal static class TokenizerFixtures
         return dir;
     }
 
+    private static readonly System.Collections.Concurrent.ConcurrentBag<string> s_tempFolders = [];
+
+    static TokenizerFixtures()
+    {
+        AppDomain.CurrentDomain.ProcessExit += (_, _) =>
+        {
+            foreach (var dir in s_tempFolders)
+                try { Directory.Delete(dir, recursive: true); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+        };
+    }
+
+    /// <summary>A new empty folder, deleted when the test process exits.</summary>
     public static string NewTempFolder()
     {
         string dir = Path.Combine(Path.GetTempPath(), "sg4v-tok-" + Guid.NewGuid().ToString("N"));
         Directory.CreateDirectory(dir);
+        s_tempFolders.Add(dir);
         return dir;
     }
 
