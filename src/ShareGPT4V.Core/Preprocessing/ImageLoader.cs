@@ -1,0 +1,303 @@
+using System.Buffers.Binary;
+using SixLabors.ImageSharp;
+using SixLabors.ImageSharp.Formats;
+using SixLabors.ImageSharp.Formats.Gif;
+using SixLabors.ImageSharp.Formats.Jpeg;
+using SixLabors.ImageSharp.Formats.Png;
+using SixLabors.ImageSharp.Formats.Tiff;
+using SixLabors.ImageSharp.Formats.Webp;
+using SixLabors.ImageSharp.Metadata;
+using SixLabors.ImageSharp.PixelFormats;
+using SixLabors.ImageSharp.Processing;
+
+namespace ShareGPT4V.Preprocessing;
+
+/// <summary>
+/// Decodes images (PNG, JPEG, GIF, BMP, TIFF, WebP, TGA, PBM) into 8-bit RGB the way PIL's <c>Image.convert("RGB")</c> does:
+/// grey is replicated, palettes are looked up, alpha is dropped (not composited), 16-bit colour keeps the high byte and
+/// 16-bit grey is clipped to 255 (PIL's I;16 to L conversion). Only the first frame of an animation is used.
+/// Every failure is an <see cref="ImageInputException"/> naming the image.
+/// </summary>
+public static class ImageLoader
+{
+    // Shared, never mutated after construction: safe to use from many threads.
+    private static readonly Configuration DecoderConfiguration = CreateConfiguration();
+
+    private static Configuration CreateConfiguration()
+    {
+        var c = Configuration.Default.Clone();
+        // Decode only the first frame of multi-frame formats that allow it; we never use the others.
+        c.ImageFormatsManager.SetDecoder(GifFormat.Instance, new GifDecoder { DecodingMode = FrameDecodingMode.First });
+        c.ImageFormatsManager.SetDecoder(TiffFormat.Instance, new TiffDecoder { DecodingMode = FrameDecodingMode.First });
+        return c;
+    }
+
+    /// <summary>Reads and decodes an image file.</summary>
+    /// <exception cref="ImageInputException">Missing, unreadable, not an image, corrupt, or over a limit.</exception>
+    public static RgbImage Load(string path, ImageLoadOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(path);
+        options ??= ImageLoadOptions.Default;
+        options.Validate();
+        byte[] bytes;
+        try
+        {
+            var info = new FileInfo(path);
+            if (!info.Exists)
+                throw new ImageInputException(Directory.Exists(path) ? "The image path is a directory, not a file" : "Image file not found", path);
+            if (info.Length > options.MaxFileBytes)
+                throw OverFileLimit(info.Length, options, path);
+            bytes = File.ReadAllBytes(path);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or System.Security.SecurityException)
+        {
+            throw new ImageInputException($"Cannot read the image file: {e.Message}", path, e);
+        }
+        return Decode(bytes, path, options);
+    }
+
+    /// <summary>Reads a stream to its end (at most <see cref="ImageLoadOptions.MaxFileBytes"/>) and decodes it. The stream is not disposed.</summary>
+    /// <param name="stream">The encoded image.</param>
+    /// <param name="name">A name for error messages (a file name or URL); "stream" when null.</param>
+    /// <param name="options">Limits; <see cref="ImageLoadOptions.Default"/> when null.</param>
+    /// <exception cref="ImageInputException">Unreadable, not an image, corrupt, or over a limit.</exception>
+    public static RgbImage Load(Stream stream, string? name = null, ImageLoadOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(stream);
+        options ??= ImageLoadOptions.Default;
+        options.Validate();
+        name ??= "stream";
+        byte[] bytes;
+        try
+        {
+            if (stream.CanSeek && stream.Length - stream.Position > options.MaxFileBytes)
+                throw OverFileLimit(stream.Length - stream.Position, options, name);
+            using var buffer = new MemoryStream();
+            var chunk = new byte[81920];
+            int n;
+            while ((n = stream.Read(chunk, 0, chunk.Length)) > 0)
+            {
+                if (buffer.Length + n > options.MaxFileBytes)
+                    throw new ImageInputException($"The image is larger than the limit of {options.MaxFileBytes} bytes (ImageLoadOptions.MaxFileBytes)", name);
+                buffer.Write(chunk, 0, n);
+            }
+            bytes = buffer.ToArray();
+        }
+        catch (Exception e) when (e is IOException or NotSupportedException or ObjectDisposedException)
+        {
+            throw new ImageInputException($"Cannot read the image stream: {e.Message}", name, e);
+        }
+        return Decode(bytes, name, options);
+    }
+
+    /// <summary>Decodes an encoded image held in memory.</summary>
+    /// <exception cref="ImageInputException">Not an image, corrupt, or over a limit.</exception>
+    public static RgbImage Load(byte[] encoded, string? name = null, ImageLoadOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(encoded);
+        options ??= ImageLoadOptions.Default;
+        options.Validate();
+        name ??= "bytes";
+        if (encoded.LongLength > options.MaxFileBytes) throw OverFileLimit(encoded.LongLength, options, name);
+        return Decode(encoded, name, options);
+    }
+
+    private static ImageInputException OverFileLimit(long length, ImageLoadOptions o, string name) =>
+        new($"The image is {length} bytes, over the limit of {o.MaxFileBytes} bytes (ImageLoadOptions.MaxFileBytes)", name);
+
+    private static RgbImage Decode(byte[] bytes, string name, ImageLoadOptions options)
+    {
+        if (bytes.Length == 0) throw new ImageInputException("The image is empty (0 bytes)", name);
+
+        // 1. Header only: format, size, bit depth. Refuse oversized images before allocating pixels.
+        IImageInfo? info;
+        IImageFormat? format;
+        try
+        {
+            using var ms = new MemoryStream(bytes, writable: false);
+            info = Image.Identify(DecoderConfiguration, ms, out format);
+        }
+        catch (UnknownImageFormatException e) { throw NotAnImage(name, e); }
+        catch (Exception e) when (IsDecoderFailure(e))
+        {
+            throw new ImageInputException($"The image header is corrupt or truncated: {e.Message}", name, e);
+        }
+        if (info is null || format is null) throw NotAnImage(name, null);
+        if (info.Width <= 0 || info.Height <= 0)
+            throw new ImageInputException($"The image has an invalid size {info.Width}x{info.Height}", name);
+        long pixels = (long)info.Width * info.Height;
+        if (pixels > options.MaxPixels)
+            throw new ImageInputException(
+                $"The image is {info.Width}x{info.Height} = {pixels} pixels, over the limit of {options.MaxPixels} pixels (ImageLoadOptions.MaxPixels)", name);
+
+        // ImageSharp is lenient with truncated files (missing rows come out blank); PIL refuses them. Do as PIL does.
+        if (format is PngFormat && FindPngTruncation(bytes) is { } pngProblem)
+            throw new ImageInputException($"The PNG file is corrupt or truncated: {pngProblem}", name);
+        if (format is JpegFormat && !JpegHasEndAfterLastScan(bytes))
+            throw new ImageInputException("The JPEG file is truncated (no end-of-image marker after the image data)", name);
+        if (format is WebpFormat && CountWebpFrames(bytes) is var frames && frames > options.MaxFrames)
+            throw new ImageInputException($"The animated image has {frames} frames, over the limit of {options.MaxFrames} (ImageLoadOptions.MaxFrames)", name);
+
+        // 2. Pixels, converted the way PIL converts to RGB.
+        try
+        {
+            using var ms = new MemoryStream(bytes, writable: false);
+            return ChooseConversion(info, format) switch
+            {
+                Conversion.Grey16Clip => FromGrey16Clipped(Orient(Image.Load<L16>(DecoderConfiguration, ms), options)),
+                Conversion.HighByte16 => FromRgba64HighByte(Orient(Image.Load<Rgba64>(DecoderConfiguration, ms), options)),
+                _ => FromRgb24(Orient(Image.Load<Rgb24>(DecoderConfiguration, ms), options)),
+            };
+        }
+        catch (ImageInputException) { throw; }
+        catch (UnknownImageFormatException e) { throw NotAnImage(name, e); }
+        catch (Exception e) when (IsDecoderFailure(e))
+        {
+            throw new ImageInputException($"The image data is corrupt or truncated: {e.Message}", name, e);
+        }
+    }
+
+    private static ImageInputException NotAnImage(string name, Exception? inner) =>
+        new("The data is not an image in a supported format (PNG, JPEG, GIF, BMP, TIFF, WebP, TGA, PBM)", name, inner);
+
+    // ImageSharp reports malformed input with a range of exception types; none of them is a programming error of ours.
+    private static bool IsDecoderFailure(Exception e) =>
+        e is ImageFormatException or InvalidImageContentException or NotSupportedException or IOException
+            or ArgumentException or IndexOutOfRangeException or InvalidOperationException or OverflowException
+            or InvalidDataException;
+
+    private enum Conversion { Rgb8, Grey16Clip, HighByte16 }
+
+    private static Conversion ChooseConversion(IImageInfo info, IImageFormat format)
+    {
+        if (format is PngFormat)
+        {
+            var png = info.Metadata.GetPngMetadata();
+            if (png.BitDepth == PngBitDepth.Bit16)
+                // PIL opens 16-bit grey PNGs as mode I;16 (or I), whose conversion to RGB clips at 255;
+                // 16-bit RGB, RGBA and grey+alpha are opened by keeping the most significant byte.
+                return png.ColorType == PngColorType.Grayscale ? Conversion.Grey16Clip : Conversion.HighByte16;
+            return Conversion.Rgb8;
+        }
+        // Other formats with more than 8 bits per channel (TIFF, PGM): keep the high byte.
+        return info.PixelType?.BitsPerPixel > 32 ? Conversion.HighByte16 : Conversion.Rgb8;
+    }
+
+    // Rotations and flips move whole pixels, so this is exact (PIL's ImageOps.exif_transpose gives the same pixels).
+    private static Image<TPixel> Orient<TPixel>(Image<TPixel> image, ImageLoadOptions options) where TPixel : unmanaged, IPixel<TPixel>
+    {
+        if (options.ApplyExifOrientation) image.Mutate(x => x.AutoOrient());
+        return image;
+    }
+
+    private static RgbImage FromRgb24(Image<Rgb24> image)
+    {
+        using (image)
+        {
+            int w = image.Width, h = image.Height;
+            var pixels = new byte[checked(w * h * 3)];
+            image.ProcessPixelRows(a =>
+            {
+                for (int y = 0; y < h; y++)
+                {
+                    var row = a.GetRowSpan(y);
+                    System.Runtime.InteropServices.MemoryMarshal.AsBytes(row).CopyTo(pixels.AsSpan(y * w * 3, w * 3));
+                }
+            });
+            return new RgbImage(w, h, pixels);
+        }
+    }
+
+    private static RgbImage FromGrey16Clipped(Image<L16> image)
+    {
+        using (image)
+        {
+            int w = image.Width, h = image.Height;
+            var pixels = new byte[checked(w * h * 3)];
+            image.ProcessPixelRows(a =>
+            {
+                for (int y = 0; y < h; y++)
+                {
+                    var row = a.GetRowSpan(y);
+                    int o = y * w * 3;
+                    for (int x = 0; x < w; x++, o += 3)
+                    {
+                        byte v = (byte)Math.Min(row[x].PackedValue, (ushort)255);
+                        pixels[o] = pixels[o + 1] = pixels[o + 2] = v;
+                    }
+                }
+            });
+            return new RgbImage(w, h, pixels);
+        }
+    }
+
+    private static RgbImage FromRgba64HighByte(Image<Rgba64> image)
+    {
+        using (image)
+        {
+            int w = image.Width, h = image.Height;
+            var pixels = new byte[checked(w * h * 3)];
+            image.ProcessPixelRows(a =>
+            {
+                for (int y = 0; y < h; y++)
+                {
+                    var row = a.GetRowSpan(y);
+                    int o = y * w * 3;
+                    for (int x = 0; x < w; x++, o += 3)
+                    {
+                        pixels[o] = (byte)(row[x].R >> 8);
+                        pixels[o + 1] = (byte)(row[x].G >> 8);
+                        pixels[o + 2] = (byte)(row[x].B >> 8);
+                    }
+                }
+            });
+            return new RgbImage(w, h, pixels);
+        }
+    }
+
+    /// <summary>Walks the PNG chunk list; returns why it is broken, or null when every chunk up to IEND is complete.</summary>
+    internal static string? FindPngTruncation(ReadOnlySpan<byte> b)
+    {
+        long pos = 8; // signature
+        bool sawData = false;
+        while (true)
+        {
+            if (pos + 8 > b.Length) return "the file ends before the IEND chunk";
+            uint length = BinaryPrimitives.ReadUInt32BigEndian(b.Slice((int)pos, 4));
+            var type = b.Slice((int)pos + 4, 4);
+            long end = pos + 12 + (long)length;
+            if (length > int.MaxValue || end > b.Length)
+                return $"chunk '{System.Text.Encoding.ASCII.GetString(type)}' at offset {pos} runs past the end of the file";
+            if (type.SequenceEqual("IDAT"u8)) sawData = true;
+            if (type.SequenceEqual("IEND"u8)) return sawData ? null : "there is no image data (IDAT)";
+            pos = end;
+        }
+    }
+
+    /// <summary>True when an end-of-image marker follows the start of the last scan (entropy-coded data cannot contain either marker).</summary>
+    internal static bool JpegHasEndAfterLastScan(ReadOnlySpan<byte> b)
+    {
+        int lastScan = -1;
+        for (int i = b.Length - 2; i >= 0; i--)
+            if (b[i] == 0xFF && b[i + 1] == 0xDA) { lastScan = i; break; }
+        if (lastScan < 0) return false;
+        for (int i = lastScan + 2; i + 1 < b.Length; i++)
+            if (b[i] == 0xFF && b[i + 1] == 0xD9) return true;
+        return false;
+    }
+
+    /// <summary>Counts ANMF chunks in a RIFF/WebP container (1 for a still image).</summary>
+    internal static int CountWebpFrames(ReadOnlySpan<byte> b)
+    {
+        int frames = 0;
+        long pos = 12; // "RIFF" size "WEBP"
+        while (pos + 8 <= b.Length)
+        {
+            var type = b.Slice((int)pos, 4);
+            uint size = BinaryPrimitives.ReadUInt32LittleEndian(b.Slice((int)pos + 4, 4));
+            if (type.SequenceEqual("ANMF"u8)) frames++;
+            pos += 8 + (long)size + (size & 1);
+        }
+        return Math.Max(frames, 1);
+    }
+}

@@ -1,0 +1,271 @@
+using System.Text;
+
+namespace ShareGPT4V.Tokenization;
+
+/// <summary>Which tokenizer file a <see cref="LlavaTokenizer"/> reads.</summary>
+public enum TokenizerFileKind
+{
+    /// <summary><c>tokenizer.model</c> when present, else <c>tokenizer.json</c>.</summary>
+    Auto,
+    /// <summary>SentencePiece <c>tokenizer.model</c> (what LLaVA / ShareGPT4V load: the slow LlamaTokenizer).</summary>
+    SentencePieceModel,
+    /// <summary>Hugging Face tokenizers <c>tokenizer.json</c> (the fast tokenizer).</summary>
+    TokenizerJson,
+}
+
+/// <summary>
+/// The LLaMA / Vicuna tokenizer of LLaVA-1.5 and ShareGPT4V models, with LLaVA's image-placeholder splicing.
+/// Immutable once loaded: Encode and Decode may be called from any number of threads at once.
+/// </summary>
+public sealed class LlavaTokenizer
+{
+    /// <summary>The image marker written in prompt text.</summary>
+    public const string ImageMarker = "<image>";
+
+    /// <summary>The placeholder id original LLaVA / ShareGPT4V put where an image goes (llava-hf uses the id of &lt;image&gt;, 32000).</summary>
+    public const int LlavaImageTokenIndex = -200;
+
+    private readonly SentencePieceBpe _bpe;
+    private readonly Dictionary<string, int> _addedByContent;
+    private readonly Dictionary<int, AddedToken> _addedById;
+    private readonly string[] _splitTokens; // longest first, so "<s>" never shadows a longer token
+    private readonly bool _prefixFirstSegment;
+    private readonly bool _prefixAfterSpecial;
+    private readonly bool _splitOnWhitespaceSymbol;
+    private readonly HashSet<int> _specialIds;
+
+    /// <summary>The file the vocabulary came from.</summary>
+    public TokenizerFileKind FileKind { get; }
+    /// <summary>Full path of that file.</summary>
+    public string SourceFile { get; }
+    public int BosId { get; }
+    public int EosId { get; }
+    public int UnkId { get; }
+    /// <summary>Padding id, or null when the files name none.</summary>
+    public int? PadId { get; }
+    /// <summary>tokenizer_config.json <c>add_bos_token</c> (default true).</summary>
+    public bool AddBosToken { get; }
+    /// <summary>
+    /// tokenizer_config.json <c>legacy</c> (default true, as transformers). Only matters for tokenizer.model: when false,
+    /// text right after a special token such as &lt;/s&gt; gets no leading ▁ (transformers 4.37 slow tokenizer).
+    /// </summary>
+    public bool Legacy { get; }
+    /// <summary>One more than the largest id this tokenizer can produce.</summary>
+    public int VocabularySize { get; }
+    /// <summary>The strings that are turned into their ids wherever they appear in text.</summary>
+    public IReadOnlyList<string> SpecialTokens => _splitTokens;
+
+    private LlavaTokenizer(TokenizerFileKind kind, string sourceFile, SentencePieceBpe bpe, IReadOnlyList<AddedToken> added,
+        TokenizerSettings settings, bool prefixFirst, bool prefixAfterSpecial, bool splitOnWhitespaceSymbol)
+    {
+        FileKind = kind;
+        SourceFile = sourceFile;
+        _bpe = bpe;
+        _prefixFirstSegment = prefixFirst;
+        _prefixAfterSpecial = prefixAfterSpecial;
+        _splitOnWhitespaceSymbol = splitOnWhitespaceSymbol;
+        Legacy = settings.Legacy ?? true;
+        AddBosToken = settings.AddBosToken;
+
+        var vocab = bpe.Vocabulary;
+        _addedById = new Dictionary<int, AddedToken>();
+        _addedByContent = new Dictionary<string, int>(StringComparer.Ordinal);
+        foreach (var a in added)
+        {
+            _addedById[a.Id] = a;
+            _addedByContent[a.Content] = a.Id;
+        }
+        VocabularySize = Math.Max(vocab.Count, _addedById.Count == 0 ? 0 : _addedById.Keys.Max() + 1);
+
+        string configName = Path.Combine(Path.GetDirectoryName(sourceFile) ?? "", "tokenizer_config.json");
+        int Resolve(string? content, string fallback, string key)
+        {
+            content ??= fallback;
+            return TokenToId(content) ?? throw new ModelConfigurationException($"The {key} '{content}' is not in the vocabulary", configName, key);
+        }
+        BosId = Resolve(settings.BosToken, "<s>", "bos_token");
+        EosId = Resolve(settings.EosToken, "</s>", "eos_token");
+        UnkId = Resolve(settings.UnkToken, vocab.Pieces[vocab.UnknownId], "unk_token");
+        PadId = settings.PadToken is null ? null : Resolve(settings.PadToken, "", "pad_token");
+
+        _specialIds = new HashSet<int> { BosId, EosId, UnkId };
+        if (PadId is int pad) _specialIds.Add(pad);
+        for (int id = 0; id < vocab.Count; id++)
+            if (vocab.Kinds[id] is PieceKind.Control or PieceKind.Unknown) _specialIds.Add(id);
+        foreach (var a in added) if (a.Special) _specialIds.Add(a.Id);
+        foreach (var extra in settings.AdditionalSpecialTokens)
+            if (TokenToId(extra) is int id) _specialIds.Add(id);
+
+        // Every added token and every special token is split out of the text before BPE, as transformers does.
+        var split = new HashSet<string>(_addedByContent.Keys, StringComparer.Ordinal);
+        foreach (int id in _specialIds) if (IdToToken(id) is { Length: > 0 } s) split.Add(s);
+        _splitTokens = split.OrderByDescending(s => s.Length).ThenBy(s => s, StringComparer.Ordinal).ToArray();
+    }
+
+    /// <summary>Loads the tokenizer of a model folder (tokenizer.model preferred, else tokenizer.json, plus the config files).</summary>
+    public static LlavaTokenizer Load(string folder, TokenizerFileKind kind = TokenizerFileKind.Auto)
+    {
+        ArgumentNullException.ThrowIfNull(folder);
+        if (!Directory.Exists(folder)) throw new ModelConfigurationException("Tokenizer folder not found", folder);
+        string modelPath = Path.Combine(folder, "tokenizer.model");
+        string jsonPath = Path.Combine(folder, "tokenizer.json");
+        if (kind == TokenizerFileKind.Auto)
+        {
+            if (File.Exists(modelPath)) kind = TokenizerFileKind.SentencePieceModel;
+            else if (File.Exists(jsonPath)) kind = TokenizerFileKind.TokenizerJson;
+            else throw new ModelConfigurationException("Neither tokenizer.model nor tokenizer.json is in the model folder", folder);
+        }
+
+        var settings = TokenizerFileReader.ReadSettings(folder);
+        if (kind == TokenizerFileKind.SentencePieceModel)
+        {
+            var vocab = SentencePieceModelReader.Read(TokenizerFileReader.ReadCapped(modelPath, TokenizerFileReader.MaxModelFileBytes), modelPath);
+            bool legacy = settings.Legacy ?? true;
+            // legacy=false (transformers >= 4.34 slow tokenizer): the ▁ is added to the start of the text only,
+            // so a segment after a special token starts without one. legacy=true: every segment gets the model's dummy prefix.
+            return new LlavaTokenizer(kind, modelPath, new SentencePieceBpe(vocab), settings.AddedTokens, settings,
+                prefixFirst: legacy ? vocab.AddDummyPrefix : true, prefixAfterSpecial: legacy && vocab.AddDummyPrefix, splitOnWhitespaceSymbol: false);
+        }
+
+        var json = TokenizerFileReader.ReadTokenizerJson(jsonPath);
+        var added = json.AddedTokens.Concat(settings.AddedTokens).GroupBy(a => a.Id).Select(g => g.First()).ToList();
+        return new LlavaTokenizer(kind, jsonPath, new SentencePieceBpe(json.Vocabulary), added, settings,
+            prefixFirst: json.Prefix != PrefixScheme.Never, prefixAfterSpecial: json.Prefix == PrefixScheme.Always,
+            splitOnWhitespaceSymbol: json.SplitOnWhitespaceSymbol);
+    }
+
+    /// <summary>Id of a piece or added token, or null.</summary>
+    public int? TokenToId(string token)
+    {
+        if (_addedByContent.TryGetValue(token, out int id)) return id;
+        return _bpe.Vocabulary.AllPieces.TryGetValue(token, out id) ? id : null;
+    }
+
+    /// <summary>Piece text (with ▁ and &lt;0xNN&gt; spellings) or added-token text of an id, or null.</summary>
+    public string? IdToToken(int id)
+    {
+        if (_addedById.TryGetValue(id, out var added)) return added.Content;
+        return id >= 0 && id < _bpe.Vocabulary.Count ? _bpe.Vocabulary.Pieces[id] : null;
+    }
+
+    /// <summary>True for BOS, EOS, UNK, PAD, control pieces and special added tokens such as &lt;image&gt;.</summary>
+    public bool IsSpecial(int id) => _specialIds.Contains(id);
+
+    /// <summary>Encodes text; special tokens written in it (&lt;/s&gt;, &lt;image&gt; when it is an added token, ...) become their ids.</summary>
+    public int[] Encode(string text, bool addBos = true)
+    {
+        ArgumentNullException.ThrowIfNull(text);
+        var ids = new List<int>(text.Length / 3 + 2);
+        if (addBos) ids.Add(BosId);
+        EncodeText(text, ids);
+        return ids.ToArray();
+    }
+
+    /// <summary>
+    /// LLaVA's <c>tokenizer_image_token</c>: each <c>&lt;image&gt;</c>-separated chunk is tokenised on its own
+    /// (so the text after an image starts with ▁), one BOS at the front (when <see cref="AddBosToken"/>), and
+    /// <paramref name="imageTokenId"/> between chunks: -200 for original LLaVA / ShareGPT4V, 32000 for llava-hf.
+    /// </summary>
+    public int[] EncodePrompt(string text, int imageTokenId)
+    {
+        ArgumentNullException.ThrowIfNull(text);
+        var ids = new List<int>(text.Length / 3 + 2);
+        if (AddBosToken) ids.Add(BosId);
+        var chunks = text.Split(ImageMarker);
+        for (int i = 0; i < chunks.Length; i++)
+        {
+            if (i > 0) ids.Add(imageTokenId);
+            EncodeText(chunks[i], ids);
+        }
+        return ids.ToArray();
+    }
+
+    /// <summary>Number of image placeholders <see cref="EncodePrompt"/> inserts for a text.</summary>
+    public static int CountImageMarkers(string text)
+    {
+        int count = 0;
+        for (int i = text.IndexOf(ImageMarker, StringComparison.Ordinal); i >= 0; i = text.IndexOf(ImageMarker, i + ImageMarker.Length, StringComparison.Ordinal))
+            count++;
+        return count;
+    }
+
+    /// <summary>
+    /// Decodes ids to text: byte pieces are joined into UTF-8, the leading space of the first piece is dropped.
+    /// Negative ids (image placeholders) and ids outside the vocabulary produce nothing when <paramref name="skipSpecialTokens"/>.
+    /// </summary>
+    public string Decode(IEnumerable<int> ids, bool skipSpecialTokens = true)
+    {
+        ArgumentNullException.ThrowIfNull(ids);
+        var stream = new StreamingDetokenizer(this, skipSpecialTokens);
+        var sb = new StringBuilder();
+        foreach (int id in ids) sb.Append(stream.Append(id));
+        sb.Append(stream.Flush());
+        return sb.ToString();
+    }
+
+    /// <summary>A detokenizer for one generation stream (not shared between threads).</summary>
+    public StreamingDetokenizer CreateStreamingDetokenizer(bool skipSpecialTokens = true) => new(this, skipSpecialTokens);
+
+    private void EncodeText(string text, List<int> ids)
+    {
+        bool atStart = true;
+        int pos = 0;
+        while (pos <= text.Length)
+        {
+            var (at, token) = FindSpecial(text, pos);
+            int end = at < 0 ? text.Length : at;
+            if (end > pos) EncodeSegment(text.Substring(pos, end - pos), atStart ? _prefixFirstSegment : _prefixAfterSpecial, ids);
+            if (at < 0) break;
+            ids.Add(TokenToId(token!)!.Value);
+            atStart = false;
+            pos = at + token!.Length;
+        }
+    }
+
+    private void EncodeSegment(string segment, bool prefix, List<int> ids)
+    {
+        string normalized = _bpe.Normalize(segment, prefix);
+        if (!_splitOnWhitespaceSymbol) { _bpe.Encode(normalized, ids); return; }
+        // Metaspace pre-tokeniser: words start at each ▁ and are encoded separately.
+        int start = 0;
+        for (int i = 1; i <= normalized.Length; i++)
+        {
+            if (i == normalized.Length || normalized[i] == SentencePieceBpe.WhitespaceSymbol)
+            {
+                _bpe.Encode(normalized.Substring(start, i - start), ids);
+                start = i;
+            }
+        }
+    }
+
+    private (int at, string? token) FindSpecial(string text, int from)
+    {
+        int best = -1;
+        string? bestToken = null;
+        foreach (var token in _splitTokens)
+        {
+            int i = text.IndexOf(token, from, StringComparison.Ordinal);
+            if (i >= 0 && (best < 0 || i < best)) { best = i; bestToken = token; }
+        }
+        return (best, bestToken);
+    }
+
+    /// <summary>
+    /// The UTF-8 bytes an id contributes to decoded text, or null when it contributes nothing.
+    /// <paramref name="isWordStart"/> tells whether the text starts with the ▁ that SentencePiece drops at the very start.
+    /// </summary>
+    internal byte[]? TokenBytes(int id, bool skipSpecialTokens, out bool isWordStart)
+    {
+        isWordStart = false;
+        if (id < 0) return skipSpecialTokens ? null : Encoding.UTF8.GetBytes(ImageMarker);
+        if (_addedById.TryGetValue(id, out var added))
+            return added.Special && skipSpecialTokens ? null : Encoding.UTF8.GetBytes(added.Content);
+        var vocab = _bpe.Vocabulary;
+        if (id >= vocab.Count) return null;
+        if (vocab.ByteValueOfId[id] >= 0) return [(byte)vocab.ByteValueOfId[id]];
+        if (_specialIds.Contains(id)) return skipSpecialTokens ? null : Encoding.UTF8.GetBytes(vocab.Pieces[id]);
+        string piece = vocab.Pieces[id];
+        isWordStart = piece.Length > 0 && piece[0] == SentencePieceBpe.WhitespaceSymbol;
+        return Encoding.UTF8.GetBytes(piece.Replace(SentencePieceBpe.WhitespaceSymbol, ' '));
+    }
+}
