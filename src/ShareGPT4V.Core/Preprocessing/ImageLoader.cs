@@ -21,11 +21,11 @@ namespace ShareGPT4V.Preprocessing;
 public static class ImageLoader
 {
     // Shared, never mutated after construction: safe to use from many threads.
-    private static readonly Configuration DecoderConfiguration = CreateConfiguration();
+    private static readonly SixLabors.ImageSharp.Configuration DecoderConfiguration = CreateConfiguration();
 
-    private static Configuration CreateConfiguration()
+    private static SixLabors.ImageSharp.Configuration CreateConfiguration()
     {
-        var c = Configuration.Default.Clone();
+        var c = SixLabors.ImageSharp.Configuration.Default.Clone();
         // Decode only the first frame of multi-frame formats that allow it; we never use the others.
         c.ImageFormatsManager.SetDecoder(GifFormat.Instance, new GifDecoder { DecodingMode = FrameDecodingMode.First });
         c.ImageFormatsManager.SetDecoder(TiffFormat.Instance, new TiffDecoder { DecodingMode = FrameDecodingMode.First });
