@@ -28,7 +28,7 @@ public sealed record LoadOptions
 public static class ModelLoader
 {
     /// <summary>Opens the tensors of a folder. Replaceable so other checkpoint formats can plug in.</summary>
-    internal static Func<string, ITensorReader> OpenFolder { get; set; } = OpenSafeTensorsFolder;
+    internal static Func<string, ITensorReader> OpenFolder { get; set; } = CheckpointDiscovery.Open;
 
     public static LlavaModel Load(string modelPath, LoadOptions? options = null, IProgress<LoadProgress>? progress = null,
         CancellationToken cancellationToken = default)
@@ -131,18 +131,6 @@ public static class ModelLoader
         ScalarType.Float16 or ScalarType.BFloat16 or ScalarType.Int16 => 2,
         _ => 1,
     };
-
-    private static ITensorReader OpenSafeTensorsFolder(string dir)
-    {
-        var index = Path.Combine(dir, "model.safetensors.index.json");
-        if (File.Exists(index)) return ShardedTensorReader.OpenIndex(index, SafeTensorsFile.Open);
-        var single = Path.Combine(dir, "model.safetensors");
-        if (File.Exists(single)) return SafeTensorsFile.Open(single);
-        var any = Directory.Exists(dir) ? Directory.GetFiles(dir, "*.safetensors") : Array.Empty<string>();
-        if (any.Length == 1) return SafeTensorsFile.Open(any[0]);
-        var found = Directory.Exists(dir) ? string.Join(", ", Directory.GetFiles(dir).Select(Path.GetFileName)) : "(folder missing)";
-        throw new CheckpointFormatException($"No supported checkpoint found (looked for model.safetensors.index.json, model.safetensors; found: {found})", dir);
-    }
 
     private sealed class CheckpointWeightSource : WeightSource
     {

@@ -19,6 +19,8 @@ public class OracleModelTests
     public static IEnumerable<object[]> Cases => new[]
     {
         new object[] { "hf_tiny" }, new object[] { "llava_tiny336" }, new object[] { "hf_llama2vocab" },
+        // The same weights as llava_tiny336 saved as PyTorch .bin shards, as the hub checkpoints ship.
+        new object[] { "llava_tiny336_bin" },
     };
 
     private static readonly Dictionary<string, LlavaModel> Models = new();
