@@ -1,0 +1,356 @@
+using System.Diagnostics;
+using System.Runtime.CompilerServices;
+using System.Threading.Channels;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+using ShareGPT4V.Checkpoints;
+using ShareGPT4V.Configuration;
+using ShareGPT4V.Conversation;
+using ShareGPT4V.Generation;
+using ShareGPT4V.Preprocessing;
+using ShareGPT4V.Tokenization;
+using TorchSharp;
+using static TorchSharp.torch;
+using ChatMessage = ShareGPT4V.Conversation.ChatMessage;
+
+namespace ShareGPT4V;
+
+/// <summary>One prompt of a batch: text with <c>&lt;image&gt;</c> markers (as the template renders it) and its images.</summary>
+public sealed record PromptRequest(string Prompt, IReadOnlyList<ImageInput> Images);
+
+/// <summary>
+/// The facade over a loaded model, tokenizer and image processor: caption, chat (also streamed) and batches.
+/// <para>
+/// Threading: every model computation runs on one dedicated inference thread fed by a bounded queue, so the
+/// pipeline may be called from any number of threads at once; requests run one after another (a batch call runs
+/// its rows together). Images are decoded and preprocessed on the caller's side, in parallel with inference.
+/// Cancellation is checked before a request starts and after every generated token. Dispose to free native memory.
+/// </para>
+/// </summary>
+public sealed class MultimodalPipeline : IDisposable
+{
+    private readonly LlavaModel _model;
+    private readonly LlavaTokenizer _tokenizer;
+    private readonly ClipImageProcessor _processor;
+    private readonly ConversationTemplate _template;
+    private readonly ILogger _logger;
+    private readonly Channel<Action> _queue;
+    private readonly Thread _worker;
+    private readonly CancellationTokenSource _disposing = new();
+    private readonly int _context;
+    private KvCache? _cache; // reused across requests while big enough (inference thread only)
+    private int _disposed;
+
+    public PipelineOptions Options { get; }
+    public ModelFolder Folder { get; }
+    public LlavaConfig Config => _model.Config;
+    public LlavaTokenizer Tokenizer => _tokenizer;
+    public ConversationTemplate Template => _template;
+    /// <summary>The model; use only from inside the pipeline's own requests or when no request is running.</summary>
+    public LlavaModel Model => _model;
+    public int ContextLength => _context;
+
+    private MultimodalPipeline(PipelineOptions options, ModelFolder folder, LlavaModel model, LlavaTokenizer tokenizer,
+        ClipImageProcessor processor, ConversationTemplate template, ILogger logger)
+    {
+        Options = options;
+        Folder = folder;
+        _model = model;
+        _tokenizer = tokenizer;
+        _processor = processor;
+        _template = template;
+        _logger = logger;
+        _context = Math.Min(options.ContextLength ?? model.Config.Text.MaxPositionEmbeddings, model.Config.Text.MaxPositionEmbeddings);
+        _queue = Channel.CreateBounded<Action>(new BoundedChannelOptions(options.MaxQueueLength)
+        {
+            SingleReader = true,
+            FullMode = BoundedChannelFullMode.Wait,
+        });
+        _worker = new Thread(WorkerLoop) { IsBackground = true, Name = "ShareGPT4V inference" };
+        _worker.Start();
+    }
+
+    /// <summary>Loads a model folder (either layout), its tokenizer and image processor.</summary>
+    public static MultimodalPipeline Load(PipelineOptions options, IProgress<LoadProgress>? progress = null,
+        ILogger? logger = null, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        options.Validate();
+        logger ??= NullLogger.Instance;
+        var sw = Stopwatch.StartNew();
+        if (options.Threads is int threads) torch.set_num_threads(threads);
+        var folder = ModelFolder.Open(options.ModelPath, options.VisionTowerPath);
+        var device = ParseDevice(options.Device);
+        var tokenizer = LlavaTokenizer.Load(folder.ModelPath);
+        var pre = folder.PreprocessorConfigPath is { } p
+            ? PreprocessorConfig.Load(p)
+            : new PreprocessorConfig { ShortestEdge = folder.Config.Vision.ImageSize, CropHeight = folder.Config.Vision.ImageSize, CropWidth = folder.Config.Vision.ImageSize };
+        var aspect = ImageAspectModes.FromConfigValue(folder.Config.ImageAspectRatio);
+        var processor = new ClipImageProcessor(pre, aspect);
+        var template = options.Template is { } name
+            ? ConversationTemplates.Get(name)
+            : ConversationTemplates.ChooseDefault(folder.Config.ModelType, folder.Config.Layout == CheckpointLayout.LlavaHf, Path.GetFileName(folder.ModelPath));
+        var model = ModelLoader.Load(folder, new LoadOptions { DType = options.ScalarType, Device = device, VisionTowerPath = options.VisionTowerPath },
+            progress, cancellationToken);
+        logger.LogInformation("Loaded {Model} ({Layout}, {Layers} layers, template {Template}) in {Seconds:F2} s",
+            folder.ModelPath, folder.Config.Layout, folder.Config.Text.NumHiddenLayers, template.Name, sw.Elapsed.TotalSeconds);
+        return new MultimodalPipeline(options, folder, model, tokenizer, processor, template, logger);
+    }
+
+    /// <summary>Loads on a thread-pool thread (loading is CPU- and IO-bound).</summary>
+    public static Task<MultimodalPipeline> LoadAsync(PipelineOptions options, IProgress<LoadProgress>? progress = null,
+        ILogger? logger = null, CancellationToken cancellationToken = default) =>
+        Task.Run(() => Load(options, progress, logger, cancellationToken), cancellationToken);
+
+    private static Device ParseDevice(string device)
+    {
+        try { return new Device(device); }
+        catch (Exception e) when (e is ArgumentException or FormatException or InvalidOperationException)
+        {
+            throw new DeviceException($"Device '{device}' is not a valid device string (use 'cpu' or 'cuda:N')", e);
+        }
+    }
+
+    // ---------------------------------------------------------------- public requests
+
+    /// <summary>Captions one image with the checkpoint's template (default prompt: "Describe this image in detail.").</summary>
+    public Task<GenerationResult> CaptionAsync(ImageInput image, string? prompt = null, GenerationOptions? options = null,
+        CancellationToken cancellationToken = default) =>
+        ChatAsync(new[] { new ChatMessage(ChatRole.User, prompt ?? DefaultCaptionPrompt, 1) }, new[] { image }, options, cancellationToken);
+
+    public const string DefaultCaptionPrompt = "Describe this image in detail.";
+
+    /// <summary>Answers the last user message of a conversation (images in order of the messages' image counts).</summary>
+    public async Task<GenerationResult> ChatAsync(IReadOnlyList<ChatMessage> messages, IReadOnlyList<ImageInput>? images = null,
+        GenerationOptions? options = null, CancellationToken cancellationToken = default)
+    {
+        var results = await GenerateBatchAsync(new[] { new PromptRequest(BuildPrompt(messages), images ?? Array.Empty<ImageInput>()) },
+            options, null, cancellationToken).ConfigureAwait(false);
+        return results[0];
+    }
+
+    /// <summary>As <see cref="ChatAsync"/>, streaming the answer's text as it is generated.</summary>
+    public async IAsyncEnumerable<string> ChatStreamingAsync(IReadOnlyList<ChatMessage> messages, IReadOnlyList<ImageInput>? images = null,
+        GenerationOptions? options = null, [EnumeratorCancellation] CancellationToken cancellationToken = default)
+    {
+        var channel = Channel.CreateUnbounded<string>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
+        var prompt = BuildPrompt(messages);
+        var task = GenerateBatchAsync(new[] { new PromptRequest(prompt, images ?? Array.Empty<ImageInput>()) }, options,
+            (row, piece) => channel.Writer.TryWrite(piece), cancellationToken);
+        _ = task.ContinueWith(t => channel.Writer.TryComplete(t.Exception?.InnerException ?? (t.IsCanceled ? new OperationCanceledException(cancellationToken) : null)),
+            CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+        await foreach (var piece in channel.Reader.ReadAllAsync(CancellationToken.None).ConfigureAwait(false))
+            yield return piece;
+        await task.ConfigureAwait(false); // surfaces cancellation or errors
+    }
+
+    /// <summary>Captions many images, <see cref="PipelineOptions.MaxBatchSize"/> at a time, results in input order.</summary>
+    public async Task<IReadOnlyList<GenerationResult>> CaptionBatchAsync(IReadOnlyList<ImageInput> images, string? prompt = null,
+        GenerationOptions? options = null, IProgress<int>? progress = null, CancellationToken cancellationToken = default)
+    {
+        var text = BuildPrompt(new[] { new ChatMessage(ChatRole.User, prompt ?? DefaultCaptionPrompt, 1) });
+        var results = new List<GenerationResult>(images.Count);
+        foreach (var chunk in images.Chunk(Options.MaxBatchSize))
+        {
+            results.AddRange(await GenerateBatchAsync(chunk.Select(i => new PromptRequest(text, new[] { i })).ToList(), options, null, cancellationToken).ConfigureAwait(false));
+            progress?.Report(results.Count);
+        }
+        return results;
+    }
+
+    /// <summary>Generates from a prompt already rendered (the <c>raw</c> template): <c>&lt;image&gt;</c> marks each image.</summary>
+    public async Task<GenerationResult> GenerateAsync(string prompt, IReadOnlyList<ImageInput>? images = null, GenerationOptions? options = null,
+        CancellationToken cancellationToken = default) =>
+        (await GenerateBatchAsync(new[] { new PromptRequest(prompt, images ?? Array.Empty<ImageInput>()) }, options, null, cancellationToken).ConfigureAwait(false))[0];
+
+    /// <summary>Renders a conversation with the pipeline's template.</summary>
+    public string BuildPrompt(IReadOnlyList<ChatMessage> messages)
+    {
+        if (messages.Count == 0) throw new PromptException("The conversation has no messages");
+        var conv = new Conversation.Conversation(_template);
+        foreach (var m in messages) conv.Add(m);
+        return conv.BuildPrompt();
+    }
+
+    /// <summary>
+    /// Runs several rendered prompts together (left-padded), each row generated as it would be alone.
+    /// <paramref name="onText"/> receives (row, text piece) on the inference thread as text becomes final.
+    /// </summary>
+    public async Task<IReadOnlyList<GenerationResult>> GenerateBatchAsync(IReadOnlyList<PromptRequest> requests, GenerationOptions? options,
+        Action<int, string>? onText, CancellationToken cancellationToken = default)
+    {
+        ObjectDisposedException.ThrowIf(_disposed != 0, this);
+        if (requests.Count == 0) return Array.Empty<GenerationResult>();
+        options ??= Options.Generation;
+        try { options.Validate(); }
+        catch (ArgumentOutOfRangeException e) { throw new PromptException($"Invalid generation option {e.ParamName}: {e.Message}", e); }
+        var started = Stopwatch.StartNew();
+
+        // Tokenize and preprocess on the caller's side: cheap checks fail fast, image decoding overlaps inference.
+        var rows = new List<int[]>();
+        foreach (var r in requests)
+        {
+            if (r.Prompt.Length > Options.MaxPromptCharacters)
+                throw new PromptException($"The prompt has {r.Prompt.Length} characters, more than the limit of {Options.MaxPromptCharacters} (MaxPromptCharacters)");
+            int markers = LlavaTokenizer.CountImageMarkers(r.Prompt);
+            if (markers != r.Images.Count)
+                throw new PromptException($"The prompt has {markers} <image> marker(s) but {r.Images.Count} image(s) were given");
+            rows.Add(_tokenizer.EncodePrompt(r.Prompt, Config.ImageTokenIndex));
+        }
+        var images = await Task.Run(() => requests.SelectMany(r => r.Images).Select(Preprocess).ToList(), cancellationToken).ConfigureAwait(false);
+        var preprocessTime = started.Elapsed;
+
+        var tcs = new TaskCompletionSource<IReadOnlyList<GenerationResult>>(TaskCreationOptions.RunContinuationsAsynchronously);
+        using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _disposing.Token);
+        var ct = linked.Token;
+        void Work()
+        {
+            if (ct.IsCancellationRequested) { tcs.TrySetCanceled(cancellationToken.IsCancellationRequested ? cancellationToken : ct); return; }
+            try { tcs.TrySetResult(Run(rows, images, options, onText, preprocessTime, started, ct)); }
+            catch (OperationCanceledException) { tcs.TrySetCanceled(cancellationToken.IsCancellationRequested ? cancellationToken : ct); }
+            catch (Exception e) { tcs.TrySetException(e); }
+        }
+        try { await _queue.Writer.WriteAsync(Work, ct).ConfigureAwait(false); }
+        catch (ChannelClosedException) { throw new ObjectDisposedException(nameof(MultimodalPipeline)); }
+        return await tcs.Task.ConfigureAwait(false);
+    }
+
+    private PreprocessedImage Preprocess(ImageInput image) =>
+        image.FilePath is { } path ? _processor.Preprocess(path, Options.ImageLimits) : _processor.Preprocess(image.Bytes!, image.Name, Options.ImageLimits);
+
+    // ---------------------------------------------------------------- inference thread
+
+    private void WorkerLoop()
+    {
+        var reader = _queue.Reader;
+        while (true)
+        {
+            Action? work;
+            try
+            {
+                if (!reader.WaitToReadAsync().AsTask().GetAwaiter().GetResult()) break;
+                if (!reader.TryRead(out work)) continue;
+            }
+            catch (Exception) { break; }
+            work();
+        }
+    }
+
+    private IReadOnlyList<GenerationResult> Run(List<int[]> rows, List<PreprocessedImage> images, GenerationOptions options,
+        Action<int, string>? onText, TimeSpan preprocessTime, Stopwatch started, CancellationToken ct)
+    {
+        using var noGrad = torch.no_grad();
+        using var scope = NewDisposeScope();
+        var sw = Stopwatch.StartNew();
+        Tensor? imageEmbeddings = null;
+        if (images.Count > 0)
+        {
+            var pixels = PreprocessedImage.Stack(images).to(_model.LanguageModel.Device);
+            imageEmbeddings = _model.EncodeImages(pixels);
+        }
+        var visionTime = sw.Elapsed;
+        ct.ThrowIfCancellationRequested();
+
+        using var inputs = _model.BuildInputs(rows.Select(r => r.Select(x => (long)x).ToArray()).ToList(), imageEmbeddings);
+        int promptLength = (int)inputs.Length;
+        int maxNew = options.MaxNewTokens;
+        if (promptLength + maxNew > _context)
+        {
+            if (Options.Overflow == PromptOverflow.ClampNewTokens && promptLength < _context)
+                maxNew = _context - promptLength;
+            else
+                throw new PromptException(promptLength >= _context
+                    ? $"The prompt takes {promptLength} tokens (image tokens included), more than the context window of {_context}"
+                    : $"The prompt takes {promptLength} tokens and {maxNew} new tokens were asked for: {promptLength + maxNew} exceeds the context window of {_context} (lower MaxNewTokens or set Overflow = ClampNewTokens)");
+        }
+        var cache = EnsureCache(rows.Count, promptLength + maxNew + 1);
+        using var generator = new TokenGenerator(_model, cache);
+        int batch = rows.Count;
+        var samplers = Enumerable.Range(0, batch).Select(_ => new Sampler(options)).ToArray();
+        var texts = Enumerable.Range(0, batch).Select(_ => new OutputText(_tokenizer, options.StopStrings.Concat(_template.StopStrings).Distinct().ToList())).ToArray();
+        var outputs = Enumerable.Range(0, batch).Select(_ => new List<int>()).ToArray();
+        var seen = rows.Select(r => new HashSet<int>(r.Where(x => x >= 0 && x != Config.ImageTokenIndex))).ToArray();
+        var finish = new FinishReason?[batch];
+        int eos = _tokenizer.EosId;
+
+        sw.Restart();
+        var logits = generator.Prefill(inputs);
+        var prefillTime = sw.Elapsed;
+        TimeSpan ttft = started.Elapsed;
+        sw.Restart();
+        var next = new long[batch];
+        for (int step = 0; ; step++)
+        {
+            if (step >= maxNew)
+            {
+                for (int r = 0; r < batch; r++) finish[r] ??= maxNew < options.MaxNewTokens ? FinishReason.ContextFull : FinishReason.Length;
+                break;
+            }
+            var rowsLogits = logits.data<float>().ToArray();
+            long vocab = logits.shape[1];
+            logits.Dispose();
+            for (int r = 0; r < batch; r++)
+            {
+                if (finish[r] is not null) { next[r] = eos; continue; }
+                int id = samplers[r].Sample(rowsLogits.AsSpan((int)(r * vocab), (int)vocab), seen[r]);
+                next[r] = id;
+                if (options.StopAtEndOfSequence && id == eos) { finish[r] = FinishReason.EndOfSequence; continue; }
+                outputs[r].Add(id);
+                seen[r].Add(id);
+                var piece = texts[r].Append(id);
+                if (piece.Length > 0) onText?.Invoke(r, piece);
+                if (texts[r].Stopped) finish[r] = FinishReason.StopString;
+            }
+            if (step == 0) ttft = started.Elapsed;
+            if (finish.All(f => f is not null)) break;
+            ct.ThrowIfCancellationRequested();
+            if (step + 1 >= maxNew) continue;
+            logits = generator.DecodeOneToken(next);
+        }
+        var decodeTime = sw.Elapsed;
+        var results = new GenerationResult[batch];
+        for (int r = 0; r < batch; r++)
+        {
+            var rest = texts[r].Complete();
+            if (rest.Length > 0) onText?.Invoke(r, rest);
+            results[r] = new GenerationResult
+            {
+                Text = texts[r].FinalText,
+                TokenIds = outputs[r],
+                FinishReason = finish[r]!.Value,
+                PromptTokens = inputs.Lengths[r],
+                Timings = new GenerationTimings
+                {
+                    Preprocess = preprocessTime, Vision = visionTime, Prefill = prefillTime, Decode = decodeTime,
+                    TimeToFirstToken = ttft, Total = started.Elapsed,
+                },
+            };
+        }
+        _logger.LogDebug("Generated {Rows} row(s): prompt {Prompt} tokens, {Tokens} new tokens, prefill {Prefill:F0} ms, decode {Decode:F0} ms",
+            batch, promptLength, outputs.Sum(o => o.Count), prefillTime.TotalMilliseconds, decodeTime.TotalMilliseconds);
+        return results;
+    }
+
+    private KvCache EnsureCache(int batch, int positions)
+    {
+        if (_cache is not null && _cache.MaxBatch >= batch && _cache.MaxSequence >= positions) return _cache;
+        _cache?.Dispose();
+        // Round up so a run of similar requests reuses one allocation instead of growing per request.
+        int size = Math.Min(_context + 1, (positions + 255) / 256 * 256);
+        _cache = _model.CreateCache(Math.Max(batch, _cache?.MaxBatch ?? 0), Math.Max(size, positions));
+        return _cache;
+    }
+
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+        _disposing.Cancel();
+        _queue.Writer.TryComplete();
+        _worker.Join();
+        // Requests still queued were cancelled through the linked token; run them so their tasks complete.
+        while (_queue.Reader.TryRead(out var work)) work();
+        _cache?.Dispose();
+        _model.Dispose();
+        _disposing.Dispose();
+    }
+}

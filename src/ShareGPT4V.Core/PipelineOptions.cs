@@ -1,0 +1,67 @@
+using ShareGPT4V.Generation;
+using ShareGPT4V.Preprocessing;
+
+namespace ShareGPT4V;
+
+/// <summary>What to do when a prompt plus the requested new tokens do not fit the context window.</summary>
+public enum PromptOverflow
+{
+    /// <summary>Refuse the request with a <see cref="PromptException"/> naming the limit.</summary>
+    Refuse,
+    /// <summary>Generate fewer new tokens so the request fits (a prompt that alone does not fit is still refused).</summary>
+    ClampNewTokens,
+}
+
+/// <summary>Options of a <see cref="MultimodalPipeline"/>: where the model is and how to run it.</summary>
+public sealed record PipelineOptions
+{
+    /// <summary>Folder of the model (llava-hf folder, or the LLM folder of an original LLaVA / ShareGPT4V checkpoint).</summary>
+    public string ModelPath { get; init; } = "";
+    /// <summary>CLIP tower folder; overrides <c>mm_vision_tower</c> of an original-layout config.</summary>
+    public string? VisionTowerPath { get; init; }
+    /// <summary><c>cpu</c> (default) or a device string such as <c>cuda:0</c> (needs a CUDA build of libtorch).</summary>
+    public string Device { get; init; } = "cpu";
+    /// <summary><c>float32</c> (default, fastest on CPU), <c>bfloat16</c> or <c>float16</c>.</summary>
+    public string DType { get; init; } = "float32";
+    /// <summary>Conversation template name; null picks the checkpoint's own (vicuna_v1 family or llava_hf).</summary>
+    public string? Template { get; init; }
+    /// <summary>Defaults for requests that pass no generation options.</summary>
+    public GenerationOptions Generation { get; init; } = new();
+    /// <summary>Limits applied when decoding images.</summary>
+    public ImageLoadOptions ImageLimits { get; init; } = ImageLoadOptions.Default;
+    /// <summary>Context window in tokens (prompt, image tokens and output); null = the model's max_position_embeddings.</summary>
+    public int? ContextLength { get; init; }
+    /// <summary>What to do when a request does not fit the context window.</summary>
+    public PromptOverflow Overflow { get; init; } = PromptOverflow.Refuse;
+    /// <summary>Prompt texts longer than this many characters are refused before tokenization.</summary>
+    public int MaxPromptCharacters { get; init; } = 1_000_000;
+    /// <summary>Most requests rows run together by the batch calls.</summary>
+    public int MaxBatchSize { get; init; } = 8;
+    /// <summary>Requests that may wait for the inference thread; callers beyond this wait (asynchronously) for room.</summary>
+    public int MaxQueueLength { get; init; } = 64;
+    /// <summary>
+    /// libtorch intra-op threads. Null leaves libtorch's setting alone; a value is applied process-wide (libtorch has one pool).
+    /// </summary>
+    public int? Threads { get; init; }
+
+    public void Validate()
+    {
+        if (string.IsNullOrWhiteSpace(ModelPath)) throw new ModelConfigurationException("ModelPath is required", null, nameof(ModelPath));
+        if (DType is not ("float32" or "fp32" or "bfloat16" or "bf16" or "float16" or "fp16"))
+            throw new ModelConfigurationException($"DType '{DType}' is not supported (float32, bfloat16, float16)", null, nameof(DType));
+        if (ContextLength is <= 0) throw new ModelConfigurationException("ContextLength must be positive", null, nameof(ContextLength));
+        if (MaxBatchSize <= 0) throw new ModelConfigurationException("MaxBatchSize must be positive", null, nameof(MaxBatchSize));
+        if (MaxQueueLength <= 0) throw new ModelConfigurationException("MaxQueueLength must be positive", null, nameof(MaxQueueLength));
+        if (MaxPromptCharacters <= 0) throw new ModelConfigurationException("MaxPromptCharacters must be positive", null, nameof(MaxPromptCharacters));
+        if (Threads is <= 0) throw new ModelConfigurationException("Threads must be positive", null, nameof(Threads));
+        try { Generation.Validate(); }
+        catch (ArgumentOutOfRangeException e) { throw new ModelConfigurationException(e.Message, null, "Generation." + e.ParamName, e); }
+    }
+
+    internal TorchSharp.torch.ScalarType ScalarType => DType switch
+    {
+        "bfloat16" or "bf16" => TorchSharp.torch.ScalarType.BFloat16,
+        "float16" or "fp16" => TorchSharp.torch.ScalarType.Float16,
+        _ => TorchSharp.torch.ScalarType.Float32,
+    };
+}
