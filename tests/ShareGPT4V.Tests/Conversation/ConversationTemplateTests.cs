@@ -209,3 +209,25 @@ public class ConversationTemplateTests
         Assert.Contains("cannot carry images", Assert.Throws<PromptException>(() => new Conv("vicuna_v1").AddUser("q").Add(new ChatMessage(ChatRole.Assistant, "a", 1))).Message);
     }
 }
+
+public class AnswerCleanupTests
+{
+    [Theory]
+    [InlineData("vicuna_v1", " A cat.</s>", "A cat.")]
+    [InlineData("vicuna_v1", "A cat. ", "A cat.")]
+    [InlineData("share4v_v0", " A cat.###Human: more", "A cat.")]
+    [InlineData("llava_llama_2", "A cat. </s><s>[INST]", "A cat.")]
+    [InlineData("raw", " kept as is</s> ", "kept as is</s>")]
+    public void CleanAnswerCutsAtTheStopString(string template, string decoded, string expected)
+    {
+        Assert.Equal(expected, ConversationTemplates.Get(template).CleanAnswer(decoded));
+    }
+
+    [Fact]
+    public void IndexOfStopFindsTheEarliest()
+    {
+        var t = ConversationTemplates.VicunaV1 with { StopStrings = ["</s>", "USER:"] };
+        Assert.Equal(3, t.IndexOfStop("abcUSER: x</s>"));
+        Assert.Equal(-1, t.IndexOfStop("abc</"));
+    }
+}
