@@ -18,7 +18,7 @@ public enum SeparatorStyle
 }
 
 /// <summary>
-/// A conversation template as data. <see cref="Conversation"/> renders it; <see cref="ConversationTemplates"/> holds the known ones.
+/// A conversation template as data. <see cref="ConversationBuilder"/> renders it; <see cref="ConversationTemplates"/> holds the known ones.
 /// </summary>
 /// <param name="Name">Registry name, e.g. "vicuna_v1".</param>
 /// <param name="SystemPrompt">Default system message ("" for none).</param>

@@ -2,7 +2,7 @@ using System.Text.Json;
 using ShareGPT4V.Conversation;
 using ShareGPT4V.Tests.Tokenization;
 using Xunit;
-using Conv = ShareGPT4V.Conversation.Conversation;
+using Conv = ShareGPT4V.Conversation.ConversationBuilder;
 
 namespace ShareGPT4V.Tests.Conversation;
 
