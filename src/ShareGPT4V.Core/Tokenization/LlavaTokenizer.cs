@@ -100,6 +100,7 @@ public sealed class LlavaTokenizer
         // Every added token and every special token is split out of the text before BPE, as transformers does.
         var split = new HashSet<string>(_addedByContent.Keys, StringComparer.Ordinal);
         foreach (int id in _specialIds) if (IdToToken(id) is { Length: > 0 } s) split.Add(s);
+        split.Remove(""); // an empty added token would match everywhere
         _splitTokens = split.OrderByDescending(s => s.Length).ThenBy(s => s, StringComparer.Ordinal).ToArray();
     }
 
