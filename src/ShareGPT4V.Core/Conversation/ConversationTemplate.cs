@@ -18,7 +18,7 @@ public enum SeparatorStyle
 }
 
 /// <summary>
-/// A conversation template as data. <see cref="Conversation"/> renders it; <see cref="ConversationTemplates"/> holds the known ones.
+/// A conversation template as data. <see cref="ConversationBuilder"/> renders it; <see cref="ConversationTemplates"/> holds the known ones.
 /// </summary>
 /// <param name="Name">Registry name, e.g. "vicuna_v1".</param>
 /// <param name="SystemPrompt">Default system message ("" for none).</param>
@@ -36,4 +36,31 @@ public sealed record ConversationTemplate(
     SeparatorStyle Style,
     string Separator,
     string? Separator2,
-    IReadOnlyList<string> StopStrings);
+    IReadOnlyList<string> StopStrings)
+{
+    /// <summary>
+    /// Index of the earliest stop string in generated text, or -1. Streaming callers check the text decoded so far
+    /// and cut there (a stop string may arrive split over several tokens).
+    /// </summary>
+    public int IndexOfStop(string text)
+    {
+        ArgumentNullException.ThrowIfNull(text);
+        int best = -1;
+        foreach (var stop in StopStrings)
+        {
+            if (stop.Length == 0) continue;
+            int i = text.IndexOf(stop, StringComparison.Ordinal);
+            if (i >= 0 && (best < 0 || i < best)) best = i;
+        }
+        return best;
+    }
+
+    /// <summary>LLaVA's answer clean-up: strip, cut at the first stop string, strip again.</summary>
+    public string CleanAnswer(string decoded)
+    {
+        ArgumentNullException.ThrowIfNull(decoded);
+        string text = decoded.Trim();
+        int stop = IndexOfStop(text);
+        return (stop >= 0 ? text[..stop] : text).Trim();
+    }
+}

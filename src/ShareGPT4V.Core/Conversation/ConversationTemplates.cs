@@ -45,10 +45,10 @@ public static class ConversationTemplates
         s_all.ToDictionary(t => t.Name, StringComparer.OrdinalIgnoreCase);
 
     /// <summary>All registered templates.</summary>
-    public static IReadOnlyList<ConversationTemplate> All => s_all;
+    public static IReadOnlyList<ConversationTemplate> All { get; } = Array.AsReadOnly(s_all);
 
     /// <summary>Names of all registered templates.</summary>
-    public static IReadOnlyList<string> Names { get; } = s_all.Select(t => t.Name).ToArray();
+    public static IReadOnlyList<string> Names { get; } = Array.AsReadOnly(s_all.Select(t => t.Name).ToArray());
 
     /// <summary>The template of that name (case-insensitive); an unknown name raises a <see cref="PromptException"/> listing the known ones.</summary>
     public static ConversationTemplate Get(string name)

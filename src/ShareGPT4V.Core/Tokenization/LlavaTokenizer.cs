@@ -77,11 +77,12 @@ public sealed class LlavaTokenizer
         }
         VocabularySize = Math.Max(vocab.Count, _addedById.Count == 0 ? 0 : _addedById.Keys.Max() + 1);
 
-        string configName = Path.Combine(Path.GetDirectoryName(sourceFile) ?? "", "tokenizer_config.json");
+        string folder = Path.GetDirectoryName(sourceFile) ?? "";
         int Resolve(string? content, string fallback, string key)
         {
             content ??= fallback;
-            return TokenToId(content) ?? throw new ModelConfigurationException($"The {key} '{content}' is not in the vocabulary", configName, key);
+            return TokenToId(content) ?? throw new ModelConfigurationException(
+                $"The {key} '{content}' is not in the vocabulary (from tokenizer_config.json / special_tokens_map.json)", folder, key);
         }
         BosId = Resolve(settings.BosToken, "<s>", "bos_token");
         EosId = Resolve(settings.EosToken, "</s>", "eos_token");
@@ -99,6 +100,7 @@ public sealed class LlavaTokenizer
         // Every added token and every special token is split out of the text before BPE, as transformers does.
         var split = new HashSet<string>(_addedByContent.Keys, StringComparer.Ordinal);
         foreach (int id in _specialIds) if (IdToToken(id) is { Length: > 0 } s) split.Add(s);
+        split.Remove(""); // an empty added token would match everywhere
         _splitTokens = split.OrderByDescending(s => s.Length).ThenBy(s => s, StringComparer.Ordinal).ToArray();
     }
 

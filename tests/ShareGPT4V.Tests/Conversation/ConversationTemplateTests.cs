@@ -2,7 +2,7 @@ using System.Text.Json;
 using ShareGPT4V.Conversation;
 using ShareGPT4V.Tests.Tokenization;
 using Xunit;
-using Conv = ShareGPT4V.Conversation.Conversation;
+using Conv = ShareGPT4V.Conversation.ConversationBuilder;
 
 namespace ShareGPT4V.Tests.Conversation;
 
@@ -207,5 +207,27 @@ public class ConversationTemplateTests
         Assert.Contains("must not be negative", Assert.Throws<PromptException>(() => new Conv("vicuna_v1").AddUser("q", -1)).Message);
         Assert.Contains("cannot carry images", Assert.Throws<PromptException>(() => new Conv("vicuna_v1").AddUser("q").AddAssistant("<image>")).Message);
         Assert.Contains("cannot carry images", Assert.Throws<PromptException>(() => new Conv("vicuna_v1").AddUser("q").Add(new ChatMessage(ChatRole.Assistant, "a", 1))).Message);
+    }
+}
+
+public class AnswerCleanupTests
+{
+    [Theory]
+    [InlineData("vicuna_v1", " A cat.</s>", "A cat.")]
+    [InlineData("vicuna_v1", "A cat. ", "A cat.")]
+    [InlineData("share4v_v0", " A cat.###Human: more", "A cat.")]
+    [InlineData("llava_llama_2", "A cat. </s><s>[INST]", "A cat.")]
+    [InlineData("raw", " kept as is</s> ", "kept as is</s>")]
+    public void CleanAnswerCutsAtTheStopString(string template, string decoded, string expected)
+    {
+        Assert.Equal(expected, ConversationTemplates.Get(template).CleanAnswer(decoded));
+    }
+
+    [Fact]
+    public void IndexOfStopFindsTheEarliest()
+    {
+        var t = ConversationTemplates.VicunaV1 with { StopStrings = ["</s>", "USER:"] };
+        Assert.Equal(3, t.IndexOfStop("abcUSER: x</s>"));
+        Assert.Equal(-1, t.IndexOfStop("abc</"));
     }
 }

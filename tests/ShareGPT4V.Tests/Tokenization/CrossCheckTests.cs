@@ -69,6 +69,13 @@ public class CrossCheckTests
     }
 
     [Fact]
+    public void LongMixedTextAgreesWithMicrosoftMlTokenizers()
+    {
+        var text = string.Concat(Enumerable.Range(0, 300).Select(i => s_texts[i % s_texts.Length] + (i % 3 == 0 ? " " : "\n")));
+        Assert.Equal(s_reference.Value.EncodeToIds(text).ToArray(), TokenizerFixtures.SpmLegacyTrue.Encode(text));
+    }
+
+    [Fact]
     public void EmptyTextIsJustBos()
     {
         Assert.Equal([1], TokenizerFixtures.Json.Encode(""));

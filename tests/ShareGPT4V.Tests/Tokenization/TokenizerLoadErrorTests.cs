@@ -152,3 +152,15 @@ public class TokenizerLoadErrorTests
         Assert.Equal([1, 2, 3148, 1001], t.Encode("</s>USER"));
     }
 }
+
+public class TokenizerEdgeCaseTests
+{
+    [Fact]
+    public void EmptyAddedTokenIsIgnoredForSplitting()
+    {
+        string dir = TokenizerFixtures.ModelFolder("anchors/liuhaotian__llava-v1.5-7b", "special_tokens_map.json");
+        File.WriteAllText(Path.Combine(dir, "added_tokens.json"), "{\"\": 32000, \"<image>\": 32001}");
+        var t = LlavaTokenizer.Load(dir);
+        Assert.Equal([1, 15043, 32001], t.Encode("Hello<image>"));
+    }
+}

@@ -18,8 +18,9 @@ public sealed record ChatMessage(ChatRole Role, string Text, int ImageCount = 0)
 /// user/assistant turns starting with a user turn, images attached to user turns. Image markers go where LLaVA puts
 /// them: markers written in a turn's text are taken out and one <c>&lt;image&gt;\n</c> per image is put at the start
 /// of that turn (so the first image leads the first user turn). Not thread-safe; build one per request.
+/// (Not named "Conversation": a type named like its namespace cannot be used by short name from ShareGPT4V.* code.)
 /// </summary>
-public sealed class Conversation
+public sealed class ConversationBuilder
 {
     private readonly List<ChatMessage> _messages = [];
 
@@ -36,16 +37,16 @@ public sealed class Conversation
     /// <summary>Strings that end a generated answer for this template.</summary>
     public IReadOnlyList<string> StopStrings => Template.StopStrings;
 
-    public Conversation(ConversationTemplate template)
+    public ConversationBuilder(ConversationTemplate template)
     {
         Template = template ?? throw new ArgumentNullException(nameof(template));
     }
 
     /// <summary>A conversation using the named template (see <see cref="ConversationTemplates.Get"/>).</summary>
-    public Conversation(string templateName) : this(ConversationTemplates.Get(templateName)) { }
+    public ConversationBuilder(string templateName) : this(ConversationTemplates.Get(templateName)) { }
 
     /// <summary>Adds a user turn with <paramref name="imageCount"/> images.</summary>
-    public Conversation AddUser(string text, int imageCount = 0)
+    public ConversationBuilder AddUser(string text, int imageCount = 0)
     {
         ArgumentNullException.ThrowIfNull(text);
         if (imageCount < 0) throw new PromptException($"Image count must not be negative, got {imageCount}");
@@ -59,7 +60,7 @@ public sealed class Conversation
     }
 
     /// <summary>Adds an assistant turn (a previous answer).</summary>
-    public Conversation AddAssistant(string text)
+    public ConversationBuilder AddAssistant(string text)
     {
         ArgumentNullException.ThrowIfNull(text);
         if (_messages.Count == 0 || _messages[^1].Role != ChatRole.User)
@@ -71,7 +72,7 @@ public sealed class Conversation
     }
 
     /// <summary>Adds a turn of either role.</summary>
-    public Conversation Add(ChatMessage message)
+    public ConversationBuilder Add(ChatMessage message)
     {
         ArgumentNullException.ThrowIfNull(message);
         if (message.Role == ChatRole.Assistant && message.ImageCount != 0)
