@@ -167,7 +167,7 @@ public sealed class MultimodalPipeline : IDisposable
     public string BuildPrompt(IReadOnlyList<ChatMessage> messages)
     {
         if (messages.Count == 0) throw new PromptException("The conversation has no messages");
-        var conv = new Conversation.Conversation(_template);
+        var conv = new ConversationBuilder(_template);
         foreach (var m in messages) conv.Add(m);
         return conv.BuildPrompt();
     }
