@@ -164,10 +164,14 @@ public sealed class MultimodalPipeline : IDisposable
         (await GenerateBatchAsync(new[] { new PromptRequest(prompt, images ?? Array.Empty<ImageInput>()) }, options, null, cancellationToken).ConfigureAwait(false))[0];
 
     /// <summary>Renders a conversation with the pipeline's template.</summary>
-    public string BuildPrompt(IReadOnlyList<ChatMessage> messages)
+    public string BuildPrompt(IReadOnlyList<ChatMessage> messages) => BuildPrompt(messages, null);
+
+    /// <summary>Renders a conversation with the pipeline's template and, if given, a system message of the caller's.</summary>
+    public string BuildPrompt(IReadOnlyList<ChatMessage> messages, string? systemPrompt)
     {
         if (messages.Count == 0) throw new PromptException("The conversation has no messages");
         var conv = new ConversationBuilder(_template);
+        if (systemPrompt is not null) conv.SystemPrompt = systemPrompt;
         foreach (var m in messages) conv.Add(m);
         return conv.BuildPrompt();
     }
