@@ -234,14 +234,13 @@ public sealed class SafeTensorsFile : ITensorReader
         }
         else
         {
+            // Read straight into the tensor (a managed byte[] would cap tensors at 2 GiB and cost a second copy).
             stored = torch.empty(info.Shape, info.DType);
-            var buffer = new byte[bytes];
-            using (var fs = new FileStream(FilePath, FileMode.Open, FileAccess.Read, FileShare.Read))
+            using (var fs = new FileStream(FilePath, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16))
             {
                 fs.Seek(offset, SeekOrigin.Begin);
-                fs.ReadExactly(buffer);
+                stored.ReadBytesFromStream(fs);
             }
-            stored.bytes = buffer;
         }
         var result = stored;
         if (target != info.DType)

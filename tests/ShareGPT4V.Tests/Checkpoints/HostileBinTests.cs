@@ -71,6 +71,10 @@ public sealed class HostileBinTests : IDisposable
             Write("negstride.bin", TorchZip(OneTensorPickle(offset: 3, stride: new[] { -1 }), new Dictionary<string, byte[]> { ["0"] = Floats(1, 2, 3, 4) })),
             "Negative size or stride");
         Refused<CheckpointFormatException>(ZipWithPickle("list.bin", new Pickle().Proto().Op((byte)']', (byte)'.').Bytes), "not a dict");
+        // {"model": {"w": tensor}}: a training checkpoint, not a state dict.
+        var nested = new Pickle().Proto().Op((byte)'}').Str("model").Op((byte)'}').Str("w")
+            .Tensor("FloatStorage", "0", 4, 0, new[] { 4 }, new[] { 1 }).Op((byte)'s', (byte)'s', (byte)'.').Bytes;
+        Refused<CheckpointFormatException>(ZipWithPickle("nested.bin", nested), "'model' hold nested dicts");
     }
 
     private string ZipWithPickle(string name, byte[] pkl) =>
