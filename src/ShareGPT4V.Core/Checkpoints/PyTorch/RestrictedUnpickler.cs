@@ -12,7 +12,7 @@ namespace ShareGPT4V.Checkpoints.PyTorch;
 /// Every length read from the input is checked against the bytes that remain before anything is allocated, and the
 /// memo, stack and MARK nesting are bounded, so a hostile file cannot exhaust memory or recursion.
 /// </summary>
-public sealed class RestrictedUnpickler
+internal sealed class RestrictedUnpickler
 {
     /// <summary>Limits applied while unpickling.</summary>
     public sealed record Limits
