@@ -214,4 +214,39 @@ public sealed class HostileBinTests : IDisposable
         }
         Assert.False(File.Exists(Pwned));
     }
+
+    [Theory]
+    [InlineData("oracle/dtype_bin/dtype_legacy.bin", 20, 2000)]
+    [InlineData("oracle/llava_tiny336_bin/clip-vit-tiny-336/pytorch_model.bin", 64, 8000)]
+    public void ByteFlipsInOtherPicklesAreRefusedOrLoadCleanly(string fixture, int from, int span)
+    {
+        var bytes = File.ReadAllBytes(Fixtures.Path(fixture));
+        var rng = new Random(99);
+        for (int i = 0; i < 150; i++)
+        {
+            var copy = (byte[])bytes.Clone();
+            copy[from + rng.Next(0, span)] ^= (byte)rng.Next(1, 256);
+            var p = Write($"flip{i}.bin", copy);
+            try
+            {
+                using var r = PyTorchCheckpointReader.Open(p);
+                foreach (var name in r.Names) { using var t = r.Load(name); }
+            }
+            catch (CheckpointFormatException) { }
+        }
+        Assert.False(File.Exists(Pwned));
+    }
+
+    [Fact]
+    public void LoadedTensorsOutliveTheReader()
+    {
+        torch.Tensor t;
+        using (var r = PyTorchCheckpointReader.Open(Fixtures.Path("oracle/dtype_bin/dtype_zip.bin")))
+            t = r.Load("fp32");
+        using (t)
+            Assert.Equal(6, t.contiguous().data<float>().ToArray().Length);
+        var disposed = PyTorchCheckpointReader.Open(Fixtures.Path("oracle/dtype_bin/dtype_zip.bin"));
+        disposed.Dispose();
+        Assert.Throws<ObjectDisposedException>(() => disposed.Load("fp32"));
+    }
 }

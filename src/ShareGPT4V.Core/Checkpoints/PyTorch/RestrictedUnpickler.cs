@@ -18,8 +18,8 @@ internal sealed class RestrictedUnpickler
     public sealed record Limits
     {
         public int MaxMarkDepth { get; init; } = 1_000;
-        public int MaxStack { get; init; } = 10_000_000;
-        public int MaxMemo { get; init; } = 10_000_000;
+        public int MaxStack { get; init; } = 4_000_000;
+        public int MaxMemo { get; init; } = 4_000_000;
         public int MaxGlobalLineBytes { get; init; } = 256;
         public int MaxLongBytes { get; init; } = 1_024;
         public int MaxRank { get; init; } = 64;
