@@ -61,6 +61,10 @@ public sealed class SafeTensorsFile : ITensorReader
         var header = new byte[headerLen];
         fs.ReadExactly(header);
 
+        // System.Text.Json accepts invalid UTF-8 inside strings and only fails (with InvalidOperationException) when
+        // a name is read, so check the encoding first.
+        if (!System.Text.Unicode.Utf8.IsValid(header))
+            throw new CheckpointFormatException("Header is not valid UTF-8 JSON", full);
         JsonDocument doc;
         try { doc = JsonDocument.Parse(header, new JsonDocumentOptions { MaxDepth = 16 }); }
         catch (JsonException e) { throw new CheckpointFormatException($"Header is not valid JSON: {e.Message}", full, inner: e); }

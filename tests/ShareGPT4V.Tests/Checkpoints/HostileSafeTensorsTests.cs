@@ -88,6 +88,10 @@ public sealed class HostileSafeTensorsTests : IDisposable
     {
         RefusedFile("notjson.safetensors", SafeTensors("{\"a\": [1, 2", 0), "not valid JSON");
         RefusedFile("array.safetensors", SafeTensors("[1,2]", 0), "not a JSON object");
+        // Found by fuzzing: invalid UTF-8 inside a JSON string used to escape as InvalidOperationException.
+        var bytes = SafeTensors(Good, 8);
+        bytes[8 + 2] = 0xff; // inside the name "a"
+        RefusedFile("utf8.safetensors", bytes, "not valid UTF-8");
     }
 
     [Fact]
