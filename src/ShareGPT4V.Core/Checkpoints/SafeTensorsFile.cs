@@ -61,6 +61,10 @@ public sealed class SafeTensorsFile : ITensorReader
         var header = new byte[headerLen];
         fs.ReadExactly(header);
 
+        // System.Text.Json accepts invalid UTF-8 inside strings and only fails (with InvalidOperationException) when
+        // a name is read, so check the encoding first.
+        if (!System.Text.Unicode.Utf8.IsValid(header))
+            throw new CheckpointFormatException("Header is not valid UTF-8 JSON", full);
         JsonDocument doc;
         try { doc = JsonDocument.Parse(header, new JsonDocumentOptions { MaxDepth = 16 }); }
         catch (JsonException e) { throw new CheckpointFormatException($"Header is not valid JSON: {e.Message}", full, inner: e); }
@@ -234,14 +238,13 @@ public sealed class SafeTensorsFile : ITensorReader
         }
         else
         {
+            // Read straight into the tensor (a managed byte[] would cap tensors at 2 GiB and cost a second copy).
             stored = torch.empty(info.Shape, info.DType);
-            var buffer = new byte[bytes];
-            using (var fs = new FileStream(FilePath, FileMode.Open, FileAccess.Read, FileShare.Read))
+            using (var fs = new FileStream(FilePath, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16))
             {
                 fs.Seek(offset, SeekOrigin.Begin);
-                fs.ReadExactly(buffer);
+                stored.ReadBytesFromStream(fs);
             }
-            stored.bytes = buffer;
         }
         var result = stored;
         if (target != info.DType)

@@ -50,7 +50,11 @@ public sealed class ShardedTensorReader : ITensorReader
         Dictionary<string, string> weightMap = new(StringComparer.Ordinal);
         try
         {
-            using var doc = JsonDocument.Parse(File.ReadAllBytes(full), new JsonDocumentOptions { MaxDepth = 16 });
+            var bytes = File.ReadAllBytes(full);
+            // Invalid UTF-8 inside JSON strings only surfaces (as InvalidOperationException) when a string is read.
+            if (!System.Text.Unicode.Utf8.IsValid(bytes))
+                throw new CheckpointFormatException("Index is not valid UTF-8 JSON", full);
+            using var doc = JsonDocument.Parse(bytes, new JsonDocumentOptions { MaxDepth = 16 });
             if (doc.RootElement.ValueKind != JsonValueKind.Object
                 || !doc.RootElement.TryGetProperty("weight_map", out var wm) || wm.ValueKind != JsonValueKind.Object)
                 throw new CheckpointFormatException("Index has no 'weight_map' object", full);

@@ -71,6 +71,10 @@ public sealed class HostileBinTests : IDisposable
             Write("negstride.bin", TorchZip(OneTensorPickle(offset: 3, stride: new[] { -1 }), new Dictionary<string, byte[]> { ["0"] = Floats(1, 2, 3, 4) })),
             "Negative size or stride");
         Refused<CheckpointFormatException>(ZipWithPickle("list.bin", new Pickle().Proto().Op((byte)']', (byte)'.').Bytes), "not a dict");
+        // {"model": {"w": tensor}}: a training checkpoint, not a state dict.
+        var nested = new Pickle().Proto().Op((byte)'}').Str("model").Op((byte)'}').Str("w")
+            .Tensor("FloatStorage", "0", 4, 0, new[] { 4 }, new[] { 1 }).Op((byte)'s', (byte)'s', (byte)'.').Bytes;
+        Refused<CheckpointFormatException>(ZipWithPickle("nested.bin", nested), "'model' hold nested dicts");
     }
 
     private string ZipWithPickle(string name, byte[] pkl) =>
@@ -209,5 +213,40 @@ public sealed class HostileBinTests : IDisposable
             catch (CheckpointFormatException) { }
         }
         Assert.False(File.Exists(Pwned));
+    }
+
+    [Theory]
+    [InlineData("oracle/dtype_bin/dtype_legacy.bin", 20, 2000)]
+    [InlineData("oracle/llava_tiny336_bin/clip-vit-tiny-336/pytorch_model.bin", 64, 8000)]
+    public void ByteFlipsInOtherPicklesAreRefusedOrLoadCleanly(string fixture, int from, int span)
+    {
+        var bytes = File.ReadAllBytes(Fixtures.Path(fixture));
+        var rng = new Random(99);
+        for (int i = 0; i < 150; i++)
+        {
+            var copy = (byte[])bytes.Clone();
+            copy[from + rng.Next(0, span)] ^= (byte)rng.Next(1, 256);
+            var p = Write($"flip{i}.bin", copy);
+            try
+            {
+                using var r = PyTorchCheckpointReader.Open(p);
+                foreach (var name in r.Names) { using var t = r.Load(name); }
+            }
+            catch (CheckpointFormatException) { }
+        }
+        Assert.False(File.Exists(Pwned));
+    }
+
+    [Fact]
+    public void LoadedTensorsOutliveTheReader()
+    {
+        torch.Tensor t;
+        using (var r = PyTorchCheckpointReader.Open(Fixtures.Path("oracle/dtype_bin/dtype_zip.bin")))
+            t = r.Load("fp32");
+        using (t)
+            Assert.Equal(6, t.contiguous().data<float>().ToArray().Length);
+        var disposed = PyTorchCheckpointReader.Open(Fixtures.Path("oracle/dtype_bin/dtype_zip.bin"));
+        disposed.Dispose();
+        Assert.Throws<ObjectDisposedException>(() => disposed.Load("fp32"));
     }
 }

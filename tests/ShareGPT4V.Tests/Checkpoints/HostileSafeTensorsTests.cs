@@ -51,6 +51,24 @@ public sealed class HostileSafeTensorsTests : IDisposable
     }
 
     [Fact]
+    public void UnalignedTensorsAreCopiedCorrectly()
+    {
+        // A 1-byte tensor first puts the float at an odd offset: it cannot be a view of the mapping.
+        var bytes = SafeTensors("""{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"b":{"dtype":"F32","shape":[2],"data_offsets":[1,9]}}""", 9);
+        int data = bytes.Length - 9;
+        bytes[data] = 7;
+        BinaryPrimitives.WriteSingleLittleEndian(bytes.AsSpan(data + 1), 1.5f);
+        BinaryPrimitives.WriteSingleLittleEndian(bytes.AsSpan(data + 5), -2.25f);
+        using var f = SafeTensorsFile.Open(Write("unaligned.safetensors", bytes));
+        using var b = f.Load("b");
+        Assert.Equal(new[] { 1.5f, -2.25f }, b.data<float>().ToArray());
+        using var b64 = f.Load("b", TorchSharp.torch.ScalarType.Float64);
+        Assert.Equal(new[] { 1.5, -2.25 }, b64.data<double>().ToArray());
+        using var a = f.Load("a");
+        Assert.Equal((byte)7, a[0].item<byte>());
+    }
+
+    [Fact]
     public void TruncatedFile()
     {
         RefusedFile("tiny.safetensors", new byte[5], "truncated");
@@ -70,6 +88,10 @@ public sealed class HostileSafeTensorsTests : IDisposable
     {
         RefusedFile("notjson.safetensors", SafeTensors("{\"a\": [1, 2", 0), "not valid JSON");
         RefusedFile("array.safetensors", SafeTensors("[1,2]", 0), "not a JSON object");
+        // Found by fuzzing: invalid UTF-8 inside a JSON string used to escape as InvalidOperationException.
+        var bytes = SafeTensors(Good, 8);
+        bytes[8 + 2] = 0xff; // inside the name "a"
+        RefusedFile("utf8.safetensors", bytes, "not valid UTF-8");
     }
 
     [Fact]

@@ -145,6 +145,33 @@ public sealed class LlavaBinTests : IDisposable
     }
 
     [Fact]
+    public void StreamingWriteFromAReaderAndFolderConversion()
+    {
+        // Every dtype and layout of the legacy file (views, shared and expanded storages) streamed into one file.
+        using var src = PyTorchCheckpointReader.Open(Fixtures.Path("oracle/dtype_bin/dtype_legacy.bin"));
+        var path = Path.Combine(_dir, "legacy.safetensors");
+        SafeTensorsWriter.Write(path, src);
+        using (var back = SafeTensorsFile.Open(path))
+        {
+            Assert.Equal("pt", back.Metadata["format"]);
+            foreach (var n in src.Names)
+            {
+                using var a = src.Load(n);
+                using var b = back.Load(n);
+                Assert.True(TensorAssert.BitEqual(a, b), n);
+            }
+        }
+
+        var outDir = Path.Combine(_dir, "clip");
+        var result = CheckpointConverter.Convert(Bin("clip-vit-tiny-336"), outDir);
+        Assert.Equal(Path.Combine(outDir, "model.safetensors"), Assert.Single(result.Files));
+        using var converted = CheckpointDiscovery.Open(outDir);
+        using var original = SafeTensorsFile.Open(Safe("clip-vit-tiny-336/model.safetensors"));
+        AssertSameTensors(original, converted);
+        Assert.Throws<ArgumentException>(() => CheckpointConverter.Convert(outDir, outDir));
+    }
+
+    [Fact]
     public void LoadTimeOfTheLargestBinFixture()
     {
         // Timing is reported, not asserted (shared machine); the largest .bin fixture is shard 1 (497 kB).

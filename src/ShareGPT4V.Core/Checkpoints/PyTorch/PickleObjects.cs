@@ -6,13 +6,13 @@ namespace ShareGPT4V.Checkpoints.PyTorch;
 // has a recursive ToString (a hostile pickle may nest containers arbitrarily deep).
 
 /// <summary>A module-level name the pickle referred to with GLOBAL / STACK_GLOBAL (only allow-listed ones are ever created).</summary>
-public sealed record PickleGlobal(string Module, string Name)
+internal sealed record PickleGlobal(string Module, string Name)
 {
     public override string ToString() => $"{Module}.{Name}";
 }
 
 /// <summary>A Python tuple.</summary>
-public sealed class PickleTuple
+internal sealed class PickleTuple
 {
     public PickleTuple(object?[] items) => Items = items;
     public object?[] Items { get; }
@@ -22,14 +22,14 @@ public sealed class PickleTuple
 }
 
 /// <summary>A Python list.</summary>
-public sealed class PickleList
+internal sealed class PickleList
 {
     public List<object?> Items { get; } = new();
     public override string ToString() => $"list of {Items.Count}";
 }
 
 /// <summary>A Python dict or collections.OrderedDict, in insertion order (string keys replace earlier values as in Python).</summary>
-public sealed class PickleDict
+internal sealed class PickleDict
 {
     private readonly Dictionary<string, int> _stringKeys = new(StringComparer.Ordinal);
     public List<KeyValuePair<object?, object?>> Items { get; } = new();
@@ -53,7 +53,7 @@ public sealed class PickleDict
 /// <param name="DType">The element type of the storage type.</param>
 /// <param name="Numel">Elements in the storage.</param>
 /// <param name="Location">Where it was saved from ("cpu", "cuda:0"); informational only.</param>
-public sealed record StorageRef(string Key, torch.ScalarType DType, long Numel, string Location);
+internal sealed record StorageRef(string Key, torch.ScalarType DType, long Numel, string Location);
 
 /// <summary>A tensor the pickle rebuilds from a storage: a strided view of it.</summary>
-public sealed record TensorRef(StorageRef Storage, long StorageOffset, long[] Shape, long[] Strides, bool RequiresGrad);
+internal sealed record TensorRef(StorageRef Storage, long StorageOffset, long[] Shape, long[] Strides, bool RequiresGrad);

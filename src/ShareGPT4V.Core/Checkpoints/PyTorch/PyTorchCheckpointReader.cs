@@ -221,6 +221,14 @@ public sealed class PyTorchCheckpointReader : ITensorReader
             entries[name] = new Entry(new TensorInfo(name, t.Storage.DType, t.Shape, path), t, record);
             names.Add(name);
         }
+        if (names.Count == 0)
+        {
+            // A training checkpoint ({"model": state_dict, "optimizer": ...}) is a common mistake; say so.
+            var nested = dict.Items.Where(kv => kv.Key is string && kv.Value is PickleDict).Select(kv => $"'{kv.Key}'").Take(10).ToList();
+            if (nested.Count > 0)
+                throw new CheckpointFormatException(
+                    $"Checkpoint holds no tensors at the top level; the keys {string.Join(", ", nested)} hold nested dicts (a training checkpoint rather than a state dict?)", path);
+        }
         return new PyTorchCheckpointReader(path, fileLength, container, entries, names);
     }
 

@@ -12,14 +12,14 @@ namespace ShareGPT4V.Checkpoints.PyTorch;
 /// Every length read from the input is checked against the bytes that remain before anything is allocated, and the
 /// memo, stack and MARK nesting are bounded, so a hostile file cannot exhaust memory or recursion.
 /// </summary>
-public sealed class RestrictedUnpickler
+internal sealed class RestrictedUnpickler
 {
     /// <summary>Limits applied while unpickling.</summary>
     public sealed record Limits
     {
         public int MaxMarkDepth { get; init; } = 1_000;
-        public int MaxStack { get; init; } = 10_000_000;
-        public int MaxMemo { get; init; } = 10_000_000;
+        public int MaxStack { get; init; } = 4_000_000;
+        public int MaxMemo { get; init; } = 4_000_000;
         public int MaxGlobalLineBytes { get; init; } = 256;
         public int MaxLongBytes { get; init; } = 1_024;
         public int MaxRank { get; init; } = 64;

@@ -10,7 +10,7 @@ namespace ShareGPT4V.Checkpoints.PyTorch;
 /// <param name="Size">Bytes of the record's content.</param>
 /// <param name="LocalHeaderOffset">Where the record's local header starts.</param>
 /// <param name="DataOffset">Where the record's bytes start (after the local header, name and extra field).</param>
-public sealed record ZipEntry(string Name, int Method, long CompressedSize, long Size, long LocalHeaderOffset, long DataOffset)
+internal sealed record ZipEntry(string Name, int Method, long CompressedSize, long Size, long LocalHeaderOffset, long DataOffset)
 {
     public bool IsStored => Method == 0;
 }
@@ -21,7 +21,7 @@ public sealed record ZipEntry(string Name, int Method, long CompressedSize, long
 /// bytes start in the file, so STORED records can be memory-mapped. Everything read from the file is bounds-checked
 /// before it is used; nothing is decompressed.
 /// </summary>
-public sealed class ZipArchiveReader
+internal sealed class ZipArchiveReader
 {
     private const uint EndOfCentralDirSig = 0x06054b50;
     private const uint Zip64EndLocatorSig = 0x07064b50;
