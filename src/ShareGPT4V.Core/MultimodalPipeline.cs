@@ -140,7 +140,15 @@ public sealed class MultimodalPipeline : IDisposable
         _ = task.ContinueWith(t => channel.Writer.TryComplete(t.Exception?.InnerException ?? (t.IsCanceled ? new OperationCanceledException(cancellationToken) : null)),
             CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
         await foreach (var piece in channel.Reader.ReadAllAsync(CancellationToken.None).ConfigureAwait(false))
+        {
+            // Pieces may already be buffered when the caller cancels: stop at once rather than drain them.
+            if (cancellationToken.IsCancellationRequested)
+            {
+                _ = task.ContinueWith(static t => _ = t.Exception, TaskScheduler.Default); // observe the abandoned run
+                cancellationToken.ThrowIfCancellationRequested();
+            }
             yield return piece;
+        }
         await task.ConfigureAwait(false); // surfaces cancellation or errors
     }
 

@@ -96,7 +96,7 @@ public class PipelineTests : IClassFixture<PipelineFixture>
             await foreach (var _ in _p.ChatStreamingAsync(messages, new[] { Image("image1") }, new GenerationOptions { MaxNewTokens = 1500, StopAtEndOfSequence = false }, cts.Token))
                 if (++pieces == 2) cts.Cancel();
         });
-        Assert.InRange(pieces, 2, 4);
+        Assert.Equal(2, pieces);
         var after = await _p.ChatAsync(messages, new[] { Image("image1") }, Reference);
         Assert.Equal(Ints(_case.Prompt("main").GetProperty("generated_ids")), after.TokenIds);
     }
