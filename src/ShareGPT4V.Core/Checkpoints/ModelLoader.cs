@@ -41,6 +41,21 @@ public static class ModelLoader
     public static LlavaModel Load(ModelFolder folder, LoadOptions options, IProgress<LoadProgress>? progress = null,
         CancellationToken cancellationToken = default)
     {
+        var readers = OpenReaders(folder);
+        try
+        {
+            return Load(folder.Config, readers, options, progress, cancellationToken);
+        }
+        finally
+        {
+            // Loaded tensors are views that keep their own reference to the mapped files.
+            foreach (var (r, _) in readers) r.Dispose();
+        }
+    }
+
+    /// <summary>Opens the checkpoint(s) of a model folder: one for llava-hf, the LLM's and the tower's for the original layout.</summary>
+    internal static List<(ITensorReader Reader, CheckpointPart Part)> OpenReaders(ModelFolder folder)
+    {
         var readers = new List<(ITensorReader Reader, CheckpointPart Part)>();
         try
         {
@@ -51,18 +66,43 @@ public static class ModelLoader
                 readers.Add((OpenFolder(folder.ModelPath), CheckpointPart.OriginalLanguageModel));
                 readers.Add((OpenFolder(folder.VisionTowerPath), CheckpointPart.VisionTower));
             }
-            return Load(folder.Config, readers, options, progress, cancellationToken);
+            return readers;
         }
-        finally
+        catch
         {
-            // Loaded tensors are views that keep their own reference to the mapped files.
             foreach (var (r, _) in readers) r.Dispose();
+            throw;
         }
     }
 
     /// <summary>Builds the model from already-open readers (each tagged with how its keys map).</summary>
     public static LlavaModel Load(LlavaConfig config, IReadOnlyList<(ITensorReader Reader, CheckpointPart Part)> readers,
         LoadOptions options, IProgress<LoadProgress>? progress = null, CancellationToken cancellationToken = default)
+    {
+        var (sources, meta) = MatchCheckpoint(config, readers, options.DType);
+
+        // 3. Materialise: every parameter straight from its checkpoint tensor.
+        long totalBytes = meta.Requested.Sum(r => r.Shape.Aggregate(1L, (a, b) => a * b) * ElementSize(options.DType));
+        var source = new CheckpointWeightSource(sources, options, meta.Requested.Count, totalBytes, progress, cancellationToken);
+        try
+        {
+            using var noGrad = torch.no_grad();
+            return new LlavaModel(config, source);
+        }
+        catch
+        {
+            source.DisposeCreated();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Pairs every parameter of the model <paramref name="config"/> describes with its checkpoint tensor (our name →
+    /// reader and key), checking names, shapes and dtypes without reading any weight. Throws one
+    /// <see cref="CheckpointFormatException"/> listing every missing, unexpected or mis-shaped tensor.
+    /// </summary>
+    internal static (Dictionary<string, (ITensorReader Reader, string Key)> Sources, MetaWeightSource Meta) MatchCheckpoint(
+        LlavaConfig config, IReadOnlyList<(ITensorReader Reader, CheckpointPart Part)> readers, ScalarType dtype)
     {
         // 1. Our name -> (reader, key) for every tensor the checkpoint offers.
         var sources = new Dictionary<string, (ITensorReader Reader, string Key)>(StringComparer.Ordinal);
@@ -77,7 +117,7 @@ public static class ModelLoader
             }
 
         // 2. The model's expected names and shapes, from a build on the meta device (no memory).
-        var meta = new MetaWeightSource(options.DType);
+        var meta = new MetaWeightSource(dtype);
         using (var _ = new LlavaModel(config, meta)) { }
         var problems = new List<string>();
         var expected = new HashSet<string>(StringComparer.Ordinal);
@@ -105,20 +145,7 @@ public static class ModelLoader
             throw new CheckpointFormatException($"The checkpoint does not match the model ({problems.Count} problem(s)): {text}",
                 string.Join(", ", readers.Select(r => r.Reader.Source)));
         }
-
-        // 3. Materialise: every parameter straight from its checkpoint tensor.
-        long totalBytes = meta.Requested.Sum(r => r.Shape.Aggregate(1L, (a, b) => a * b) * ElementSize(options.DType));
-        var source = new CheckpointWeightSource(sources, options, meta.Requested.Count, totalBytes, progress, cancellationToken);
-        try
-        {
-            using var noGrad = torch.no_grad();
-            return new LlavaModel(config, source);
-        }
-        catch
-        {
-            source.DisposeCreated();
-            throw;
-        }
+        return (sources, meta);
     }
 
     private static bool IsFloating(ScalarType t) =>

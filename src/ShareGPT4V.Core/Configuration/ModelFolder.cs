@@ -76,7 +76,8 @@ public sealed record ModelFolder
             VisionFeatureLayer = r.Int("vision_feature_layer", -2),
             KeepClsToken = strategy == "full",
             ImageTokenIndex = r.Int("image_token_index", r.Int("image_token_id", 32000)),
-            ImageAspectRatio = "square",
+            // Not a transformers key: llava-hf processors always resize + crop. Folders converted from a "pad" model keep it here.
+            ImageAspectRatio = r.String("image_aspect_ratio", "square")!,
         };
         cfg.Validate(configPath);
         return cfg;

@@ -15,20 +15,52 @@ internal sealed class GoldenCase
     public string ModelPath { get; }
     public string PrimaryVariant => Golden.GetProperty("primary_pixel_variant").GetString()!;
 
-    public GoldenCase(string name, string? modelSubdir = null, string? goldenFrom = null)
+    /// <summary>The image placeholder the golden ids use, and the one the model under test expects.</summary>
+    private readonly (long Golden, long Model) _placeholder;
+
+    public GoldenCase(string name, string? modelSubdir = null, string? goldenFrom = null, string? modelPath = null, long? modelPlaceholder = null)
     {
         Name = name;
         Dir = Fixtures.Path("oracle/" + (goldenFrom ?? name));
         Golden = JsonDocument.Parse(File.ReadAllBytes(System.IO.Path.Combine(Dir, "golden.json"))).RootElement.Clone();
-        ModelPath = Fixtures.Path("oracle/" + name + (modelSubdir is null ? "" : "/" + modelSubdir));
+        ModelPath = modelPath ?? Fixtures.Path("oracle/" + name + (modelSubdir is null ? "" : "/" + modelSubdir));
+        var special = Golden.GetProperty("special_ids");
+        long golden = special.TryGetProperty("image_token_index", out var hf) ? hf.GetInt64() : special.GetProperty("image_placeholder").GetInt64();
+        _placeholder = (golden, modelPlaceholder ?? golden);
     }
 
     public static GoldenCase Get(string name) => name switch
     {
         "llava_tiny336" => new GoldenCase(name, "model"),
         "llava_tiny336_bin" => new GoldenCase(name, "model", "llava_tiny336"),
+        // Oracle cases rewritten by ModelConverter into the other layout: the goldens must still hold.
+        "llava_tiny336_as_hf" => Converted(name, "llava_tiny336", "model", TargetLayout.LlavaHf),
+        "hf_tiny_as_original" => Converted(name, "hf_tiny", null, TargetLayout.Original),
         _ => new GoldenCase(name),
     };
+
+    private static readonly Dictionary<string, ModelConversionResult> ConvertedFolders = new();
+
+    private static GoldenCase Converted(string name, string source, string? subdir, TargetLayout layout)
+    {
+        ModelConversionResult result;
+        lock (ConvertedFolders)
+        {
+            if (!ConvertedFolders.TryGetValue(name, out result!))
+            {
+                var dir = Directory.CreateTempSubdirectory("sgpt4v-" + name + "-").FullName;
+                AppDomain.CurrentDomain.ProcessExit += (_, _) => { try { Directory.Delete(dir, true); } catch (IOException) { } };
+                var from = Fixtures.Path("oracle/" + source + (subdir is null ? "" : "/" + subdir));
+                ConvertedFolders[name] = result = ModelConverter.Convert(from, System.IO.Path.Combine(dir, "out"), new ModelConversionOptions { Layout = layout });
+            }
+        }
+        var placeholder = Configuration.ModelFolder.Open(result.ModelPath).Config.ImageTokenIndex;
+        return new GoldenCase(name, goldenFrom: source, modelPath: result.ModelPath, modelPlaceholder: placeholder);
+    }
+
+    /// <summary>Input ids of the golden with the image placeholder the model under test expects.</summary>
+    public long[] InputIds(JsonElement e) => Ids(e).Select(x => x == _placeholder.Golden ? _placeholder.Model : x).ToArray();
+    public long[][] InputIdRows(JsonElement e) => e.EnumerateArray().Select(InputIds).ToArray();
 
     public Tensor Tensor(string file, string key)
     {

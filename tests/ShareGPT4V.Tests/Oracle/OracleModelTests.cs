@@ -21,6 +21,8 @@ public class OracleModelTests
         new object[] { "hf_tiny" }, new object[] { "llava_tiny336" }, new object[] { "hf_llama2vocab" },
         // The same weights as llava_tiny336 saved as PyTorch .bin shards, as the hub checkpoints ship.
         new object[] { "llava_tiny336_bin" },
+        // Converted into the other layout by ModelConverter.
+        new object[] { "llava_tiny336_as_hf" }, new object[] { "hf_tiny_as_original" },
     };
 
     private static readonly Dictionary<string, LlavaModel> Models = new();
@@ -84,7 +86,7 @@ public class OracleModelTests
         {
             using var scope = NewDisposeScope();
             using var noGrad = torch.no_grad();
-            var ids = GoldenCase.Ids(p.GetProperty(form));
+            var ids = c.InputIds(p.GetProperty(form));
             var image = model.EncodeImages(c.Pixels(p.GetProperty("image").GetString()!, p.GetProperty("pixel_variant").GetString()!));
             using var inputs = model.BuildInputs(new[] { ids }, image);
             var hidden = new List<Tensor>();
@@ -108,7 +110,7 @@ public class OracleModelTests
         var model = Model(c);
         using var scope = NewDisposeScope();
         using var noGrad = torch.no_grad();
-        var ids = GoldenCase.Ids(c.Prompt("text").GetProperty("input_ids"));
+        var ids = c.InputIds(c.Prompt("text").GetProperty("input_ids"));
         using var inputs = model.BuildInputs(new[] { ids }, null);
         var logits = model.LanguageModel.Forward(inputs.Embeddings, inputs.PositionIds, null, null, 0, LogitsMode.Last);
         TensorAssert.Close(c.Tensor("logits.safetensors", "text_last"), logits[0, 0], Tol, $"{name} text last logits");
@@ -124,7 +126,7 @@ public class OracleModelTests
             using var scope = NewDisposeScope();
             using var noGrad = torch.no_grad();
             var p = c.Prompt(batch);
-            var rows = GoldenCase.IdRows(p.GetProperty("input_ids"));
+            var rows = c.InputIdRows(p.GetProperty("input_ids"));
             Tensor? images = null;
             if (p.GetProperty("images").ValueKind == System.Text.Json.JsonValueKind.Array)
             {
@@ -157,13 +159,13 @@ public class OracleModelTests
             {
                 if (p.TryGetProperty("texts", out _))
                 {
-                    rows = GoldenCase.IdRows(p.GetProperty("input_ids"));
+                    rows = c.InputIdRows(p.GetProperty("input_ids"));
                     if (p.GetProperty("images").ValueKind == System.Text.Json.JsonValueKind.Array)
                         images = model.EncodeImages(torch.cat(p.GetProperty("images").EnumerateArray().Select(i => c.Pixels(i.GetString()!, variant!)).ToArray(), 0));
                 }
                 else
                 {
-                    rows = new[] { GoldenCase.Ids(p.GetProperty("input_ids")) };
+                    rows = new[] { c.InputIds(p.GetProperty("input_ids")) };
                     if (p.TryGetProperty("image", out var img))
                         images = model.EncodeImages(c.Pixels(img.GetString()!, variant!));
                 }

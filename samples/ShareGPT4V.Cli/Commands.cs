@@ -1,0 +1,100 @@
+using System.Text.Encodings.Web;
+using System.Text.Json;
+using ShareGPT4V.Checkpoints;
+using ShareGPT4V.Generation;
+
+namespace ShareGPT4V.Cli;
+
+/// <summary>What caption and chat share: loading the pipeline, generation options, and JSON answers.</summary>
+internal static class Shared
+{
+    public static readonly string[] ModelOptions = { "model", "vision-tower", "template", "dtype", "device", "threads", "context-length" };
+    public static readonly string[] GenerationOptionNames = { "max-new-tokens", "temperature", "top-p", "top-k", "repetition-penalty", "seed", "stop" };
+
+    public const string ModelHelp = """
+          --model DIR             model folder: llava-hf, or the LLM folder of an original LLaVA / ShareGPT4V checkpoint (required)
+          --vision-tower DIR      CLIP tower folder, when mm_vision_tower cannot be found next to the model
+          --template NAME         conversation template (default: the checkpoint's own); raw = the prompt as written,
+                                  <image> marking where the image goes. Others: vicuna_v1, llava_v1, share4v_v1,
+                                  share4v_v0, llava_llama_2, plain, llava_hf
+          --dtype NAME            float32 (default, fastest on CPU), bfloat16 or float16
+          --device NAME           cpu (default) or cuda:N
+          --threads N             libtorch CPU threads
+          --context-length N      context window in tokens (default: the model's)
+        """;
+
+    public const string GenerationHelp = """
+          --max-new-tokens N      longest answer in tokens (default 512)
+          --temperature T         0 = greedy (default, the reference protocol); > 0 samples
+          --top-p P               nucleus sampling mass (default 1 = off)
+          --top-k K               keep the K likeliest tokens (default 0 = off)
+          --repetition-penalty R  1 = off (default)
+          --seed S                makes sampling reproducible
+          --stop TEXT             stop when TEXT is generated (repeatable)
+        """;
+
+    public static MultimodalPipeline Load(CommandLine cl, GenerationOptions generation, int? maxBatchSize = null)
+    {
+        var options = new PipelineOptions
+        {
+            ModelPath = cl.Required("model"),
+            VisionTowerPath = cl.Value("vision-tower"),
+            Template = cl.Value("template"),
+            DType = cl.Value("dtype") ?? "float32",
+            Device = cl.Value("device") ?? "cpu",
+            Threads = cl.Int("threads", 1, 1024),
+            ContextLength = cl.Int("context-length", 1, 1 << 24),
+            Generation = generation,
+            MaxBatchSize = maxBatchSize ?? new PipelineOptions().MaxBatchSize,
+        };
+        var bar = new ConsoleProgress("loading");
+        var pipeline = MultimodalPipeline.Load(options, new SyncProgress<LoadProgress>(p =>
+            bar.Report(p.BytesLoaded, p.BytesTotal, $"{p.TensorsLoaded}/{p.TensorsTotal} tensors")));
+        bar.Done();
+        return pipeline;
+    }
+
+    public static GenerationOptions Generation(CommandLine cl)
+    {
+        var d = new GenerationOptions();
+        return new GenerationOptions
+        {
+            MaxNewTokens = cl.Int("max-new-tokens", 0, 1 << 20) ?? d.MaxNewTokens,
+            Temperature = cl.Double("temperature", 0, 100) ?? d.Temperature,
+            TopP = cl.Double("top-p", double.Epsilon, 1) ?? d.TopP,
+            TopK = cl.Int("top-k", 0, 1 << 24) ?? d.TopK,
+            RepetitionPenalty = cl.Double("repetition-penalty", double.Epsilon, 100) ?? d.RepetitionPenalty,
+            Seed = cl.Int("seed", int.MinValue, int.MaxValue),
+            StopStrings = cl.All("stop").Count > 0 ? cl.All("stop").ToList() : d.StopStrings,
+        };
+    }
+
+    private static readonly JsonSerializerOptions Json = new()
+    {
+        PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower,
+        Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping, // keep non-ASCII text readable; this is not HTML
+        DefaultIgnoreCondition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull,
+    };
+
+    /// <summary>One answer as a single JSON line.</summary>
+    public static string ToJson(GenerationResult r, string? image = null) => JsonSerializer.Serialize(new
+    {
+        image,
+        text = r.Text,
+        token_ids = r.TokenIds,
+        finish_reason = r.FinishReason.ToString(),
+        prompt_tokens = r.PromptTokens,
+        generated_tokens = r.GeneratedTokens,
+        timings_ms = new
+        {
+            preprocess = r.Timings.Preprocess.TotalMilliseconds,
+            vision = r.Timings.Vision.TotalMilliseconds,
+            prefill = r.Timings.Prefill.TotalMilliseconds,
+            decode = r.Timings.Decode.TotalMilliseconds,
+            time_to_first_token = r.Timings.TimeToFirstToken.TotalMilliseconds,
+            total = r.Timings.Total.TotalMilliseconds,
+        },
+    }, Json);
+
+    public static string ErrorJson(string image, Exception e) => JsonSerializer.Serialize(new { image, error = e.Message, error_type = e.GetType().Name }, Json);
+}

@@ -1,0 +1,55 @@
+using ShareGPT4V.Checkpoints;
+
+namespace ShareGPT4V.Cli;
+
+/// <summary><c>convert</c>: any checkpoint the library reads (PyTorch .bin, safetensors) → safetensors in a chosen layout.</summary>
+internal static class ConvertCommand
+{
+    public const string Help = """
+        usage: sharegpt4v convert --model DIR --output DIR [--layout same|llava-hf|original] [options]
+
+        Rewrites a model as sharded safetensors, one tensor at a time in its stored dtype (bit-identical), with its
+        config, tokenizer and preprocessor files. The checkpoint is checked against the model first: one that would
+        not load is not converted. The output folder must not exist or be empty.
+
+          --model DIR             model folder (llava-hf, or the LLM folder of an original checkpoint) (required)
+          --vision-tower DIR      CLIP tower folder, when mm_vision_tower cannot be found next to the model
+          --output DIR            where to write (required). llava-hf: the model folder. original: a folder holding
+                                  the LLM folder and the tower folder side by side
+          --layout NAME           same (default), llava-hf, or original
+          --max-shard-size SIZE   largest shard, e.g. 2GB or 500MB (default 5GB)
+          --llm-folder NAME       original layout: name of the LLM folder (default: the source's)
+          --tower-folder NAME     original layout: name of the tower folder (default: the source's, or clip-vision-tower)
+        """;
+
+    public static int Run(IReadOnlyList<string> args)
+    {
+        var cl = CommandLine.Parse("convert", args,
+            new[] { "model", "vision-tower", "output", "layout", "max-shard-size", "llm-folder", "tower-folder" }, Array.Empty<string>());
+        var layout = (cl.Value("layout") ?? "same") switch
+        {
+            "same" => TargetLayout.Same,
+            "llava-hf" or "hf" => TargetLayout.LlavaHf,
+            "original" or "llava" => TargetLayout.Original,
+            var other => throw new UsageException($"--layout must be same, llava-hf or original, got '{other}'"),
+        };
+        var options = new ModelConversionOptions
+        {
+            Layout = layout,
+            VisionTowerPath = cl.Value("vision-tower"),
+            MaxShardBytes = cl.Size("max-shard-size") ?? CheckpointConverter.DefaultMaxShardBytes,
+            LanguageModelFolderName = cl.Value("llm-folder"),
+            VisionTowerFolderName = cl.Value("tower-folder"),
+        };
+        var bar = new ConsoleProgress("converting");
+        var started = System.Diagnostics.Stopwatch.StartNew();
+        var result = ModelConverter.Convert(cl.Required("model"), cl.Required("output"), options,
+            new SyncProgress<CheckpointWriteProgress>(p => bar.Report(p.BytesDone, p.TotalBytes, $"{p.TensorsDone}/{p.TensorCount} {Path.GetFileName(p.File)}")));
+        bar.Done();
+        Console.WriteLine($"Wrote {result.Tensors} tensors ({result.Bytes / 1e6:F1} MB) in {started.Elapsed.TotalSeconds:F1} s as {result.Layout}.");
+        Console.WriteLine(result.Layout == Configuration.CheckpointLayout.Original
+            ? $"Load it with --model {result.ModelPath} (its CLIP tower is {result.VisionTowerPath})."
+            : $"Load it with --model {result.ModelPath}.");
+        return 0;
+    }
+}

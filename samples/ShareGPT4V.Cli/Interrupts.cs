@@ -1,0 +1,47 @@
+namespace ShareGPT4V.Cli;
+
+/// <summary>
+/// Ctrl+C handling: while an operation started with <see cref="ForOperation"/> runs, Ctrl+C cancels just that
+/// operation (a chat answer); otherwise it cancels <see cref="Process"/>, and a second Ctrl+C ends the process.
+/// </summary>
+internal sealed class Interrupts : IDisposable
+{
+    private readonly CancellationTokenSource _process = new();
+    private CancellationTokenSource? _operation;
+
+    public CancellationToken Process => _process.Token;
+
+    public Interrupts() => Console.CancelKeyPress += OnCancel;
+
+    private void OnCancel(object? sender, ConsoleCancelEventArgs e)
+    {
+        var op = Volatile.Read(ref _operation);
+        if (op is not null && !op.IsCancellationRequested) { op.Cancel(); e.Cancel = true; return; }
+        if (!_process.IsCancellationRequested) { _process.Cancel(); e.Cancel = true; return; }
+        e.Cancel = false; // second Ctrl+C: let the runtime end the process
+    }
+
+    /// <summary>A cancellation source for one operation, linked to the process's; dispose it when the operation ends.</summary>
+    public Scope ForOperation()
+    {
+        var cts = CancellationTokenSource.CreateLinkedTokenSource(_process.Token);
+        Volatile.Write(ref _operation, cts);
+        return new Scope(this, cts);
+    }
+
+    public sealed class Scope(Interrupts owner, CancellationTokenSource cts) : IDisposable
+    {
+        public CancellationToken Token => cts.Token;
+        public void Dispose()
+        {
+            Interlocked.CompareExchange(ref owner._operation, null, cts);
+            cts.Dispose();
+        }
+    }
+
+    public void Dispose()
+    {
+        Console.CancelKeyPress -= OnCancel;
+        _process.Dispose();
+    }
+}

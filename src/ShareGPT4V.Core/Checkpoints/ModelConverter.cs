@@ -1,0 +1,348 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using ShareGPT4V.Configuration;
+using TorchSharp;
+
+namespace ShareGPT4V.Checkpoints;
+
+/// <summary>How <see cref="ModelConverter"/> lays out the converted model.</summary>
+public enum TargetLayout
+{
+    /// <summary>The layout of the source.</summary>
+    Same,
+    /// <summary>One llava-hf folder (<c>LlavaForConditionalGeneration</c>, transformers 4.36–4.51 weight names).</summary>
+    LlavaHf,
+    /// <summary>Original LLaVA-1.5 / ShareGPT4V: an LLM folder (with <c>model.mm_projector.*</c>) and a CLIP tower folder beside it.</summary>
+    Original,
+}
+
+/// <summary>Options of <see cref="ModelConverter.Convert"/>.</summary>
+public sealed record ModelConversionOptions
+{
+    public TargetLayout Layout { get; init; } = TargetLayout.Same;
+    /// <summary>Largest shard in data bytes (transformers' default, 5 GB).</summary>
+    public long MaxShardBytes { get; init; } = CheckpointConverter.DefaultMaxShardBytes;
+    /// <summary>Overrides the CLIP tower folder named by <c>mm_vision_tower</c> of an original-layout source.</summary>
+    public string? VisionTowerPath { get; init; }
+    /// <summary>Original layout only: the names of the two folders written inside the output folder (defaults: the source's names).</summary>
+    public string? LanguageModelFolderName { get; init; }
+    /// <inheritdoc cref="LanguageModelFolderName"/>
+    public string? VisionTowerFolderName { get; init; }
+}
+
+/// <summary>What a model conversion wrote.</summary>
+/// <param name="ModelPath">The folder to load the converted model from (the LLM folder for the original layout).</param>
+/// <param name="VisionTowerPath">The CLIP tower folder (the model folder itself for llava-hf).</param>
+/// <param name="Layout">The layout written.</param>
+/// <param name="Tensors">Tensors written, all checkpoints together.</param>
+/// <param name="Bytes">Tensor data bytes written.</param>
+public sealed record ModelConversionResult(string ModelPath, string VisionTowerPath, CheckpointLayout Layout, int Tensors, long Bytes);
+
+/// <summary>
+/// Rewrites a whole model folder of either layout, from any weight format the library reads (safetensors, PyTorch
+/// <c>.bin</c>), as safetensors in the layout of the caller's choice. The checkpoint is first checked against the model
+/// exactly as a load would check it, then streamed one tensor at a time in its stored dtype (bit-identical), so a
+/// 13B model converts in little memory. Configs, tokenizer and preprocessor files come along; the converted folder
+/// loads to the same model with the same preprocessing.
+/// </summary>
+public static class ModelConverter
+{
+    /// <summary>Files carried over unchanged (except as noted in <see cref="Convert"/>) when present.</summary>
+    private static readonly string[] TokenizerFiles =
+    {
+        "tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+        "generation_config.json", "chat_template.json", "chat_template.jinja",
+    };
+
+    /// <summary>
+    /// Converts the model in <paramref name="modelPath"/> into <paramref name="outDir"/> (which must not exist or be empty).
+    /// llava-hf output: one folder. Original output: <paramref name="outDir"/> holds the LLM folder and the tower folder
+    /// side by side, <c>mm_vision_tower</c> naming the latter, so the LLM folder loads as it is.
+    /// </summary>
+    public static ModelConversionResult Convert(string modelPath, string outDir, ModelConversionOptions? options = null,
+        IProgress<CheckpointWriteProgress>? progress = null)
+    {
+        options ??= new ModelConversionOptions();
+        if (options.MaxShardBytes <= 0)
+            throw new ModelConfigurationException("MaxShardBytes must be positive", null, nameof(options.MaxShardBytes));
+        var folder = ModelFolder.Open(modelPath, options.VisionTowerPath);
+        var layout = options.Layout switch
+        {
+            TargetLayout.LlavaHf => CheckpointLayout.LlavaHf,
+            TargetLayout.Original => CheckpointLayout.Original,
+            _ => folder.Config.Layout,
+        };
+        var outFull = Path.GetFullPath(outDir);
+        foreach (var src in new[] { folder.ModelPath, folder.VisionTowerPath })
+        {
+            var s = src.TrimEnd('/') + "/";
+            if ((outFull.TrimEnd('/') + "/").StartsWith(s, StringComparison.Ordinal) || s.StartsWith(outFull.TrimEnd('/') + "/", StringComparison.Ordinal))
+                throw new ModelConfigurationException($"The output folder '{outFull}' overlaps the source folder '{src}'; convert into a separate folder", null, "output");
+        }
+        if (Directory.Exists(outFull) && Directory.EnumerateFileSystemEntries(outFull).Any())
+            throw new ModelConfigurationException($"The output folder '{outFull}' is not empty", null, "output");
+
+        var readers = ModelLoader.OpenReaders(folder);
+        try
+        {
+            // The same check a load makes: a checkpoint that would not load is not converted.
+            var (sources, _) = ModelLoader.MatchCheckpoint(folder.Config, readers, torch.ScalarType.Float32);
+            var byOurName = new ModelTensors(sources);
+            return layout == CheckpointLayout.LlavaHf
+                ? WriteLlavaHf(folder, byOurName, outFull, options, progress)
+                : WriteOriginal(folder, byOurName, outFull, options, progress);
+        }
+        finally
+        {
+            foreach (var (r, _) in readers) r.Dispose();
+        }
+    }
+
+    private static ModelConversionResult WriteLlavaHf(ModelFolder folder, ModelTensors tensors, string outDir,
+        ModelConversionOptions options, IProgress<CheckpointWriteProgress>? progress)
+    {
+        Directory.CreateDirectory(outDir);
+        // Our parameter names are the llava-hf (4.36–4.51) names, which the hub checkpoints use.
+        var written = SafeTensorsWriter.WriteSharded(outDir, tensors, options.MaxShardBytes, null, progress);
+        var cfg = folder.Config;
+        JsonObject config;
+        if (cfg.Layout == CheckpointLayout.LlavaHf)
+            config = ReadJson(Path.Combine(folder.ModelPath, "config.json"));
+        else
+        {
+            // The placeholder becomes a token id just past the vocabulary (llava-hf needs a non-negative id); it is
+            // replaced by image features before any embedding lookup, so the weights need no new row.
+            config = LlavaHfConfig(cfg, imageTokenIndex: cfg.Text.VocabSize);
+        }
+        WriteJson(Path.Combine(outDir, "config.json"), config);
+        CopyTokenizerFiles(folder.ModelPath, outDir);
+        if (cfg.Layout == CheckpointLayout.Original)
+            AddImageToken(Path.Combine(outDir, "tokenizer_config.json"), cfg.Text.VocabSize);
+        if (folder.PreprocessorConfigPath is { } pre)
+            File.Copy(pre, Path.Combine(outDir, "preprocessor_config.json"));
+        return new ModelConversionResult(outDir, outDir, CheckpointLayout.LlavaHf, written.TensorCount, written.TotalBytes);
+    }
+
+    private static ModelConversionResult WriteOriginal(ModelFolder folder, ModelTensors tensors, string outDir,
+        ModelConversionOptions options, IProgress<CheckpointWriteProgress>? progress)
+    {
+        var cfg = folder.Config;
+        bool fromOriginal = cfg.Layout == CheckpointLayout.Original;
+        string llmName = ValidFolderName(options.LanguageModelFolderName ?? Path.GetFileName(folder.ModelPath.TrimEnd('/')), nameof(options.LanguageModelFolderName));
+        string towerName = ValidFolderName(options.VisionTowerFolderName
+            ?? (fromOriginal ? Path.GetFileName(folder.VisionTowerPath.TrimEnd('/')) : "clip-vision-tower"), nameof(options.VisionTowerFolderName));
+        if (llmName == towerName)
+            throw new ModelConfigurationException($"The LLM and vision tower folders would both be named '{llmName}'", null, nameof(options.VisionTowerFolderName));
+        var llmDir = Path.Combine(outDir, llmName);
+        var towerDir = Path.Combine(outDir, towerName);
+        Directory.CreateDirectory(llmDir);
+        Directory.CreateDirectory(towerDir);
+
+        int depth = cfg.ProjectorDepth;
+        var llm = SafeTensorsWriter.WriteSharded(llmDir, tensors, options.MaxShardBytes, n => ToOriginalLanguageModelKey(n, depth), progress);
+        var tower = SafeTensorsWriter.WriteSharded(towerDir, tensors, options.MaxShardBytes,
+            n => n.StartsWith("vision_tower.", StringComparison.Ordinal) ? n["vision_tower.".Length..] : null, progress);
+
+        JsonObject llmConfig, towerConfig;
+        if (fromOriginal)
+        {
+            llmConfig = ReadJson(Path.Combine(folder.ModelPath, "config.json"));
+            towerConfig = ReadJson(Path.Combine(folder.VisionTowerPath, "config.json"));
+            if (towerConfig["model_type"]?.GetValue<string>() == "clip")
+                towerConfig = ClipVisionJson(cfg.Vision); // a full CLIPModel's text tower is not written
+        }
+        else
+        {
+            llmConfig = OriginalLanguageModelConfig(cfg);
+            towerConfig = ClipVisionJson(cfg.Vision);
+        }
+        llmConfig["mm_vision_tower"] = towerName; // resolved against the LLM folder's parent, i.e. outDir
+        WriteJson(Path.Combine(llmDir, "config.json"), llmConfig);
+        WriteJson(Path.Combine(towerDir, "config.json"), towerConfig);
+        CopyTokenizerFiles(folder.ModelPath, llmDir);
+        if (folder.PreprocessorConfigPath is { } pre)
+            File.Copy(pre, Path.Combine(towerDir, "preprocessor_config.json"));
+        return new ModelConversionResult(llmDir, towerDir, CheckpointLayout.Original, llm.TensorCount + tower.TensorCount, llm.TotalBytes + tower.TotalBytes);
+    }
+
+    /// <summary>Our name → the LLM checkpoint key of the original layout; null for the tower's tensors.</summary>
+    internal static string? ToOriginalLanguageModelKey(string name, int projectorDepth)
+    {
+        if (name.StartsWith("language_model.", StringComparison.Ordinal)) return name["language_model.".Length..];
+        const string proj = "multi_modal_projector.linear_";
+        if (name.StartsWith(proj, StringComparison.Ordinal))
+        {
+            var rest = name[proj.Length..];
+            int dot = rest.IndexOf('.');
+            int k = int.Parse(rest[..dot]);
+            // A linear projector is one bare Linear; mlpNx_gelu is Sequential(Linear, GELU, Linear, ...): Linear k at 2(k-1).
+            return projectorDepth == 1 ? "model.mm_projector" + rest[dot..] : $"model.mm_projector.{2 * (k - 1)}{rest[dot..]}";
+        }
+        return null;
+    }
+
+    private static string ValidFolderName(string name, string option)
+    {
+        if (string.IsNullOrWhiteSpace(name) || name is "." or ".." || name.IndexOfAny(new[] { '/', '\\' }) >= 0)
+            throw new ModelConfigurationException($"'{name}' is not a valid folder name", null, option);
+        return name;
+    }
+
+    // ------------------------------------------------------------------ configs
+
+    private static JsonObject LlamaJson(LlamaConfig t)
+    {
+        var o = new JsonObject
+        {
+            ["vocab_size"] = t.VocabSize,
+            ["hidden_size"] = t.HiddenSize,
+            ["intermediate_size"] = t.IntermediateSize,
+            ["num_hidden_layers"] = t.NumHiddenLayers,
+            ["num_attention_heads"] = t.NumAttentionHeads,
+            ["num_key_value_heads"] = t.NumKeyValueHeads,
+            ["head_dim"] = t.HeadDim,
+            ["hidden_act"] = t.HiddenAct,
+            ["max_position_embeddings"] = t.MaxPositionEmbeddings,
+            ["rms_norm_eps"] = t.RmsNormEps,
+            ["rope_theta"] = t.RopeTheta,
+            ["rope_scaling"] = t.RopeScaling is { } rs ? RopeJson(rs) : null,
+            ["attention_bias"] = t.AttentionBias,
+            ["mlp_bias"] = t.MlpBias,
+            ["tie_word_embeddings"] = t.TieWordEmbeddings,
+            ["bos_token_id"] = t.BosTokenId,
+            ["eos_token_id"] = t.EosTokenId,
+        };
+        if (t.PadTokenId is int pad) o["pad_token_id"] = pad;
+        return o;
+    }
+
+    private static JsonObject RopeJson(RopeScaling s)
+    {
+        var o = new JsonObject { ["rope_type"] = s.Type, ["factor"] = s.Factor };
+        if (s.Type == "llama3")
+        {
+            o["low_freq_factor"] = s.LowFreqFactor;
+            o["high_freq_factor"] = s.HighFreqFactor;
+            o["original_max_position_embeddings"] = s.OriginalMaxPositionEmbeddings;
+        }
+        return o;
+    }
+
+    private static JsonObject ClipVisionJson(ClipVisionConfig v) => new()
+    {
+        ["architectures"] = new JsonArray("CLIPVisionModel"),
+        ["model_type"] = "clip_vision_model",
+        ["hidden_size"] = v.HiddenSize,
+        ["intermediate_size"] = v.IntermediateSize,
+        ["num_hidden_layers"] = v.NumHiddenLayers,
+        ["num_attention_heads"] = v.NumAttentionHeads,
+        ["num_channels"] = v.NumChannels,
+        ["image_size"] = v.ImageSize,
+        ["patch_size"] = v.PatchSize,
+        ["hidden_act"] = v.HiddenAct,
+        ["layer_norm_eps"] = v.LayerNormEps,
+    };
+
+    private static JsonObject LlavaHfConfig(LlavaConfig c, int imageTokenIndex)
+    {
+        if (c.ProjectorDepth != 2)
+            throw new ModelConfigurationException($"llava-hf has a 2-layer projector; this model's '{c.ProjectorType}' cannot be written in that layout (keep the original layout)", null, "mm_projector_type");
+        var text = LlamaJson(c.Text);
+        text["model_type"] = "llama";
+        var vision = ClipVisionJson(c.Vision);
+        vision.Remove("architectures");
+        var o = new JsonObject
+        {
+            ["architectures"] = new JsonArray("LlavaForConditionalGeneration"),
+            ["model_type"] = "llava",
+            ["image_token_index"] = imageTokenIndex,
+            ["projector_hidden_act"] = "gelu",
+            ["vision_feature_layer"] = c.VisionFeatureLayer,
+            ["vision_feature_select_strategy"] = c.KeepClsToken ? "full" : "default",
+            ["tie_word_embeddings"] = c.Text.TieWordEmbeddings,
+            ["image_aspect_ratio"] = c.ImageAspectRatio,
+            ["text_config"] = text,
+            ["vision_config"] = vision,
+        };
+        if (c.Text.PadTokenId is int pad) o["pad_token_id"] = pad;
+        return o;
+    }
+
+    private static JsonObject OriginalLanguageModelConfig(LlavaConfig c)
+    {
+        var o = LlamaJson(c.Text);
+        o["architectures"] = new JsonArray("LlavaLlamaForCausalLM");
+        o["model_type"] = "llava";
+        o["mm_projector_type"] = c.ProjectorType;
+        o["mm_hidden_size"] = c.Vision.HiddenSize;
+        o["mm_vision_select_layer"] = c.VisionFeatureLayer;
+        o["mm_vision_select_feature"] = c.KeepClsToken ? "cls_patch" : "patch";
+        o["mm_use_im_start_end"] = false;
+        o["mm_use_im_patch_token"] = false;
+        o["image_aspect_ratio"] = c.ImageAspectRatio;
+        return o;
+    }
+
+    /// <summary>Registers &lt;image&gt; at <paramref name="id"/> in a tokenizer_config.json, as llava-hf folders have it.</summary>
+    private static void AddImageToken(string tokenizerConfig, int id)
+    {
+        if (!File.Exists(tokenizerConfig)) return;
+        var o = ReadJson(tokenizerConfig);
+        var decoder = o["added_tokens_decoder"] as JsonObject ?? new JsonObject();
+        if (decoder.Any(kv => kv.Value?["content"]?.GetValue<string>() == "<image>")) return;
+        decoder[id.ToString(System.Globalization.CultureInfo.InvariantCulture)] = new JsonObject
+        {
+            ["content"] = "<image>", ["lstrip"] = false, ["normalized"] = false, ["rstrip"] = false,
+            ["single_word"] = false, ["special"] = true,
+        };
+        o["added_tokens_decoder"] = decoder;
+        WriteJson(tokenizerConfig, o);
+    }
+
+    private static void CopyTokenizerFiles(string from, string to)
+    {
+        foreach (var f in TokenizerFiles)
+        {
+            var src = Path.Combine(from, f);
+            if (File.Exists(src)) File.Copy(src, Path.Combine(to, f));
+        }
+    }
+
+    private static JsonObject ReadJson(string path)
+    {
+        try
+        {
+            return JsonNode.Parse(File.ReadAllBytes(path), documentOptions: new JsonDocumentOptions { AllowTrailingCommas = true, CommentHandling = JsonCommentHandling.Skip }) as JsonObject
+                ?? throw new ModelConfigurationException("Expected a JSON object", path);
+        }
+        catch (JsonException e)
+        {
+            throw new ModelConfigurationException($"Not valid JSON: {e.Message}", path, inner: e);
+        }
+    }
+
+    private static void WriteJson(string path, JsonObject o) =>
+        File.WriteAllText(path, o.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
+
+    /// <summary>The model's tensors under our parameter names, read from whichever checkpoint holds each.</summary>
+    private sealed class ModelTensors(Dictionary<string, (ITensorReader Reader, string Key)> sources) : ITensorReader
+    {
+        private readonly List<string> _names = sources.Keys.ToList();
+        public string Source => string.Join(", ", sources.Values.Select(v => v.Reader.Source).Distinct());
+        public IReadOnlyList<string> Names => _names;
+        public bool Contains(string name) => sources.ContainsKey(name);
+        public TensorInfo GetInfo(string name)
+        {
+            var (r, k) = Get(name);
+            return r.GetInfo(k) with { Name = name };
+        }
+        public torch.Tensor Load(string name, torch.ScalarType? dtype = null, torch.Device? device = null)
+        {
+            var (r, k) = Get(name);
+            return r.Load(k, dtype, device);
+        }
+        private (ITensorReader, string) Get(string name) =>
+            sources.TryGetValue(name, out var v) ? v : throw new CheckpointFormatException($"No tensor '{name}'", Source, name);
+        public void Dispose() { } // the readers belong to the caller
+    }
+}
