@@ -34,9 +34,15 @@ public sealed class CudaDeviceProvider : IDeviceProvider
     private readonly CudaOptions _options;
     private readonly ICudaProbe _probe;
 
-    public CudaDeviceProvider(CudaOptions? options = null)
+    private readonly Func<bool> _cpuAvailable;
+
+    public CudaDeviceProvider(CudaOptions? options = null) : this(options, null) { }
+
+    internal CudaDeviceProvider(CudaOptions? options, Func<bool>? cpuLibTorchAvailable)
     {
         _options = options ?? new CudaOptions();
+        // With a fake probe nothing native is consulted; the real probe needs a CPU libtorch to fall back to.
+        _cpuAvailable = cpuLibTorchAvailable ?? (_options.Probe is null ? NativeLibTorch.CpuLibTorchAvailable : () => true);
         if (_options.ReserveBytes < 0) throw new ModelConfigurationException("ReserveBytes must not be negative", null, nameof(CudaOptions.ReserveBytes));
         _probe = _options.Probe ?? new TorchSharpCudaProbe(_options.LibTorchDirectory);
     }
@@ -57,6 +63,9 @@ public sealed class CudaDeviceProvider : IDeviceProvider
             var problem = probed.Problem ?? "CUDA is not available";
             if (wanted.Kind == DeviceKind.Cuda && !request.AllowCpuFallback)
                 throw new DeviceException($"Device '{request.Device}' was requested but CUDA cannot be used: {problem}");
+            if (!_cpuAvailable())
+                throw new DeviceException($"Device '{request.Device}': CUDA cannot be used ({problem}) and no libtorch is available "
+                                          + "for the CPU fallback either (no libtorch_cpu.so next to the app or on LD_LIBRARY_PATH)");
             logger.LogWarning("Device {Device}: CUDA cannot be used ({Problem}); running on the CPU{Because}", request.Device, problem,
                 wanted.Kind == DeviceKind.Auto ? "" : " because AllowCpuFallback is set");
             return CpuDeviceProvider.Cpu(request, dtype, problem);

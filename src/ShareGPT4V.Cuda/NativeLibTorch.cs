@@ -69,13 +69,22 @@ public static class NativeLibTorch
             if (Dl.Open(glue, RtldNow | RtldGlobal, out var glueError) == IntPtr.Zero)
                 throw new DeviceException($"TorchSharp's native glue '{glue}' does not fit the libtorch in '{dir}' "
                                           + $"({NativeLibTorchReport.VersionOfLibraryFolder(dir) ?? "version unknown"}): {glueError}. "
-                                          + $"TorchSharp {typeof(TorchSharp.torch).Assembly.GetName().Version} was built for libtorch "
-                                          + $"{TorchSharp.torch.__version__}: use that libtorch version, or build libLibTorchSharp.so from "
+                                          + $"TorchSharp {TorchSharpInfo.Version} was built for libtorch "
+                                          + $"{TorchSharpInfo.BuiltForLibTorch}: use that libtorch version, or build libLibTorchSharp.so from "
                                           + "TorchSharp's source against this libtorch and put it in place of the app's copy (see docs/cuda.md)");
             _loadedFrom = dir;
         }
         return NativeLibTorchReport.Current();
     }
+
+    /// <summary>
+    /// Whether a CPU run can start: a libtorch is loaded already, or libtorch_cpu.so is next to the app or on
+    /// LD_LIBRARY_PATH (where TorchSharp's own probing finds it).
+    /// </summary>
+    public static bool CpuLibTorchAvailable() =>
+        NativeLibTorchReport.Current().LibTorchCpu is not null
+        || GlueSearchDirectories().Concat((Environment.GetEnvironmentVariable("LD_LIBRARY_PATH") ?? "").Split(':', StringSplitOptions.RemoveEmptyEntries))
+            .Any(d => File.Exists(Path.Combine(d, "libtorch_cpu.so")));
 
     /// <summary>The libLibTorchSharp.so that TorchSharp's own probing would load first, or null.</summary>
     public static string? FindGlue() =>

@@ -81,6 +81,8 @@ public sealed class TorchSharpCudaProbe : ICudaProbe
             }
             catch (DeviceException e) { return e.Message; }
         }
+        if (now.LibTorchCpu is not null && NativeLibTorch.LoadedFrom is { } from)
+            return $"the libtorch loaded from '{from}' is a CPU-only build (no libtorch_cuda.so there): " + Remedy;
         if (now.LibTorchCpu is { } cpu)
             return $"the CPU-only libtorch from '{Path.GetDirectoryName(cpu)}' is already loaded, so the CUDA build cannot be: " + Remedy;
 

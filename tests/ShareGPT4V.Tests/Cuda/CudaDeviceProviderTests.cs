@@ -102,6 +102,15 @@ public class CudaDeviceProviderTests
     }
 
     [Fact]
+    public void FallbackIsRefusedWhenNoCpuLibTorchCouldRunEither()
+    {
+        var provider = new CudaDeviceProvider(new CudaOptions { Probe = FakeProbe.Unavailable("no libtorch_cuda.so") }, () => false);
+        var e = Assert.Throws<DeviceException>(() => provider.Resolve(Request("auto"), new ListLogger()));
+        Assert.Contains("no libtorch_cuda.so", e.Message);
+        Assert.Contains("CPU fallback either", e.Message);
+    }
+
+    [Fact]
     public void AutoFallsBackWithoutBeingAskedAndLogsIt()
     {
         var (p, log) = Resolve(FakeProbe.Unavailable("no NVIDIA driver"), Request("auto"));

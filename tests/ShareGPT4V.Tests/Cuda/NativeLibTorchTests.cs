@@ -104,6 +104,14 @@ public class NativeLibTorchTests
     }
 
     [Fact]
+    public void TorchSharpFactsAreReadWithoutStartingIt()
+    {
+        Assert.Equal("2.10.0.0", TorchSharpInfo.BuiltForLibTorch); // TorchSharp 0.107's glue targets libtorch 2.10
+        Assert.StartsWith("0.107.", TorchSharpInfo.Version);
+        Assert.True(NativeLibTorch.CpuLibTorchAvailable());
+    }
+
+    [Fact]
     public void RealProbeSaysWhyCudaCannotBeUsedHere()
     {
         using (var t = torch.zeros(1)) { }
