@@ -4,7 +4,7 @@ using ShareGPT4V;
 using ShareGPT4V.Cuda;
 using ShareGPT4V.GpuCheck;
 
-// sharegpt4v-gpucheck native|oracle|bench [--option value ...]; every command prints a table and can write JSON.
+// sharegpt4v-gpucheck native|oracle|bench|make-checkpoint [--option value ...]; every command prints a table and can write JSON.
 var (command, opts) = Args.Parse(args);
 try
 {
@@ -15,7 +15,8 @@ try
         "native" => NativeCommand.Run(opts),
         "oracle" => OracleCommand.Run(opts),
         "bench" => BenchCommand.Run(opts),
-        _ => throw new ArgumentException("usage: sharegpt4v-gpucheck native|oracle|bench [--libtorch-dir DIR] [options]; see scripts/gpu/README.md"),
+        "make-checkpoint" => MakeCheckpointCommand.Run(opts),
+        _ => throw new ArgumentException("usage: sharegpt4v-gpucheck native|oracle|bench|make-checkpoint [--libtorch-dir DIR] [options]; see scripts/gpu/README.md"),
     };
     if (opts.Get("json") is { } path)
         File.WriteAllText(path, result.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
