@@ -49,7 +49,8 @@ public static class NativeLibTorch
                                           + "libtorch or PyTorch installation (for PyTorch: the torch/lib folder inside site-packages)");
 
             var before = NativeLibTorchReport.Current();
-            if (before.LibTorchCpu is { } loaded && Path.GetDirectoryName(loaded) != dir)
+            // The memory map shows resolved paths; the folder may have been named through a link.
+            if (before.LibTorchCpu is { } loaded && Path.GetDirectoryName(loaded) != Dl.RealPath(dir))
                 throw new DeviceException($"libtorch was already loaded from '{Path.GetDirectoryName(loaded)}' before LibTorchDirectory '{dir}' "
                                           + "could be: configure it before any other use of TorchSharp, and do not ship a libtorch runtime package with the app");
 
@@ -105,18 +106,34 @@ public static class NativeLibTorch
     {
         private static readonly delegate* unmanaged<byte*, int, IntPtr> DlOpen;
         private static readonly delegate* unmanaged<byte*> DlError;
+        private static readonly delegate* unmanaged<byte*, byte*, byte*> RealPathFn;
 
         static Dl()
         {
             foreach (var lib in new[] { "libc.so.6", "libdl.so.2" })
             {
                 if (!NativeLibrary.TryLoad(lib, out var h)) continue;
+                if (RealPathFn == null && NativeLibrary.TryGetExport(h, "realpath", out var rp)) RealPathFn = (delegate* unmanaged<byte*, byte*, byte*>)rp;
                 if (NativeLibrary.TryGetExport(h, "dlopen", out var open) && NativeLibrary.TryGetExport(h, "dlerror", out var err))
                 {
                     DlOpen = (delegate* unmanaged<byte*, int, IntPtr>)open;
                     DlError = (delegate* unmanaged<byte*>)err;
                     return;
                 }
+            }
+        }
+
+        /// <summary>The path with every link resolved (the path itself when that fails).</summary>
+        public static string RealPath(string path)
+        {
+            if (RealPathFn == null) return path;
+            var bytes = System.Text.Encoding.UTF8.GetBytes(path + "\0");
+            var buffer = new byte[4096]; // PATH_MAX
+            fixed (byte* p = bytes)
+            fixed (byte* b = buffer)
+            {
+                if (RealPathFn(p, b) == null) return path;
+                return Marshal.PtrToStringUTF8((IntPtr)b) ?? path;
             }
         }
 

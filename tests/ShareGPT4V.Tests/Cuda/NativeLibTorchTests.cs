@@ -104,6 +104,20 @@ public class NativeLibTorchTests
     }
 
     [Fact]
+    public void FoldersNamedThroughALinkCompareAsTheirTarget()
+    {
+        var root = Directory.CreateTempSubdirectory("sgv-link-");
+        try
+        {
+            var real = Directory.CreateDirectory(Path.Combine(root.FullName, "real", "lib"));
+            var link = Path.Combine(root.FullName, "link");
+            Directory.CreateSymbolicLink(link, Path.Combine(root.FullName, "real"));
+            Assert.Equal(NativeLibTorch.Dl.RealPath(real.FullName), NativeLibTorch.Dl.RealPath(Path.Combine(link, "lib")));
+        }
+        finally { root.Delete(true); }
+    }
+
+    [Fact]
     public void TorchSharpFactsAreReadWithoutStartingIt()
     {
         Assert.Equal("2.10.0.0", TorchSharpInfo.BuiltForLibTorch); // TorchSharp 0.107's glue targets libtorch 2.10
