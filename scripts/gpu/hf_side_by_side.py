@@ -31,19 +31,31 @@ def image_features(model, pixels):
     raise RuntimeError("no get_image_features on this transformers version")
 
 
+KEEP = {"logits_to_keep": 1}  # only the last position's logits, as the .NET pipeline computes (older versions: all)
+
+
+def forward(model, **kw):
+    global KEEP
+    try:
+        return model(**kw, **KEEP)
+    except TypeError:
+        KEEP = {}
+        return model(**kw)
+
+
 def run_once(model, ids, pixels, max_new):
     mask = torch.ones_like(ids)
     sync(); t0 = time.perf_counter()
     image_features(model, pixels)
     sync(); t1 = time.perf_counter()
-    out = model(input_ids=ids, pixel_values=pixels, attention_mask=mask, use_cache=True)
+    out = forward(model, input_ids=ids, pixel_values=pixels, attention_mask=mask, use_cache=True)
     nxt = out.logits[:, -1].argmax(-1)
     sync(); t2 = time.perf_counter()
     past = out.past_key_values
     tokens = [nxt]
     for _ in range(max_new - 1):
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
-        out = model(input_ids=nxt[:, None], past_key_values=past, attention_mask=mask, use_cache=True)
+        out = forward(model, input_ids=nxt[:, None], past_key_values=past, attention_mask=mask, use_cache=True)
         past = out.past_key_values
         nxt = out.logits[:, -1].argmax(-1)
         tokens.append(nxt)
