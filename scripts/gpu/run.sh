@@ -48,13 +48,16 @@ run_stage() {
 }
 
 carry="$root/.gpu-carry"
+# Scratch space outside the tree that a second call on the still-warm machine finds again (checkpoint, built glue).
+scratch="${TMPDIR:-$(dirname "$(mktemp -u)")}/sgv-gpu"
+mkdir -p "$scratch"
 [ -x "$carry/gpucheck/sharegpt4v-gpucheck" ] || { say "no .gpu-carry/gpucheck: run scripts/gpu/prepare.sh first and carry .gpu-carry"; exit 1; }
-app=/tmp/sgv-app
+app="$scratch/app"
 rm -rf "$app" && cp -r "$carry/gpucheck" "$app"
 gc="$app/sharegpt4v-gpucheck"
 fixtures="$root/tests/ShareGPT4V.Tests/Fixtures"
-model=/tmp/sgv-bench-model
-inputs=/tmp/sgv-inputs.safetensors
+model="$scratch/bench-model"
+inputs="$scratch/inputs.safetensors"
 
 # ---- the machine
 nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version,clocks.sm,clocks.mem --format=csv > "$logs/nvidia-smi.txt" 2>&1
@@ -91,15 +94,15 @@ if [ $native_ok = 0 ] && grep -q "does not fit" "$OUT/native.json" 2>/dev/null; 
     say "glue symbols not defined by this libtorch: $(wc -l < "$logs/glue-missing.txt") (list in logs: glue-missing.txt)"
   fi
   glue=""
-  for g in /tmp/sgv-glue/libLibTorchSharp.so "$carry/libLibTorchSharp.so"; do [ -f "$g" ] && { glue=$g; break; }; done
+  for g in "$scratch/glue"/libLibTorchSharp.so "$carry/libLibTorchSharp.so"; do [ -f "$g" ] && { glue=$g; break; }; done
   if [ -n "$glue" ]; then
     say "using the glue built earlier: $glue"
   elif [ -f "$carry/torchsharp-native.tar.gz" ]; then
     STAGES="$STAGES,glue"
     cp "$logs/native.log" "$logs/native-packaged-glue.log"
-    run_stage glue 150 bash "$root/scripts/gpu/build-libtorchsharp.sh" "$carry/torchsharp-native.tar.gz" /tmp/sgv-glue
-    cp /tmp/sgv-glue/build.log "$logs/glue-build.log" 2>/dev/null
-    [ -f /tmp/sgv-glue/libLibTorchSharp.so ] && glue=/tmp/sgv-glue/libLibTorchSharp.so && cp "$glue" "$OUT/libLibTorchSharp.so"
+    run_stage glue 150 bash "$root/scripts/gpu/build-libtorchsharp.sh" "$carry/torchsharp-native.tar.gz" "$scratch/glue"
+    cp "$scratch/glue"/build.log "$logs/glue-build.log" 2>/dev/null
+    [ -f "$scratch/glue"/libLibTorchSharp.so ] && glue="$scratch/glue"/libLibTorchSharp.so && cp "$glue" "$OUT/libLibTorchSharp.so"
   else
     say "no .gpu-carry/torchsharp-native.tar.gz to build the glue from (prepare.sh TORCHSHARP_SOURCE)"
   fi
