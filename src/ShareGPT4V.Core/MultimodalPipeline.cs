@@ -6,6 +6,7 @@ using Microsoft.Extensions.Logging.Abstractions;
 using ShareGPT4V.Checkpoints;
 using ShareGPT4V.Configuration;
 using ShareGPT4V.Conversation;
+using ShareGPT4V.Devices;
 using ShareGPT4V.Generation;
 using ShareGPT4V.Preprocessing;
 using ShareGPT4V.Tokenization;
@@ -49,11 +50,14 @@ public sealed class MultimodalPipeline : IDisposable
     /// <summary>The model; use only from inside the pipeline's own requests or when no request is running.</summary>
     public LlavaModel Model => _model;
     public int ContextLength => _context;
+    /// <summary>The device and dtype the model runs on, and the memory estimate they were checked against.</summary>
+    public DevicePlacement Placement { get; }
 
     private MultimodalPipeline(PipelineOptions options, ModelFolder folder, LlavaModel model, LlavaTokenizer tokenizer,
-        ClipImageProcessor processor, ConversationTemplate template, ILogger logger)
+        ClipImageProcessor processor, ConversationTemplate template, ILogger logger, DevicePlacement placement)
     {
         Options = options;
+        Placement = placement;
         Folder = folder;
         _model = model;
         _tokenizer = tokenizer;
@@ -78,9 +82,10 @@ public sealed class MultimodalPipeline : IDisposable
         options.Validate();
         logger ??= NullLogger.Instance;
         var sw = Stopwatch.StartNew();
-        if (options.Threads is int threads) torch.set_num_threads(threads);
         var folder = ModelFolder.Open(options.ModelPath, options.VisionTowerPath);
-        var device = ParseDevice(options.Device);
+        // The device is decided before anything touches libtorch: a CUDA provider may have to load it from elsewhere.
+        var placement = ResolvePlacement(options, folder.Config, logger);
+        if (options.Threads is int threads) torch.set_num_threads(threads);
         var tokenizer = LlavaTokenizer.Load(folder.ModelPath);
         var pre = folder.PreprocessorConfigPath is { } p
             ? PreprocessorConfig.Load(p)
@@ -90,11 +95,11 @@ public sealed class MultimodalPipeline : IDisposable
         var template = options.Template is { } name
             ? ConversationTemplates.Get(name)
             : ConversationTemplates.ChooseDefault(folder.Config.ModelType, folder.Config.Layout == CheckpointLayout.LlavaHf, Path.GetFileName(folder.ModelPath));
-        var model = ModelLoader.Load(folder, new LoadOptions { DType = options.ScalarType, Device = device, VisionTowerPath = options.VisionTowerPath },
+        var model = ModelLoader.Load(folder, new LoadOptions { DType = placement.DType, Device = placement.Device, VisionTowerPath = options.VisionTowerPath },
             progress, cancellationToken);
-        logger.LogInformation("Loaded {Model} ({Layout}, {Layers} layers, template {Template}) in {Seconds:F2} s",
-            folder.ModelPath, folder.Config.Layout, folder.Config.Text.NumHiddenLayers, template.Name, sw.Elapsed.TotalSeconds);
-        return new MultimodalPipeline(options, folder, model, tokenizer, processor, template, logger);
+        logger.LogInformation("Loaded {Model} ({Layout}, {Layers} layers, template {Template}) on {Placement} in {Seconds:F2} s",
+            folder.ModelPath, folder.Config.Layout, folder.Config.Text.NumHiddenLayers, template.Name, placement.Description, sw.Elapsed.TotalSeconds);
+        return new MultimodalPipeline(options, folder, model, tokenizer, processor, template, logger, placement);
     }
 
     /// <summary>Loads on a thread-pool thread (loading is CPU- and IO-bound).</summary>
@@ -102,13 +107,15 @@ public sealed class MultimodalPipeline : IDisposable
         ILogger? logger = null, CancellationToken cancellationToken = default) =>
         Task.Run(() => Load(options, progress, logger, cancellationToken), cancellationToken);
 
-    private static Device ParseDevice(string device)
+    private static DevicePlacement ResolvePlacement(PipelineOptions options, LlavaConfig config, ILogger logger)
     {
-        try { return new Device(device); }
-        catch (Exception e) when (e is ArgumentException or FormatException or InvalidOperationException)
+        int context = Math.Min(options.ContextLength ?? config.Text.MaxPositionEmbeddings, config.Text.MaxPositionEmbeddings);
+        var request = new DeviceResolutionRequest
         {
-            throw new DeviceException($"Device '{device}' is not a valid device string (use 'cpu' or 'cuda:N')", e);
-        }
+            Device = options.Device, DType = options.DType, AllowCpuFallback = options.AllowCpuFallback, Config = config,
+            Positions = context + 1, Batch = options.MaxBatchSize, // the largest KV cache EnsureCache can allocate
+        };
+        return (options.DeviceProvider ?? CpuDeviceProvider.Instance).Resolve(request, logger);
     }
 
     // ---------------------------------------------------------------- public requests
@@ -259,6 +266,7 @@ public sealed class MultimodalPipeline : IDisposable
         {
             var pixels = PreprocessedImage.Stack(images).to(_model.LanguageModel.Device);
             imageEmbeddings = _model.EncodeImages(pixels);
+            WaitForDevice(); // device work is asynchronous: finish it so the phase timings are real
         }
         var visionTime = sw.Elapsed;
         ct.ThrowIfCancellationRequested();
@@ -287,6 +295,7 @@ public sealed class MultimodalPipeline : IDisposable
 
         sw.Restart();
         var logits = generator.Prefill(inputs);
+        WaitForDevice();
         var prefillTime = sw.Elapsed;
         TimeSpan ttft = started.Elapsed;
         sw.Restart();
@@ -298,7 +307,8 @@ public sealed class MultimodalPipeline : IDisposable
                 for (int r = 0; r < batch; r++) finish[r] ??= maxNew < options.MaxNewTokens ? FinishReason.ContextFull : FinishReason.Length;
                 break;
             }
-            var rowsLogits = logits.data<float>().ToArray();
+            float[] rowsLogits;
+            using (var host = logits.cpu()) rowsLogits = host.data<float>().ToArray(); // data<T> reads CPU memory only
             long vocab = logits.shape[1];
             logits.Dispose();
             for (int r = 0; r < batch; r++)
@@ -341,6 +351,11 @@ public sealed class MultimodalPipeline : IDisposable
         _logger.LogDebug("Generated {Rows} row(s): prompt {Prompt} tokens, {Tokens} new tokens, prefill {Prefill:F0} ms, decode {Decode:F0} ms",
             batch, promptLength, outputs.Sum(o => o.Count), prefillTime.TotalMilliseconds, decodeTime.TotalMilliseconds);
         return results;
+    }
+
+    private void WaitForDevice()
+    {
+        if (Placement.Device.type == DeviceType.CUDA) torch.cuda.synchronize(Placement.Device);
     }
 
     private KvCache EnsureCache(int batch, int positions)

@@ -1,3 +1,4 @@
+using ShareGPT4V.Devices;
 using ShareGPT4V.Generation;
 using ShareGPT4V.Preprocessing;
 
@@ -19,10 +20,20 @@ public sealed record PipelineOptions
     public string ModelPath { get; init; } = "";
     /// <summary>CLIP tower folder; overrides <c>mm_vision_tower</c> of an original-layout config.</summary>
     public string? VisionTowerPath { get; init; }
-    /// <summary><c>cpu</c> (default) or a device string such as <c>cuda:0</c> (needs a CUDA build of libtorch).</summary>
+    /// <summary>
+    /// <c>cpu</c> (default), <c>cuda:N</c>, <c>cuda</c> (the CUDA device with the most free memory) or <c>auto</c> (CUDA
+    /// when it works, else the CPU). CUDA needs <see cref="DeviceProvider"/> from the ShareGPT4V.Cuda package.
+    /// </summary>
     public string Device { get; init; } = "cpu";
-    /// <summary><c>float32</c> (default, fastest on CPU), <c>bfloat16</c> or <c>float16</c>.</summary>
-    public string DType { get; init; } = "float32";
+    /// <summary>
+    /// <c>auto</c> (default: float32 on the CPU; on CUDA bfloat16 where the GPU supports it, else float16), or
+    /// <c>float32</c>, <c>bfloat16</c>, <c>float16</c>.
+    /// </summary>
+    public string DType { get; init; } = "auto";
+    /// <summary>Run on the CPU (with a logged warning) when CUDA was asked for but cannot be used; otherwise refuse.</summary>
+    public bool AllowCpuFallback { get; init; }
+    /// <summary>Decides the device and dtype at load; null = <see cref="CpuDeviceProvider"/> (CPU only).</summary>
+    public IDeviceProvider? DeviceProvider { get; init; }
     /// <summary>Conversation template name; null picks the checkpoint's own (vicuna_v1 family or llava_hf).</summary>
     public string? Template { get; init; }
     /// <summary>Defaults for requests that pass no generation options.</summary>
@@ -47,8 +58,8 @@ public sealed record PipelineOptions
     public void Validate()
     {
         if (string.IsNullOrWhiteSpace(ModelPath)) throw new ModelConfigurationException("ModelPath is required", null, nameof(ModelPath));
-        if (DType is not ("float32" or "fp32" or "bfloat16" or "bf16" or "float16" or "fp16"))
-            throw new ModelConfigurationException($"DType '{DType}' is not supported (float32, bfloat16, float16)", null, nameof(DType));
+        DTypeChoice.Parse(DType, nameof(DType));
+        DeviceRequest.Parse(Device, nameof(Device));
         if (ContextLength is <= 0) throw new ModelConfigurationException("ContextLength must be positive", null, nameof(ContextLength));
         if (MaxBatchSize <= 0) throw new ModelConfigurationException("MaxBatchSize must be positive", null, nameof(MaxBatchSize));
         if (MaxQueueLength <= 0) throw new ModelConfigurationException("MaxQueueLength must be positive", null, nameof(MaxQueueLength));
@@ -57,11 +68,4 @@ public sealed record PipelineOptions
         try { Generation.Validate(); }
         catch (ArgumentOutOfRangeException e) { throw new ModelConfigurationException(e.Message, null, "Generation." + e.ParamName, e); }
     }
-
-    internal TorchSharp.torch.ScalarType ScalarType => DType switch
-    {
-        "bfloat16" or "bf16" => TorchSharp.torch.ScalarType.BFloat16,
-        "float16" or "fp16" => TorchSharp.torch.ScalarType.Float16,
-        _ => TorchSharp.torch.ScalarType.Float32,
-    };
 }

@@ -82,7 +82,8 @@ public sealed class TokenGenerator : IDisposable
         {
             onStepLogits?.Invoke(step, logits);
             long[] next;
-            using (var am = logits.argmax(-1)) next = am.data<long>().ToArray();
+            using (var am = logits.argmax(-1))
+            using (var host = am.cpu()) next = host.data<long>().ToArray(); // data<T> reads CPU memory only
             logits.Dispose();
             for (int i = 0; i < next.Length; i++) outputs[i].Add(next[i]);
             if (step == maxNewTokens - 1) break;

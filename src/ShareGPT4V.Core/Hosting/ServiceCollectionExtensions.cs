@@ -3,6 +3,7 @@ using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
+using ShareGPT4V.Devices;
 
 namespace ShareGPT4V.Hosting;
 
@@ -23,7 +24,9 @@ public static class ServiceCollectionExtensions
         {
             var options = sp.GetRequiredService<IOptions<ShareGPT4VOptions>>().Value;
             var logger = sp.GetService<ILoggerFactory>()?.CreateLogger<MultimodalPipeline>();
-            return MultimodalPipeline.Load(options.ToPipelineOptions(), logger: logger);
+            // A device provider registered by a device package (AddShareGPT4VCuda) decides the device; else CPU only.
+            var pipelineOptions = options.ToPipelineOptions() with { DeviceProvider = sp.GetService<IDeviceProvider>() };
+            return MultimodalPipeline.Load(pipelineOptions, logger: logger);
         });
         services.TryAddSingleton<IChatClient>(sp => new ShareGPT4VChatClient(sp.GetRequiredService<MultimodalPipeline>(), ownsPipeline: false));
         return services;

@@ -11,8 +11,12 @@ public sealed class ShareGPT4VOptions
 {
     public string ModelPath { get; set; } = "";
     public string? VisionTowerPath { get; set; }
+    /// <summary><c>cpu</c>, <c>cuda:N</c>, <c>cuda</c> or <c>auto</c>; CUDA needs <c>services.AddShareGPT4VCuda()</c>.</summary>
     public string Device { get; set; } = "cpu";
-    public string DType { get; set; } = "float32";
+    /// <summary><c>auto</c> (the device's policy), <c>float32</c>, <c>bfloat16</c> or <c>float16</c>.</summary>
+    public string DType { get; set; } = "auto";
+    /// <summary>Run on the CPU (logged) when CUDA was asked for but cannot be used; otherwise the load fails.</summary>
+    public bool AllowCpuFallback { get; set; }
     public string? Template { get; set; }
     public int MaxNewTokens { get; set; } = 512;
     public double Temperature { get; set; }
@@ -31,6 +35,7 @@ public sealed class ShareGPT4VOptions
         VisionTowerPath = VisionTowerPath,
         Device = Device,
         DType = DType,
+        AllowCpuFallback = AllowCpuFallback,
         Template = Template,
         ContextLength = ContextLength,
         MaxBatchSize = MaxBatchSize,

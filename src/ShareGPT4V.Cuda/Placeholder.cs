@@ -1,1 +1,0 @@
-namespace ShareGPT4V.Cuda;
