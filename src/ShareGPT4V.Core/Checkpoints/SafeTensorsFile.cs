@@ -73,6 +73,8 @@ public sealed class SafeTensorsFile : ITensorReader
         {
             if (doc.RootElement.ValueKind != JsonValueKind.Object)
                 throw new CheckpointFormatException("Header is not a JSON object", full);
+            if (Configuration.JsonText.FindUndecodableString(doc.RootElement) is { } where)
+                throw new CheckpointFormatException("Header: " + Configuration.JsonText.UndecodableMessage(where), full);
             long dataStart = 8 + (long)headerLen;
             long dataLen = fileLength - dataStart;
             var entries = new Dictionary<string, Entry>(StringComparer.Ordinal);
