@@ -50,12 +50,13 @@ if ! command -v afl-fuzz >/dev/null; then
 fi
 (cd "$root/fuzz" && dotnet tool restore >/dev/null)
 
-# 3. Instrument our library only (its dependencies are not under test).
-(cd "$root/fuzz" && dotnet tool run sharpfuzz "$out/bin/ShareGPT4V.Core.dll" >/dev/null)
-
-# 4. Seeds: the oracle fixtures (small ones), per target.
+# 3. Seeds: the oracle fixtures (small ones), per target. Written before instrumenting: instrumented code may only
+#    run under afl-fuzz, which provides the coverage map it writes to.
 rm -rf "$out/seeds"
 "${harness[@]}" seeds "$fixtures" "$out/seeds" "${targets[@]}"
+
+# 4. Instrument our library only (its dependencies are not under test).
+(cd "$root/fuzz" && dotnet tool run sharpfuzz "$out/bin/ShareGPT4V.Core.dll" >/dev/null)
 
 # 5. Fuzz. The harness runs inputs in a child process (SharpFuzz out-of-process mode), so a native crash in
 #    libtorch is reported as a crash instead of ending the session. DOTNET_GCHeapHardLimit turns an unbounded managed
