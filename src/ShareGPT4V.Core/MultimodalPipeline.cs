@@ -21,10 +21,15 @@ public sealed record PromptRequest(string Prompt, IReadOnlyList<ImageInput> Imag
 /// <summary>
 /// The facade over a loaded model, tokenizer and image processor: caption, chat (also streamed) and batches.
 /// <para>
-/// Threading: every model computation runs on one dedicated inference thread fed by a bounded queue, so the
-/// pipeline may be called from any number of threads at once; requests run one after another (a batch call runs
-/// its rows together). Images are decoded and preprocessed on the caller's side, in parallel with inference.
-/// Cancellation is checked before a request starts and after every generated token. Dispose to free native memory.
+/// Threading: every model computation runs on one dedicated inference thread fed by a bounded queue
+/// (<see cref="PipelineOptions.MaxQueueLength"/>), so the pipeline may be called from any number of threads at once;
+/// requests run one after another in arrival order (a batch call runs its rows together), and all per-request state
+/// (samplers, detokenizers, outputs) belongs to the request, so an answer does not depend on what else is queued.
+/// When the queue is full, callers wait asynchronously for room. Images are decoded and preprocessed on the
+/// caller's side, in parallel with inference. Cancellation completes the caller's task at once whether the request
+/// is waiting for room, queued or running; a running request stops computing after its current token.
+/// Dispose cancels everything pending and frees the native memory; it may be called from any thread, including a
+/// text callback on the inference thread.
 /// </para>
 /// </summary>
 public sealed class MultimodalPipeline : IDisposable
@@ -40,6 +45,7 @@ public sealed class MultimodalPipeline : IDisposable
     private readonly int _context;
     private KvCache? _cache; // reused across requests while big enough (inference thread only)
     private int _disposed;
+    private volatile bool _releaseOnWorkerExit; // Dispose was called on the inference thread itself
 
     public PipelineOptions Options { get; }
     public ModelFolder Folder { get; }
@@ -49,6 +55,9 @@ public sealed class MultimodalPipeline : IDisposable
     /// <summary>The model; use only from inside the pipeline's own requests or when no request is running.</summary>
     public LlavaModel Model => _model;
     public int ContextLength => _context;
+
+    /// <summary>Requests accepted and waiting for the inference thread (at most <see cref="PipelineOptions.MaxQueueLength"/>).</summary>
+    public int QueuedRequests => _queue.Reader.Count;
 
     private MultimodalPipeline(PipelineOptions options, ModelFolder folder, LlavaModel model, LlavaTokenizer tokenizer,
         ClipImageProcessor processor, ConversationTemplate template, ILogger logger)
@@ -61,6 +70,8 @@ public sealed class MultimodalPipeline : IDisposable
         _template = template;
         _logger = logger;
         _context = Math.Min(options.ContextLength ?? model.Config.Text.MaxPositionEmbeddings, model.Config.Text.MaxPositionEmbeddings);
+        try { CheckProcessorMatchesTower(processor, model.Config.Vision, folder.PreprocessorConfigPath); }
+        catch { model.Dispose(); throw; }
         _queue = Channel.CreateBounded<Action>(new BoundedChannelOptions(options.MaxQueueLength)
         {
             SingleReader = true,
@@ -101,6 +112,23 @@ public sealed class MultimodalPipeline : IDisposable
     public static Task<MultimodalPipeline> LoadAsync(PipelineOptions options, IProgress<LoadProgress>? progress = null,
         ILogger? logger = null, CancellationToken cancellationToken = default) =>
         Task.Run(() => Load(options, progress, logger, cancellationToken), cancellationToken);
+
+    /// <summary>
+    /// The processor must produce exactly the tower's image size; otherwise every image request would fail inside the
+    /// model. Refuse the pipeline once, naming the file, instead.
+    /// </summary>
+    private static void CheckProcessorMatchesTower(ClipImageProcessor processor, ClipVisionConfig vision, string? file)
+    {
+        var c = processor.Config;
+        (int H, int W)? output = c.DoCenterCrop ? (c.CropHeight, c.CropWidth)
+            : !c.DoResize || c.ShortestEdge is not null ? null : (c.ResizeHeight!.Value, c.ResizeWidth!.Value);
+        if (output != (vision.ImageSize, vision.ImageSize))
+            throw new ModelConfigurationException(
+                output is { } o
+                    ? $"The image processor produces {o.W}x{o.H} images but the vision tower takes {vision.ImageSize}x{vision.ImageSize}"
+                    : $"The image processor keeps each image's aspect ratio (no center crop) but the vision tower takes exactly {vision.ImageSize}x{vision.ImageSize}",
+                file, c.DoCenterCrop ? "crop_size" : "size");
+    }
 
     private static Device ParseDevice(string device)
     {
@@ -215,6 +243,9 @@ public sealed class MultimodalPipeline : IDisposable
         var tcs = new TaskCompletionSource<IReadOnlyList<GenerationResult>>(TaskCreationOptions.RunContinuationsAsynchronously);
         using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _disposing.Token);
         var ct = linked.Token;
+        // Complete the caller's task as soon as the token fires, not when the inference thread reaches the request:
+        // a queued request may sit behind long generations. The inference thread skips (or stops) it on its own.
+        using var onCancel = ct.Register(() => tcs.TrySetCanceled(cancellationToken.IsCancellationRequested ? cancellationToken : ct));
         void Work()
         {
             if (ct.IsCancellationRequested) { tcs.TrySetCanceled(cancellationToken.IsCancellationRequested ? cancellationToken : ct); return; }
@@ -246,6 +277,7 @@ public sealed class MultimodalPipeline : IDisposable
             catch (Exception) { break; }
             work();
         }
+        if (_releaseOnWorkerExit) ReleaseNative();
     }
 
     private IReadOnlyList<GenerationResult> Run(List<int[]> rows, List<PreprocessedImage> images, GenerationOptions options,
@@ -291,6 +323,9 @@ public sealed class MultimodalPipeline : IDisposable
         TimeSpan ttft = started.Elapsed;
         sw.Restart();
         var next = new long[batch];
+        // One buffer for the whole request: a fresh array per token would be a large-object-heap allocation
+        // (128 KB for a 32k vocabulary) and a gen-2 collection every few tokens.
+        float[]? rowsLogits = null;
         for (int step = 0; ; step++)
         {
             if (step >= maxNew)
@@ -298,8 +333,9 @@ public sealed class MultimodalPipeline : IDisposable
                 for (int r = 0; r < batch; r++) finish[r] ??= maxNew < options.MaxNewTokens ? FinishReason.ContextFull : FinishReason.Length;
                 break;
             }
-            var rowsLogits = logits.data<float>().ToArray();
             long vocab = logits.shape[1];
+            if (rowsLogits is null || rowsLogits.LongLength != batch * vocab) rowsLogits = new float[checked(batch * (int)vocab)];
+            logits.data<float>().CopyTo(rowsLogits);
             logits.Dispose();
             for (int r = 0; r < batch; r++)
             {
@@ -346,10 +382,13 @@ public sealed class MultimodalPipeline : IDisposable
     private KvCache EnsureCache(int batch, int positions)
     {
         if (_cache is not null && _cache.MaxBatch >= batch && _cache.MaxSequence >= positions) return _cache;
+        int keepBatch = _cache?.MaxBatch ?? 0;
+        // Forget the old cache before allocating: if the allocation fails, no later request may use a disposed cache.
         _cache?.Dispose();
+        _cache = null;
         // Round up so a run of similar requests reuses one allocation instead of growing per request.
         int size = Math.Min(_context + 1, (positions + 255) / 256 * 256);
-        _cache = _model.CreateCache(Math.Max(batch, _cache?.MaxBatch ?? 0), Math.Max(size, positions));
+        _cache = _model.CreateCache(Math.Max(batch, keepBatch), Math.Max(size, positions));
         return _cache;
     }
 
@@ -358,11 +397,23 @@ public sealed class MultimodalPipeline : IDisposable
         if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
         _disposing.Cancel();
         _queue.Writer.TryComplete();
+        if (Thread.CurrentThread == _worker)
+        {
+            // Called from a callback of the running request: joining would wait for ourselves. The worker loop
+            // releases the model once the current request has unwound.
+            _releaseOnWorkerExit = true;
+            return;
+        }
         _worker.Join();
+        ReleaseNative();
+    }
+
+    private void ReleaseNative()
+    {
         // Requests still queued were cancelled through the linked token; run them so their tasks complete.
         while (_queue.Reader.TryRead(out var work)) work();
         _cache?.Dispose();
+        _cache = null;
         _model.Dispose();
-        _disposing.Dispose();
     }
 }
