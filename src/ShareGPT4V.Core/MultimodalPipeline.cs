@@ -251,6 +251,13 @@ public sealed class MultimodalPipeline : IDisposable
             if (ct.IsCancellationRequested) { tcs.TrySetCanceled(cancellationToken.IsCancellationRequested ? cancellationToken : ct); return; }
             try { tcs.TrySetResult(Run(rows, images, options, onText, preprocessTime, started, ct)); }
             catch (OperationCanceledException) { tcs.TrySetCanceled(cancellationToken.IsCancellationRequested ? cancellationToken : ct); }
+            catch (System.Runtime.InteropServices.ExternalException e)
+            {
+                // libtorch reports its own failures (an allocation it could not make, an internal check) this way;
+                // give callers the library's type, with libtorch's first line and the full error inside.
+                tcs.TrySetException(new DeviceException(
+                    $"libtorch failed while running the request on {_model.LanguageModel.Device}: {e.Message.Split('\n')[0].Trim()}", e));
+            }
             catch (Exception e) { tcs.TrySetException(e); }
         }
         try { await _queue.Writer.WriteAsync(Work, ct).ConfigureAwait(false); }

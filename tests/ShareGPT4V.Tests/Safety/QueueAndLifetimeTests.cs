@@ -115,4 +115,19 @@ public sealed class QueueAndLifetimeTests
         // The inference thread released the model (its parameters, the KV cache) once the request unwound.
         await WaitUntil(() => TorchSharp.torch.Tensor.TotalCount < loaded - p.Config.Text.NumHiddenLayers);
     }
+
+    [Fact]
+    public async Task NativeFailuresDuringARequestReachTheCallerAsADeviceException()
+    {
+        // libtorch's errors surface as ExternalException from TorchSharp; one raised on the inference thread (here
+        // from the text callback, which runs there) reaches the caller as the library's own type.
+        using var p = MultimodalPipeline.Load(new PipelineOptions { ModelPath = Model });
+        var e = await Assert.ThrowsAsync<DeviceException>(() => p.GenerateBatchAsync([Text("USER: hi ASSISTANT:")], Short,
+            (_, _) => throw new System.Runtime.InteropServices.ExternalException("DefaultCPUAllocator: not enough memory\nframe #0 ...")));
+        Assert.Contains("libtorch failed", e.Message);
+        Assert.Contains("not enough memory", e.Message);
+        Assert.DoesNotContain("frame #0", e.Message);
+        Assert.IsType<System.Runtime.InteropServices.ExternalException>(e.InnerException);
+        Assert.Equal(6, (await p.GenerateAsync("USER: hi ASSISTANT:", null, Short)).TokenIds.Count); // still usable
+    }
 }
