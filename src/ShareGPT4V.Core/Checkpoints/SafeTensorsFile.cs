@@ -220,6 +220,7 @@ public sealed class SafeTensorsFile : ITensorReader
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (!_entries.TryGetValue(name, out var e))
             throw new CheckpointFormatException("Tensor not found", FilePath, name);
+        CheckUnchanged(name);
         var info = e.Info;
         var target = dtype ?? info.DType;
         long bytes = e.End - e.Begin;
@@ -284,6 +285,22 @@ public sealed class SafeTensorsFile : ITensorReader
             }
             return m;
         }
+    }
+
+    /// <summary>
+    /// The layout was validated against the file as it was when opened. A file truncated or replaced in place since
+    /// (a download still running, a copy over it) would make the memory mapping fault (SIGBUS) or a read come up
+    /// short: refuse instead.
+    /// </summary>
+    private void CheckUnchanged(string tensor)
+    {
+        long now;
+        try { now = new FileInfo(FilePath).Length; }
+        catch (IOException) { now = -1; }
+        if (now != FileLength)
+            throw new CheckpointFormatException(
+                now < 0 ? "The file was removed after it was opened" : $"The file changed after it was opened ({FileLength} bytes then, {now} now); open it again",
+                FilePath, tensor);
     }
 
     public void Dispose()
