@@ -295,7 +295,8 @@ public sealed class SafeTensorsFile : ITensorReader
     private void CheckUnchanged(string tensor)
     {
         long now;
-        try { now = new FileInfo(FilePath).Length; }
+        // Through a stream, not FileInfo: a checkpoint may be a symbolic link, whose FileInfo length is the link's.
+        try { using var fs = new FileStream(FilePath, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete, 1); now = fs.Length; }
         catch (IOException) { now = -1; }
         if (now != FileLength)
             throw new CheckpointFormatException(
