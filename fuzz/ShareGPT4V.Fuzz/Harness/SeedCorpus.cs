@@ -20,11 +20,14 @@ public static class SeedCorpus
     public static List<(string Name, byte[] Data)> For(string target, string fixturesRoot, bool small = false)
     {
         var seeds = new List<(string, byte[])>();
+        (string, byte[])? smallestLeftOut = null;
         void Add(string rel)
         {
             var path = Path.Combine(fixturesRoot, rel);
             var bytes = File.ReadAllBytes(path);
-            if (!small || bytes.Length <= 100_000) seeds.Add((rel.Replace('/', '_'), bytes));
+            var seed = (rel.Replace('/', '_'), bytes);
+            if (!small || bytes.Length <= 100_000) seeds.Add(seed);
+            else if (smallestLeftOut is null || bytes.Length < smallestLeftOut.Value.Item2.Length) smallestLeftOut = seed;
         }
 
         switch (target)
@@ -81,6 +84,8 @@ public static class SeedCorpus
             default:
                 throw new ArgumentException($"Unknown fuzz target '{target}'", nameof(target));
         }
+        // A target whose only seeds are large (tokenizer.model, tokenizer.json) still needs one.
+        if (seeds.Count == 0 && smallestLeftOut is { } fallback) seeds.Add(fallback);
         return seeds;
     }
 
