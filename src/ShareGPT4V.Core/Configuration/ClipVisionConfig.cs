@@ -57,7 +57,9 @@ public sealed record ClipVisionConfig
         LlamaConfig.Check(NumHiddenLayers, 1, 256, keyPrefix + "num_hidden_layers", file);
         LlamaConfig.Check(NumAttentionHeads, 1, 256, keyPrefix + "num_attention_heads", file);
         LlamaConfig.Check(NumChannels, 1, 4, keyPrefix + "num_channels", file);
-        LlamaConfig.Check(ImageSize, 1, 4096, keyPrefix + "image_size", file);
+        // The image processor's sides are capped at the same 2048 (PreprocessorConfig.MaxSide): an image's pixels
+        // are allocated at this size (CLIP towers use 224 to 448).
+        LlamaConfig.Check(ImageSize, 1, Preprocessing.PreprocessorConfig.MaxSide, keyPrefix + "image_size", file);
         LlamaConfig.Check(PatchSize, 1, ImageSize, keyPrefix + "patch_size", file);
         // Every patch is a token of the tower's attention and of the language model's context: bound the grid
         // (ViT-L/14 at 336 px has 24 x 24 = 576) so a tiny patch on a big image cannot ask for millions of tokens.

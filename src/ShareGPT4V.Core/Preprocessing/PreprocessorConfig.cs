@@ -50,7 +50,7 @@ public sealed record PreprocessorConfig
     /// Largest resize or crop side accepted (the largest CLIP image_size a config may declare): the output of one image
     /// is side x side x 3 floats, so an absurd size must not become an allocation.
     /// </summary>
-    public const int MaxSide = 4096;
+    public const int MaxSide = 2048;
 
     /// <summary>CLIPImageProcessor's defaults (224 px).</summary>
     public static PreprocessorConfig Default { get; } = new();

@@ -49,8 +49,8 @@ public sealed class HostileConfigTests : IDisposable
 
     [Fact]
     public void VisionGridOfMillionsOfPatchesIsRefused() =>
-        Refused(Folder(c => { c["vision_config"]!["image_size"] = 4096; c["vision_config"]!["patch_size"] = 1; }),
-            "vision_config.patch_size", "16777216 patches", ClipVisionConfig.MaxPatches.ToString());
+        Refused(Folder(c => { c["vision_config"]!["image_size"] = 2048; c["vision_config"]!["patch_size"] = 1; }),
+            "vision_config.patch_size", "4194304 patches", ClipVisionConfig.MaxPatches.ToString());
 
     [Theory]
     [InlineData("num_hidden_layers", "\"32\"", "Expected an integer, found the string \"32\"")]
@@ -111,11 +111,13 @@ public sealed class HostileConfigTests : IDisposable
 
     [Theory]
     [InlineData("""{"crop_size": 1000000000}""", "crop_size")]
+    [InlineData("""{"crop_size": 3336}""", "crop_size")] // 318 MB of pixel buffers for a 320-byte config (fuzz, 20000 cases)
     [InlineData("""{"size": {"shortest_edge": 100000}}""", "size")]
     [InlineData("""{"size": {"height": 5000, "width": 5000}}""", "size")]
     public void PreprocessorSizesAreBounded(string json, string key)
     {
-        // Found by the mutation fuzz: crop_size 10^9 reached the resampler and overflowed an allocation size.
+        // Found by the mutation fuzz: crop_size 10^9 reached the resampler and overflowed an allocation size, and
+        // 3336 (then within the cap of 4096) allocated 318 MB for one small image.
         var e = Assert.Throws<ModelConfigurationException>(() => PreprocessorConfig.Parse(json, "preprocessor_config.json"));
         Assert.Equal(key, e.Key);
         Assert.Contains($"at most {PreprocessorConfig.MaxSide}", e.Message);
