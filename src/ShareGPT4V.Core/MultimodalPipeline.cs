@@ -22,10 +22,15 @@ public sealed record PromptRequest(string Prompt, IReadOnlyList<ImageInput> Imag
 /// <summary>
 /// The facade over a loaded model, tokenizer and image processor: caption, chat (also streamed) and batches.
 /// <para>
-/// Threading: every model computation runs on one dedicated inference thread fed by a bounded queue, so the
-/// pipeline may be called from any number of threads at once; requests run one after another (a batch call runs
-/// its rows together). Images are decoded and preprocessed on the caller's side, in parallel with inference.
-/// Cancellation is checked before a request starts and after every generated token. Dispose to free native memory.
+/// Threading: every model computation runs on one dedicated inference thread fed by a bounded queue
+/// (<see cref="PipelineOptions.MaxQueueLength"/>), so the pipeline may be called from any number of threads at once;
+/// requests run one after another in arrival order (a batch call runs its rows together), and all per-request state
+/// (samplers, detokenizers, outputs) belongs to the request, so an answer does not depend on what else is queued.
+/// When the queue is full, callers wait asynchronously for room. Images are decoded and preprocessed on the
+/// caller's side, in parallel with inference. Cancellation completes the caller's task at once whether the request
+/// is waiting for room, queued or running; a running request stops computing after its current token.
+/// Dispose cancels everything pending and frees the native memory; it may be called from any thread, including a
+/// text callback on the inference thread.
 /// </para>
 /// </summary>
 public sealed class MultimodalPipeline : IDisposable
@@ -41,6 +46,7 @@ public sealed class MultimodalPipeline : IDisposable
     private readonly int _context;
     private KvCache? _cache; // reused across requests while big enough (inference thread only)
     private int _disposed;
+    private volatile bool _releaseOnWorkerExit; // Dispose was called on the inference thread itself
 
     public PipelineOptions Options { get; }
     public ModelFolder Folder { get; }
@@ -52,6 +58,9 @@ public sealed class MultimodalPipeline : IDisposable
     public int ContextLength => _context;
     /// <summary>The device and dtype the model runs on, and the memory estimate they were checked against.</summary>
     public DevicePlacement Placement { get; }
+
+    /// <summary>Requests accepted and waiting for the inference thread (at most <see cref="PipelineOptions.MaxQueueLength"/>).</summary>
+    public int QueuedRequests => _queue.Reader.Count;
 
     private MultimodalPipeline(PipelineOptions options, ModelFolder folder, LlavaModel model, LlavaTokenizer tokenizer,
         ClipImageProcessor processor, ConversationTemplate template, ILogger logger, DevicePlacement placement)
@@ -92,6 +101,7 @@ public sealed class MultimodalPipeline : IDisposable
             : new PreprocessorConfig { ShortestEdge = folder.Config.Vision.ImageSize, CropHeight = folder.Config.Vision.ImageSize, CropWidth = folder.Config.Vision.ImageSize };
         var aspect = ImageAspectModes.FromConfigValue(folder.Config.ImageAspectRatio);
         var processor = new ClipImageProcessor(pre, aspect);
+        CheckProcessorMatchesTower(processor, folder.Config.Vision, folder.PreprocessorConfigPath); // before any weight is read
         var template = options.Template is { } name
             ? ConversationTemplates.Get(name)
             : ConversationTemplates.ChooseDefault(folder.Config.ModelType, folder.Config.Layout == CheckpointLayout.LlavaHf, Path.GetFileName(folder.ModelPath));
@@ -106,6 +116,23 @@ public sealed class MultimodalPipeline : IDisposable
     public static Task<MultimodalPipeline> LoadAsync(PipelineOptions options, IProgress<LoadProgress>? progress = null,
         ILogger? logger = null, CancellationToken cancellationToken = default) =>
         Task.Run(() => Load(options, progress, logger, cancellationToken), cancellationToken);
+
+    /// <summary>
+    /// The processor must produce exactly the tower's image size; otherwise every image request would fail inside the
+    /// model. Refuse the pipeline once, naming the file, instead.
+    /// </summary>
+    private static void CheckProcessorMatchesTower(ClipImageProcessor processor, ClipVisionConfig vision, string? file)
+    {
+        var c = processor.Config;
+        (int H, int W)? output = c.DoCenterCrop ? (c.CropHeight, c.CropWidth)
+            : !c.DoResize || c.ShortestEdge is not null ? null : (c.ResizeHeight!.Value, c.ResizeWidth!.Value);
+        if (output != (vision.ImageSize, vision.ImageSize))
+            throw new ModelConfigurationException(
+                output is { } o
+                    ? $"The image processor produces {o.W}x{o.H} images but the vision tower takes {vision.ImageSize}x{vision.ImageSize}"
+                    : $"The image processor keeps each image's aspect ratio (no center crop) but the vision tower takes exactly {vision.ImageSize}x{vision.ImageSize}",
+                file, c.DoCenterCrop ? "crop_size" : "size");
+    }
 
     private static DevicePlacement ResolvePlacement(PipelineOptions options, LlavaConfig config, ILogger logger)
     {
@@ -222,11 +249,21 @@ public sealed class MultimodalPipeline : IDisposable
         var tcs = new TaskCompletionSource<IReadOnlyList<GenerationResult>>(TaskCreationOptions.RunContinuationsAsynchronously);
         using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _disposing.Token);
         var ct = linked.Token;
+        // Complete the caller's task as soon as the token fires, not when the inference thread reaches the request:
+        // a queued request may sit behind long generations. The inference thread skips (or stops) it on its own.
+        using var onCancel = ct.Register(() => tcs.TrySetCanceled(cancellationToken.IsCancellationRequested ? cancellationToken : ct));
         void Work()
         {
             if (ct.IsCancellationRequested) { tcs.TrySetCanceled(cancellationToken.IsCancellationRequested ? cancellationToken : ct); return; }
             try { tcs.TrySetResult(Run(rows, images, options, onText, preprocessTime, started, ct)); }
             catch (OperationCanceledException) { tcs.TrySetCanceled(cancellationToken.IsCancellationRequested ? cancellationToken : ct); }
+            catch (System.Runtime.InteropServices.ExternalException e)
+            {
+                // libtorch reports its own failures (an allocation it could not make, an internal check) this way;
+                // give callers the library's type, with libtorch's first line and the full error inside.
+                tcs.TrySetException(new DeviceException(
+                    $"libtorch failed while running the request on {_model.LanguageModel.Device}: {e.Message.Split('\n')[0].Trim()}", e));
+            }
             catch (Exception e) { tcs.TrySetException(e); }
         }
         try { await _queue.Writer.WriteAsync(Work, ct).ConfigureAwait(false); }
@@ -253,6 +290,7 @@ public sealed class MultimodalPipeline : IDisposable
             catch (Exception) { break; }
             work();
         }
+        if (_releaseOnWorkerExit) ReleaseNative();
     }
 
     private IReadOnlyList<GenerationResult> Run(List<int[]> rows, List<PreprocessedImage> images, GenerationOptions options,
@@ -300,6 +338,9 @@ public sealed class MultimodalPipeline : IDisposable
         TimeSpan ttft = started.Elapsed;
         sw.Restart();
         var next = new long[batch];
+        // One buffer for the whole request: a fresh array per token would be a large-object-heap allocation
+        // (128 KB for a 32k vocabulary) and a gen-2 collection every few tokens.
+        float[]? rowsLogits = null;
         for (int step = 0; ; step++)
         {
             if (step >= maxNew)
@@ -307,9 +348,10 @@ public sealed class MultimodalPipeline : IDisposable
                 for (int r = 0; r < batch; r++) finish[r] ??= maxNew < options.MaxNewTokens ? FinishReason.ContextFull : FinishReason.Length;
                 break;
             }
-            float[] rowsLogits;
-            using (var host = logits.cpu()) rowsLogits = host.data<float>().ToArray(); // data<T> reads CPU memory only
             long vocab = logits.shape[1];
+            if (rowsLogits is null || rowsLogits.LongLength != batch * vocab) rowsLogits = new float[checked(batch * (int)vocab)];
+            if (logits.device_type == DeviceType.CPU) logits.data<float>().CopyTo(rowsLogits);
+            else using (var host = logits.cpu()) host.data<float>().CopyTo(rowsLogits); // data<T> reads CPU memory only
             logits.Dispose();
             for (int r = 0; r < batch; r++)
             {
@@ -361,10 +403,13 @@ public sealed class MultimodalPipeline : IDisposable
     private KvCache EnsureCache(int batch, int positions)
     {
         if (_cache is not null && _cache.MaxBatch >= batch && _cache.MaxSequence >= positions) return _cache;
+        int keepBatch = _cache?.MaxBatch ?? 0;
+        // Forget the old cache before allocating: if the allocation fails, no later request may use a disposed cache.
         _cache?.Dispose();
+        _cache = null;
         // Round up so a run of similar requests reuses one allocation instead of growing per request.
         int size = Math.Min(_context + 1, (positions + 255) / 256 * 256);
-        _cache = _model.CreateCache(Math.Max(batch, _cache?.MaxBatch ?? 0), Math.Max(size, positions));
+        _cache = _model.CreateCache(Math.Max(batch, keepBatch), Math.Max(size, positions));
         return _cache;
     }
 
@@ -373,11 +418,23 @@ public sealed class MultimodalPipeline : IDisposable
         if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
         _disposing.Cancel();
         _queue.Writer.TryComplete();
+        if (Thread.CurrentThread == _worker)
+        {
+            // Called from a callback of the running request: joining would wait for ourselves. The worker loop
+            // releases the model once the current request has unwound.
+            _releaseOnWorkerExit = true;
+            return;
+        }
         _worker.Join();
+        ReleaseNative();
+    }
+
+    private void ReleaseNative()
+    {
         // Requests still queued were cancelled through the linked token; run them so their tasks complete.
         while (_queue.Reader.TryRead(out var work)) work();
         _cache?.Dispose();
+        _cache = null;
         _model.Dispose();
-        _disposing.Dispose();
     }
 }

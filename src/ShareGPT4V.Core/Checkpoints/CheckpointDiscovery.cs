@@ -41,20 +41,9 @@ public sealed record DiscoveredCheckpoint(string Folder, CheckpointFormat Format
         ? ShardFiles()
         : new[] { EntryFile };
 
-    private List<string> ShardFiles()
-    {
-        try
-        {
-            using var doc = System.Text.Json.JsonDocument.Parse(File.ReadAllBytes(EntryFile));
-            return doc.RootElement.GetProperty("weight_map").EnumerateObject()
-                .Select(p => p.Value.GetString()!).Distinct().OrderBy(x => x, StringComparer.Ordinal)
-                .Select(f => Path.Combine(Folder, f)).ToList();
-        }
-        catch (Exception e) when (e is System.Text.Json.JsonException or KeyNotFoundException or InvalidOperationException)
-        {
-            throw new CheckpointFormatException($"Index is not valid: {e.Message}", EntryFile, inner: e);
-        }
-    }
+    private List<string> ShardFiles() =>
+        ShardedTensorReader.ReadWeightMap(EntryFile).Values.Distinct().OrderBy(x => x, StringComparer.Ordinal)
+            .Select(f => Path.Combine(Folder, f)).ToList();
 
     public override string ToString() => $"{Format}: {EntryFile}";
 }

@@ -42,51 +42,25 @@ public sealed class ShardedTensorReader : ITensorReader
     public static ShardedTensorReader OpenIndex(string indexPath, Func<string, ITensorReader> openShard)
     {
         var full = Path.GetFullPath(indexPath);
-        if (!File.Exists(full))
-            throw new CheckpointFormatException("Index file not found", full);
-        var info = new FileInfo(full);
-        if (info.Length > 64L * 1024 * 1024)
-            throw new CheckpointFormatException($"Index file is {info.Length} bytes, larger than the 64 MiB accepted", full);
-        Dictionary<string, string> weightMap = new(StringComparer.Ordinal);
-        try
-        {
-            var bytes = File.ReadAllBytes(full);
-            // Invalid UTF-8 inside JSON strings only surfaces (as InvalidOperationException) when a string is read.
-            if (!System.Text.Unicode.Utf8.IsValid(bytes))
-                throw new CheckpointFormatException("Index is not valid UTF-8 JSON", full);
-            using var doc = JsonDocument.Parse(bytes, new JsonDocumentOptions { MaxDepth = 16 });
-            if (doc.RootElement.ValueKind != JsonValueKind.Object
-                || !doc.RootElement.TryGetProperty("weight_map", out var wm) || wm.ValueKind != JsonValueKind.Object)
-                throw new CheckpointFormatException("Index has no 'weight_map' object", full);
-            foreach (var p in wm.EnumerateObject())
-            {
-                if (p.Value.ValueKind != JsonValueKind.String)
-                    throw new CheckpointFormatException("weight_map value is not a file name", full, p.Name);
-                var file = p.Value.GetString()!;
-                if (file.Length == 0 || Path.IsPathRooted(file) || file.Contains("..") || file.Contains('/') || file.Contains('\\'))
-                    throw new CheckpointFormatException($"weight_map names '{file}', which is not a plain file name in the checkpoint folder", full, p.Name);
-                weightMap[p.Name] = file;
-            }
-        }
-        catch (JsonException e)
-        {
-            throw new CheckpointFormatException($"Index is not valid JSON: {e.Message}", full, inner: e);
-        }
+        var weightMap = ReadWeightMap(full);
 
         var dir = Path.GetDirectoryName(full)!;
-        var shardFiles = weightMap.Values.Distinct().OrderBy(x => x, StringComparer.Ordinal).ToList();
-        foreach (var f in shardFiles)
+        // Tensor names per shard, grouped once (a hostile index may name many shards and many tensors).
+        var byShard = weightMap.GroupBy(kv => kv.Value, StringComparer.Ordinal)
+            .OrderBy(g => g.Key, StringComparer.Ordinal)
+            .Select(g => (File: g.Key, Names: g.Select(kv => kv.Key).ToHashSet(StringComparer.Ordinal)))
+            .ToList();
+        foreach (var (f, _) in byShard)
             if (!File.Exists(Path.Combine(dir, f)))
                 throw new CheckpointFormatException($"Shard '{f}' named in the index is missing", full);
 
         var readers = new List<ITensorReader>();
         try
         {
-            foreach (var f in shardFiles)
+            foreach (var (f, expected) in byShard)
             {
                 var r = openShard(Path.Combine(dir, f));
                 readers.Add(r);
-                var expected = weightMap.Where(kv => kv.Value == f).Select(kv => kv.Key).ToHashSet();
                 foreach (var name in expected)
                     if (!r.Contains(name))
                         throw new CheckpointFormatException($"Index assigns this tensor to '{f}' but the shard does not contain it", r.Source, name);
@@ -101,6 +75,47 @@ public sealed class ShardedTensorReader : ITensorReader
             throw;
         }
         return new ShardedTensorReader(full, readers);
+    }
+
+    /// <summary>
+    /// Reads and validates the <c>weight_map</c> of an index file (tensor name → shard file name). Shard names must be
+    /// plain file names, so an index can never point outside its folder.
+    /// </summary>
+    internal static Dictionary<string, string> ReadWeightMap(string full)
+    {
+        if (!File.Exists(full))
+            throw new CheckpointFormatException("Index file not found", full);
+        var info = new FileInfo(full);
+        if (info.Length > 64L * 1024 * 1024)
+            throw new CheckpointFormatException($"Index file is {info.Length} bytes, larger than the 64 MiB accepted", full);
+        Dictionary<string, string> weightMap = new(StringComparer.Ordinal);
+        try
+        {
+            var bytes = File.ReadAllBytes(full);
+            // Invalid UTF-8 inside JSON strings only surfaces (as InvalidOperationException) when a string is read.
+            if (!System.Text.Unicode.Utf8.IsValid(bytes))
+                throw new CheckpointFormatException("Index is not valid UTF-8 JSON", full);
+            using var doc = JsonDocument.Parse(bytes, new JsonDocumentOptions { MaxDepth = 16 });
+            if (Configuration.JsonText.FindUndecodableString(doc.RootElement) is { } where)
+                throw new CheckpointFormatException("Index: " + Configuration.JsonText.UndecodableMessage(where), full);
+            if (doc.RootElement.ValueKind != JsonValueKind.Object
+                || !doc.RootElement.TryGetProperty("weight_map", out var wm) || wm.ValueKind != JsonValueKind.Object)
+                throw new CheckpointFormatException("Index has no 'weight_map' object", full);
+            foreach (var p in wm.EnumerateObject())
+            {
+                if (p.Value.ValueKind != JsonValueKind.String)
+                    throw new CheckpointFormatException("weight_map value is not a file name", full, p.Name);
+                var file = p.Value.GetString()!;
+                if (file.Length == 0 || Path.IsPathRooted(file) || file.Contains("..") || file.Contains('/') || file.Contains('\\') || file.Contains('\0'))
+                    throw new CheckpointFormatException($"weight_map names '{file}', which is not a plain file name in the checkpoint folder", full, p.Name);
+                weightMap[p.Name] = file;
+            }
+        }
+        catch (JsonException e)
+        {
+            throw new CheckpointFormatException($"Index is not valid JSON: {e.Message}", full, inner: e);
+        }
+        return weightMap;
     }
 
     public bool Contains(string name) => _byName.ContainsKey(name);

@@ -36,6 +36,8 @@ internal sealed class JsonConfigReader
         try
         {
             using var doc = JsonDocument.Parse(File.ReadAllBytes(full), new JsonDocumentOptions { MaxDepth = 32, AllowTrailingCommas = true, CommentHandling = JsonCommentHandling.Skip });
+            if (JsonText.FindUndecodableString(doc.RootElement) is { } where)
+                throw new ModelConfigurationException(JsonText.UndecodableMessage(where), full);
             return new JsonConfigReader(doc.RootElement.Clone(), full);
         }
         catch (JsonException e)
@@ -45,6 +47,9 @@ internal sealed class JsonConfigReader
     }
 
     private string K(string key) => _prefix + key;
+
+    /// <summary>The key path of this object inside its file ("" at the top, "text_config." inside text_config).</summary>
+    public string KeyPrefix => _prefix;
 
     public bool Has(string key) => _obj.TryGetProperty(key, out var v) && v.ValueKind != JsonValueKind.Null;
 

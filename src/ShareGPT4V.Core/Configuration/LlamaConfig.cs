@@ -65,7 +65,7 @@ public sealed record LlamaConfig
             EosTokenId = r.IntOrFirst("eos_token_id", 2) ?? 2,
             PadTokenId = r.Int("pad_token_id", (int?)null),
         };
-        cfg.Validate(r.FilePath);
+        cfg.Validate(r.FilePath, r.KeyPrefix);
         return cfg;
     }
 
@@ -92,26 +92,28 @@ public sealed record LlamaConfig
     }
 
     /// <summary>Checks ranges before anything is allocated, so an absurd config cannot exhaust memory.</summary>
-    public void Validate(string? file = null)
+    /// <param name="file">The config file, for messages.</param>
+    /// <param name="keyPrefix">Where this config sits in the file (e.g. <c>text_config.</c>), for messages.</param>
+    public void Validate(string? file = null, string keyPrefix = "")
     {
-        Check(VocabSize, 1, 1 << 21, "vocab_size", file);
-        Check(HiddenSize, 1, 1 << 16, "hidden_size", file);
-        Check(IntermediateSize, 1, 1 << 18, "intermediate_size", file);
-        Check(NumHiddenLayers, 1, 1024, "num_hidden_layers", file);
-        Check(NumAttentionHeads, 1, 1024, "num_attention_heads", file);
-        Check(NumKeyValueHeads, 1, NumAttentionHeads, "num_key_value_heads", file);
-        Check(HeadDim, 2, 1024, "head_dim", file);
-        Check(MaxPositionEmbeddings, 1, 1 << 24, "max_position_embeddings", file);
+        Check(VocabSize, 1, 1 << 21, keyPrefix + "vocab_size", file);
+        Check(HiddenSize, 1, 1 << 16, keyPrefix + "hidden_size", file);
+        Check(IntermediateSize, 1, 1 << 18, keyPrefix + "intermediate_size", file);
+        Check(NumHiddenLayers, 1, 1024, keyPrefix + "num_hidden_layers", file);
+        Check(NumAttentionHeads, 1, 1024, keyPrefix + "num_attention_heads", file);
+        Check(NumKeyValueHeads, 1, NumAttentionHeads, keyPrefix + "num_key_value_heads", file);
+        Check(HeadDim, 2, 1024, keyPrefix + "head_dim", file);
+        Check(MaxPositionEmbeddings, 1, 1 << 24, keyPrefix + "max_position_embeddings", file);
         if (NumAttentionHeads % NumKeyValueHeads != 0)
-            throw new ModelConfigurationException($"num_attention_heads ({NumAttentionHeads}) is not a multiple of num_key_value_heads ({NumKeyValueHeads})", file, "num_key_value_heads");
+            throw new ModelConfigurationException($"num_attention_heads ({NumAttentionHeads}) is not a multiple of num_key_value_heads ({NumKeyValueHeads})", file, keyPrefix + "num_key_value_heads");
         if (HeadDim % 2 != 0)
-            throw new ModelConfigurationException($"head_dim ({HeadDim}) must be even for rotary embeddings", file, "head_dim");
+            throw new ModelConfigurationException($"head_dim ({HeadDim}) must be even for rotary embeddings", file, keyPrefix + "head_dim");
         if (HiddenAct != "silu")
-            throw new ModelConfigurationException($"Unsupported hidden_act '{HiddenAct}' for LLaMA (supported: silu)", file, "hidden_act");
+            throw new ModelConfigurationException($"Unsupported hidden_act '{HiddenAct}' for LLaMA (supported: silu)", file, keyPrefix + "hidden_act");
         if (!(RmsNormEps > 0 && RmsNormEps < 1))
-            throw new ModelConfigurationException($"rms_norm_eps {RmsNormEps} is out of range", file, "rms_norm_eps");
+            throw new ModelConfigurationException($"rms_norm_eps {RmsNormEps} is out of range", file, keyPrefix + "rms_norm_eps");
         if (!(RopeTheta > 0))
-            throw new ModelConfigurationException($"rope_theta {RopeTheta} must be positive", file, "rope_theta");
+            throw new ModelConfigurationException($"rope_theta {RopeTheta} must be positive", file, keyPrefix + "rope_theta");
     }
 
     internal static void Check(int value, int min, int max, string key, string? file)

@@ -50,8 +50,9 @@ public sealed record LlavaConfig
 
     public void Validate(string? file = null)
     {
-        Vision.Validate(file);
-        Text.Validate(file);
+        bool hf = Layout == CheckpointLayout.LlavaHf;
+        Vision.Validate(file, hf ? "vision_config." : "");
+        Text.Validate(file, hf ? "text_config." : "");
         ParseProjectorDepth(ProjectorType, file);
         int nStates = Vision.NumHiddenLayers + 1;
         if (VisionFeatureLayer >= nStates || VisionFeatureLayer < -nStates)

@@ -69,8 +69,11 @@ public sealed class ClipImageProcessor
         }
         else
         {
-            if (outH * outW > int.MaxValue / 3)
-                throw new ImageInputException($"The resized image would be {outW}x{outH}, too large to hold without a center crop");
+            // Without a crop the output keeps the aspect ratio, so a 50000x1 image would become millions of pixels wide.
+            const long maxPixels = (long)PreprocessorConfig.MaxSide * PreprocessorConfig.MaxSide;
+            if (outH > PreprocessorConfig.MaxSide || outW > PreprocessorConfig.MaxSide)
+                throw new ImageInputException(
+                    $"The resized image would be {outW}x{outH} pixels; without a center crop each side must stay within {PreprocessorConfig.MaxSide} (at most {maxPixels} pixels)");
             cropH = (int)outH;
             cropW = (int)outW;
         }

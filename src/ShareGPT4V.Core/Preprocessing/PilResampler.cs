@@ -45,16 +45,31 @@ internal static class PilResampler
         int tmpStride = w * 3;
         var tmp = new byte[checked((long)(rowEnd - rowFirst) * tmpStride)];
         var rowBuf = new byte[src.Width * 3];
-        byte[]? backgroundRow = null; // identical source rows give identical results: compute the padding rows once
+        // A padded canvas repeats the background: a background row, and every output pixel whose taps read only
+        // background columns, equal the same pixel of the resized background row. Compute that row once; then a tall
+        // thin image padded to a square (1 x 50000 becomes 50000 x 50000) costs its own pixels, not the canvas's.
+        byte[]? backgroundOut = null;
+        bool[]? needsImage = null;
+        if (src.HasPadding)
+        {
+            src.FillBackground(rowBuf);
+            backgroundOut = new byte[tmpStride];
+            if (horiz is null) rowBuf.AsSpan((int)xs * 3, tmpStride).CopyTo(backgroundOut);
+            else
+            {
+                HorizontalRow(rowBuf, backgroundOut, horiz, null, null);
+                var (first, end) = src.ImageColumns;
+                needsImage = new bool[w];
+                for (int x = 0; x < w; x++) needsImage[x] = horiz.Min[x] < end && horiz.Min[x] + horiz.Count[x] > first;
+            }
+        }
         for (int y = rowFirst; y < rowEnd; y++)
         {
             var dst = tmp.AsSpan((y - rowFirst) * tmpStride, tmpStride);
-            bool isBackground = src.IsBackgroundRow(y);
-            if (isBackground && backgroundRow is not null) { backgroundRow.CopyTo(dst); continue; }
-            src.ReadRow(y, rowBuf);
+            if (src.IsBackgroundRow(y)) { backgroundOut!.CopyTo(dst); continue; }
+            src.ReadRow(y, rowBuf, backgroundFilled: src.HasPadding);
             if (horiz is null) rowBuf.AsSpan((int)xs * 3, tmpStride).CopyTo(dst);
-            else HorizontalRow(rowBuf, dst, horiz);
-            if (isBackground) backgroundRow = dst.ToArray();
+            else HorizontalRow(rowBuf, dst, horiz, needsImage, backgroundOut);
         }
 
         // Vertical pass (or a copy), written into the window at its offset.
@@ -80,10 +95,16 @@ internal static class PilResampler
         return result;
     }
 
-    private static void HorizontalRow(ReadOnlySpan<byte> row, Span<byte> dst, Coefficients c)
+    /// <summary>One row of the horizontal pass; outputs with <paramref name="needed"/> false are copied from <paramref name="precomputed"/>.</summary>
+    private static void HorizontalRow(ReadOnlySpan<byte> row, Span<byte> dst, Coefficients c, bool[]? needed, byte[]? precomputed)
     {
         for (int x = 0; x < c.Min.Length; x++)
         {
+            if (needed is not null && !needed[x])
+            {
+                precomputed.AsSpan(x * 3, 3).CopyTo(dst[(x * 3)..]);
+                continue;
+            }
             int s0 = Half, s1 = Half, s2 = Half;
             int p = c.Min[x] * 3;
             var k = c.Weights.AsSpan(x * c.KSize, c.Count[x]);
@@ -238,19 +259,35 @@ internal sealed class SourceView
 
     public bool IsBackgroundRow(int y) => y < _offsetY || y >= _offsetY + _image.Height;
 
-    public void ReadRow(int y, Span<byte> dst)
+    /// <summary>True when the canvas is larger than the image (some rows or columns are background).</summary>
+    public bool HasPadding => Width != _image.Width || Height != _image.Height;
+
+    /// <summary>The canvas columns [First, End) the image covers.</summary>
+    public (int First, int End) ImageColumns => (_offsetX, _offsetX + _image.Width);
+
+    /// <summary>Fills a whole canvas row with the background colour.</summary>
+    public void FillBackground(Span<byte> dst)
     {
-        if (Width == _image.Width && !IsBackgroundRow(y))
-        {
-            _image.Row(y - _offsetY).CopyTo(dst);
-            return;
-        }
         for (int x = 0; x < Width; x++)
         {
             dst[x * 3] = _r;
             dst[x * 3 + 1] = _g;
             dst[x * 3 + 2] = _b;
         }
+    }
+
+    /// <summary>
+    /// Reads canvas row <paramref name="y"/>. With <paramref name="backgroundFilled"/>, <paramref name="dst"/> already holds
+    /// the background in the padding columns (from <see cref="FillBackground"/>), and only the image's pixels are written.
+    /// </summary>
+    public void ReadRow(int y, Span<byte> dst, bool backgroundFilled = false)
+    {
+        if (Width == _image.Width && !IsBackgroundRow(y))
+        {
+            _image.Row(y - _offsetY).CopyTo(dst);
+            return;
+        }
+        if (!backgroundFilled) FillBackground(dst);
         if (!IsBackgroundRow(y)) _image.Row(y - _offsetY).CopyTo(dst.Slice(_offsetX * 3));
     }
 }

@@ -46,6 +46,12 @@ public sealed record PreprocessorConfig
     /// <summary>The file this config was read from, when any (used in error messages).</summary>
     public string? SourcePath { get; init; }
 
+    /// <summary>
+    /// Largest resize or crop side accepted (the largest CLIP image_size a config may declare): the output of one image
+    /// is side x side x 3 floats, so an absurd size must not become an allocation.
+    /// </summary>
+    public const int MaxSide = 2048;
+
     /// <summary>CLIPImageProcessor's defaults (224 px).</summary>
     public static PreprocessorConfig Default { get; } = new();
 
@@ -56,6 +62,9 @@ public sealed record PreprocessorConfig
 
     private static byte ToByte(double m) => (byte)Math.Clamp((int)(m * 255), 0, 255);
 
+    /// <summary>Preprocessor configs are a few hundred bytes; anything over this is not one.</summary>
+    public const long MaxFileBytes = 1024 * 1024;
+
     /// <summary>Reads and validates <c>preprocessor_config.json</c>.</summary>
     /// <exception cref="ModelConfigurationException">The file is missing, not JSON, or holds invalid values.</exception>
     public static PreprocessorConfig Load(string path)
@@ -63,6 +72,9 @@ public sealed record PreprocessorConfig
         string text;
         try
         {
+            var info = new FileInfo(path);
+            if (info.Exists && info.Length > MaxFileBytes)
+                throw new ModelConfigurationException($"The preprocessor config is {info.Length} bytes, more than the {MaxFileBytes} accepted", path);
             text = File.ReadAllText(path);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
@@ -90,6 +102,8 @@ public sealed record PreprocessorConfig
             var root = doc.RootElement;
             if (root.ValueKind != JsonValueKind.Object)
                 throw new ModelConfigurationException("The preprocessor config must be a JSON object", sourcePath);
+            if (Configuration.JsonText.FindUndecodableString(root) is { } where)
+                throw new ModelConfigurationException(Configuration.JsonText.UndecodableMessage(where), sourcePath);
             var r = new Reader(root, sourcePath);
             var d = Default;
 
@@ -134,14 +148,14 @@ public sealed record PreprocessorConfig
     {
         if (ShortestEdge is { } s)
         {
-            if (s <= 0) throw Fail($"size.shortest_edge must be positive, got {s}", "size");
+            if (s <= 0 || s > MaxSide) throw Fail($"size.shortest_edge must be positive and at most {MaxSide}, got {s}", "size");
         }
         else if (ResizeHeight is not { } h || ResizeWidth is not { } w)
             throw Fail("size must give shortest_edge or both height and width", "size");
-        else if (h <= 0 || w <= 0)
-            throw Fail($"size height and width must be positive, got {h}x{w}", "size");
-        if (CropHeight <= 0 || CropWidth <= 0)
-            throw Fail($"crop_size must be positive, got {CropHeight}x{CropWidth}", "crop_size");
+        else if (h <= 0 || w <= 0 || h > MaxSide || w > MaxSide)
+            throw Fail($"size height and width must be positive and at most {MaxSide}, got {h}x{w}", "size");
+        if (CropHeight <= 0 || CropWidth <= 0 || CropHeight > MaxSide || CropWidth > MaxSide)
+            throw Fail($"crop_size must be positive and at most {MaxSide}, got {CropHeight}x{CropWidth}", "crop_size");
         if (!Enum.IsDefined(Resample))
             throw Fail($"Unsupported resample filter {(int)Resample}", "resample");
         if (!double.IsFinite(RescaleFactor) || RescaleFactor <= 0)

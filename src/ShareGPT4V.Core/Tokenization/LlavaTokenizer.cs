@@ -29,6 +29,7 @@ public sealed class LlavaTokenizer
     private readonly Dictionary<string, int> _addedByContent;
     private readonly Dictionary<int, AddedToken> _addedById;
     private readonly string[] _splitTokens; // longest first, so "<s>" never shadows a longer token
+    private readonly Dictionary<char, string[]> _splitByFirstChar; // the same tokens by first character, longest first
     private readonly bool _prefixFirstSegment;
     private readonly bool _prefixAfterSpecial;
     private readonly bool _splitOnWhitespaceSymbol;
@@ -102,6 +103,7 @@ public sealed class LlavaTokenizer
         foreach (int id in _specialIds) if (IdToToken(id) is { Length: > 0 } s) split.Add(s);
         split.Remove(""); // an empty added token would match everywhere
         _splitTokens = split.OrderByDescending(s => s.Length).ThenBy(s => s, StringComparer.Ordinal).ToArray();
+        _splitByFirstChar = _splitTokens.GroupBy(s => s[0]).ToDictionary(g => g.Key, g => g.ToArray());
     }
 
     /// <summary>Loads the tokenizer of a model folder (tokenizer.model preferred, else tokenizer.json, plus the config files).</summary>
@@ -154,9 +156,11 @@ public sealed class LlavaTokenizer
     public bool IsSpecial(int id) => _specialIds.Contains(id);
 
     /// <summary>Encodes text; special tokens written in it (&lt;/s&gt;, &lt;image&gt; when it is an added token, ...) become their ids.</summary>
+    /// <exception cref="PromptException">The text holds a lone surrogate (it is not valid Unicode).</exception>
     public int[] Encode(string text, bool addBos = true)
     {
         ArgumentNullException.ThrowIfNull(text);
+        CheckValidUnicode(text);
         var ids = new List<int>(text.Length / 3 + 2);
         if (addBos) ids.Add(BosId);
         EncodeText(text, ids);
@@ -168,9 +172,11 @@ public sealed class LlavaTokenizer
     /// (so the text after an image starts with ▁), one BOS at the front (when <see cref="AddBosToken"/>), and
     /// <paramref name="imageTokenId"/> between chunks: -200 for original LLaVA / ShareGPT4V, 32000 for llava-hf.
     /// </summary>
+    /// <exception cref="PromptException">The text holds a lone surrogate (it is not valid Unicode).</exception>
     public int[] EncodePrompt(string text, int imageTokenId)
     {
         ArgumentNullException.ThrowIfNull(text);
+        CheckValidUnicode(text);
         var ids = new List<int>(text.Length / 3 + 2);
         if (AddBosToken) ids.Add(BosId);
         var chunks = text.Split(ImageMarker);
@@ -180,6 +186,21 @@ public sealed class LlavaTokenizer
             EncodeText(chunks[i], ids);
         }
         return ids.ToArray();
+    }
+
+    /// <summary>
+    /// A lone surrogate has no UTF-8 spelling: byte fallback would silently turn it into U+FFFD, so the text could not
+    /// round-trip. Refuse it instead, naming where it is.
+    /// </summary>
+    private static void CheckValidUnicode(string text)
+    {
+        for (int i = 0; i < text.Length; i++)
+        {
+            char c = text[i];
+            if (!char.IsSurrogate(c)) continue;
+            if (char.IsHighSurrogate(c) && i + 1 < text.Length && char.IsLowSurrogate(text[i + 1])) { i++; continue; }
+            throw new PromptException($"The text is not valid Unicode: a lone surrogate U+{(int)c:X4} at character {i}");
+        }
     }
 
     /// <summary>Number of image placeholders <see cref="EncodePrompt"/> inserts for a text.</summary>
@@ -240,16 +261,22 @@ public sealed class LlavaTokenizer
         }
     }
 
+    /// <summary>
+    /// The first special token at or after <paramref name="from"/> (the longest one where several start at the same
+    /// place). One left-to-right pass: searching for every token from the cursor on each call made a text full of
+    /// special tokens quadratic (a million-character prompt of "&lt;/s&gt;" took minutes).
+    /// </summary>
     private (int at, string? token) FindSpecial(string text, int from)
     {
-        int best = -1;
-        string? bestToken = null;
-        foreach (var token in _splitTokens)
+        if (_splitByFirstChar.Count == 0) return (-1, null);
+        var span = text.AsSpan();
+        for (int i = from; i < span.Length; i++)
         {
-            int i = text.IndexOf(token, from, StringComparison.Ordinal);
-            if (i >= 0 && (best < 0 || i < best)) { best = i; bestToken = token; }
+            if (!_splitByFirstChar.TryGetValue(span[i], out var candidates)) continue;
+            foreach (var token in candidates)
+                if (span[i..].StartsWith(token, StringComparison.Ordinal)) return (i, token);
         }
-        return (best, bestToken);
+        return (-1, null);
     }
 
     /// <summary>

@@ -31,7 +31,11 @@ internal static class SentencePieceModelReader
                 if (field == 1 && wire == 2)
                 {
                     var (start, end) = top.ReadLengthDelimited();
+                    if (pieces.Count >= SentencePieceVocabulary.MaxPieces)
+                        throw new FormatException($"more than {SentencePieceVocabulary.MaxPieces} pieces");
                     var (piece, score, kind) = ReadPiece(data, start, end);
+                    if (piece.Length > SentencePieceVocabulary.MaxPieceChars)
+                        throw new FormatException($"piece {pieces.Count} is {piece.Length} characters long, more than the {SentencePieceVocabulary.MaxPieceChars} accepted");
                     pieces.Add(piece); scores.Add(score); kinds.Add(kind);
                 }
                 else if (field == 2 && wire == 2)

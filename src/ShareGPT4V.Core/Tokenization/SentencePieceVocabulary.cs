@@ -17,6 +17,13 @@ internal enum PieceKind
 /// </summary>
 internal sealed class SentencePieceVocabulary
 {
+    /// <summary>Most pieces a tokenizer file may define (the largest vocab_size a config may declare, 2^21).</summary>
+    public const int MaxPieces = 1 << 21;
+    /// <summary>Most added tokens accepted: each is searched for in every text encoded.</summary>
+    public const int MaxAddedTokens = 1 << 16;
+    /// <summary>Longest piece accepted, in UTF-16 units. BPE work per merge grows with it; real LLaMA pieces are at most 16.</summary>
+    public const int MaxPieceChars = 1024;
+
     public IReadOnlyList<string> Pieces { get; }
     public IReadOnlyList<float> Scores { get; }
     public IReadOnlyList<PieceKind> Kinds { get; }

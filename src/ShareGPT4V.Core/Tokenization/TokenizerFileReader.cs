@@ -53,6 +53,11 @@ internal static class TokenizerFileReader
                 doc.Dispose();
                 throw new ModelConfigurationException("Expected a JSON object at the top level", path);
             }
+            if (Configuration.JsonText.FindUndecodableString(doc.RootElement) is { } where)
+            {
+                doc.Dispose();
+                throw new ModelConfigurationException(Configuration.JsonText.UndecodableMessage(where), path);
+            }
             return doc;
         }
         catch (JsonException ex) { throw new ModelConfigurationException($"Malformed JSON: {ex.Message}", path, inner: ex); }
@@ -78,6 +83,10 @@ internal static class TokenizerFileReader
         var byId = new Dictionary<int, string>();
         foreach (var entry in vocab.EnumerateObject())
         {
+            if (byId.Count >= SentencePieceVocabulary.MaxPieces)
+                throw new ModelConfigurationException($"The vocabulary has more than {SentencePieceVocabulary.MaxPieces} entries", path, "model.vocab");
+            if (entry.Name.Length > SentencePieceVocabulary.MaxPieceChars)
+                throw new ModelConfigurationException($"A vocabulary entry is {entry.Name.Length} characters long, more than the {SentencePieceVocabulary.MaxPieceChars} accepted", path, "model.vocab");
             if (entry.Value.ValueKind != JsonValueKind.Number || !entry.Value.TryGetInt32(out int id) || id < 0)
                 throw new ModelConfigurationException($"Vocabulary entry '{entry.Name}' has no valid id", path, "model.vocab");
             if (!byId.TryAdd(id, entry.Name))
@@ -98,8 +107,9 @@ internal static class TokenizerFileReader
             foreach (var t in addedArray.EnumerateArray())
             {
                 string? content = GetString(t, "content");
-                if (content is null || !t.TryGetProperty("id", out var idEl) || !idEl.TryGetInt32(out int id) || id < 0)
+                if (content is null || !t.TryGetProperty("id", out var idEl) || idEl.ValueKind != JsonValueKind.Number || !idEl.TryGetInt32(out int id) || id < 0)
                     throw new ModelConfigurationException("An added token has no content or id", path, "added_tokens");
+                CheckAddedToken(id, content, added.Count, path, "added_tokens");
                 bool special = t.TryGetProperty("special", out var sp) && sp.ValueKind == JsonValueKind.True;
                 added.Add(new AddedToken(id, content, special));
             }
@@ -187,6 +197,7 @@ internal static class TokenizerFileReader
                     if (!int.TryParse(entry.Name, out int id) || id < 0 || GetString(entry.Value, "content") is not { } content)
                         throw new ModelConfigurationException($"Invalid added token entry '{entry.Name}'", configPath, "added_tokens_decoder");
                     bool special = entry.Value.TryGetProperty("special", out var sp) && sp.ValueKind == JsonValueKind.True;
+                    CheckAddedToken(id, content, added.Count, configPath, "added_tokens_decoder");
                     added[id] = new AddedToken(id, content, special);
                 }
             }
@@ -214,6 +225,7 @@ internal static class TokenizerFileReader
             {
                 if (entry.Value.ValueKind != JsonValueKind.Number || !entry.Value.TryGetInt32(out int id) || id < 0)
                     throw new ModelConfigurationException($"Added token '{entry.Name}' has no valid id", addedPath, entry.Name);
+                CheckAddedToken(id, entry.Name, added.Count, addedPath, entry.Name);
                 // added_tokens.json has no 'special' flag; LLaVA's <image>/<pad> are special, so treat them as such.
                 added.TryAdd(id, new AddedToken(id, entry.Name, true));
             }
@@ -222,6 +234,19 @@ internal static class TokenizerFileReader
         return new TokenizerSettings(legacy, addBos, addEos, bos, eos, unk, pad,
             added.Values.OrderBy(a => a.Id).ToList(), additional.Distinct().ToList());
     }
+
+    /// <summary>Bounds an added token: its id sizes the tokenizer's id range, and every token is searched for in every text.</summary>
+    private static void CheckAddedToken(int id, string content, int countSoFar, string path, string key)
+    {
+        if (id >= SentencePieceVocabulary.MaxPieces)
+            throw new ModelConfigurationException($"Added token '{Shorten(content)}' has id {id}, beyond the largest accepted vocabulary of {SentencePieceVocabulary.MaxPieces}", path, key);
+        if (content.Length > SentencePieceVocabulary.MaxPieceChars)
+            throw new ModelConfigurationException($"An added token is {content.Length} characters long, more than the {SentencePieceVocabulary.MaxPieceChars} accepted", path, key);
+        if (countSoFar >= SentencePieceVocabulary.MaxAddedTokens)
+            throw new ModelConfigurationException($"More than {SentencePieceVocabulary.MaxAddedTokens} added tokens", path, key);
+    }
+
+    private static string Shorten(string s) => s.Length <= 40 ? s : s[..40] + "...";
 
     private static string? GetString(JsonElement obj, string name) =>
         obj.ValueKind == JsonValueKind.Object && obj.TryGetProperty(name, out var v) && v.ValueKind == JsonValueKind.String ? v.GetString() : null;

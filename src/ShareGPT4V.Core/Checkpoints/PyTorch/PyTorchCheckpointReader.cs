@@ -281,6 +281,7 @@ public sealed class PyTorchCheckpointReader : ITensorReader
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (!_entries.TryGetValue(name, out var e))
             throw new CheckpointFormatException("Tensor not found", FilePath, name);
+        CheckUnchanged(name);
         var t = e.Ref;
         var stored = t.Storage.DType;
         var target = dtype ?? stored;
@@ -349,6 +350,23 @@ public sealed class PyTorchCheckpointReader : ITensorReader
             }
             return m;
         }
+    }
+
+    /// <summary>
+    /// The layout was validated against the file as it was when opened. A file truncated or replaced in place since
+    /// (a download still running, a copy over it) would make the memory mapping fault (SIGBUS) or a read come up
+    /// short: refuse instead.
+    /// </summary>
+    private void CheckUnchanged(string tensor)
+    {
+        long now;
+        // Through a stream, not FileInfo: a checkpoint may be a symbolic link, whose FileInfo length is the link's.
+        try { using var fs = new FileStream(FilePath, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete, 1); now = fs.Length; }
+        catch (IOException) { now = -1; }
+        if (now != FileLength)
+            throw new CheckpointFormatException(
+                now < 0 ? "The file was removed after it was opened" : $"The file changed after it was opened ({FileLength} bytes then, {now} now); open it again",
+                FilePath, tensor);
     }
 
     public void Dispose()

@@ -93,7 +93,7 @@ internal sealed class ZipArchiveReader
             var loc = ReadAt(fs, eocdPos - 20, 20);
             if (BinaryPrimitives.ReadUInt32LittleEndian(loc) == Zip64EndLocatorSig)
             {
-                long z64Pos = checked((long)BinaryPrimitives.ReadUInt64LittleEndian(loc.AsSpan(8)));
+                long z64Pos = ToLong(BinaryPrimitives.ReadUInt64LittleEndian(loc.AsSpan(8)), path, "zip64 end record offset");
                 if (z64Pos < 0 || z64Pos > eocdPos - 20 - 56)
                     throw new CheckpointFormatException($"Zip64 end record offset {z64Pos} lies outside the file", path);
                 var z = ReadAt(fs, z64Pos, 56);
