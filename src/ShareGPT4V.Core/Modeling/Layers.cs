@@ -25,6 +25,14 @@ public sealed class Linear : nn.Module<Tensor, Tensor>
         RegisterComponents();
     }
 
+    /// <summary>A linear layer over existing tensors (the layer takes ownership), e.g. for measurements.</summary>
+    public static Linear FromTensors(Tensor weight, Tensor? bias)
+    {
+        var source = new GivenWeights { ["w.weight"] = weight };
+        if (bias is not null) source["w.bias"] = bias;
+        return new Linear("w", weight.shape[1], weight.shape[0], bias is not null, source);
+    }
+
     public override Tensor forward(Tensor x) => nn.functional.linear(x, _weight, _bias);
 }
 

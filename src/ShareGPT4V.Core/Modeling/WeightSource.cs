@@ -34,3 +34,18 @@ public sealed class MetaWeightSource : WeightSource
     public MetaWeightSource(ScalarType dtype = ScalarType.Float32) => _dtype = dtype;
     public override Tensor Take(string name, long[] shape) => torch.empty(shape, _dtype, device: torch.META);
 }
+
+/// <summary>Hands out tensors the caller already has, by name (shapes are checked).</summary>
+internal sealed class GivenWeights : WeightSource
+{
+    private readonly Dictionary<string, Tensor> _tensors = new(StringComparer.Ordinal);
+    public Tensor this[string name] { set => _tensors[name] = value; }
+
+    public override Tensor Take(string name, long[] shape)
+    {
+        var t = _tensors[name];
+        if (!t.shape.SequenceEqual(shape))
+            throw new ArgumentException($"Tensor '{name}' has shape [{string.Join(", ", t.shape)}], expected [{string.Join(", ", shape)}]");
+        return t;
+    }
+}
