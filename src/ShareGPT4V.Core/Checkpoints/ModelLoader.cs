@@ -12,8 +12,14 @@ public readonly record struct LoadProgress(int TensorsLoaded, int TensorsTotal, 
 /// <summary>How to load a model.</summary>
 public sealed record LoadOptions
 {
-    /// <summary>Element type the weights are kept and computed in (float32 by default: on CPU it is by far the fastest).</summary>
-    public ScalarType DType { get; init; } = ScalarType.Float32;
+    /// <summary>
+    /// Element type the large weights (linear layers, embedding tables) are kept in memory in; null keeps each as the
+    /// checkpoint stores it (a bfloat16 checkpoint then stays memory-mapped, without a float32 copy). Float32 by
+    /// default, which expands a half-precision checkpoint. Activations use <see cref="ComputePrecision.For"/> of it:
+    /// float32 on CPU whatever the weights are, so half-precision weights save memory and decode bandwidth there
+    /// without the slow half-precision CPU GEMMs.
+    /// </summary>
+    public ScalarType? DType { get; init; } = ScalarType.Float32;
     /// <summary>Device for the weights (CPU by default).</summary>
     public Device? Device { get; init; }
     /// <summary>Overrides the CLIP tower folder named by <c>mm_vision_tower</c> (original layout).</summary>
@@ -77,7 +83,7 @@ public static class ModelLoader
             }
 
         // 2. The model's expected names and shapes, from a build on the meta device (no memory).
-        var meta = new MetaWeightSource(options.DType);
+        var meta = new MetaWeightSource(options.DType ?? ScalarType.Float32);
         using (var _ = new LlavaModel(config, meta)) { }
         var problems = new List<string>();
         var expected = new HashSet<string>(StringComparer.Ordinal);
@@ -107,7 +113,8 @@ public static class ModelLoader
         }
 
         // 3. Materialise: every parameter straight from its checkpoint tensor.
-        long totalBytes = meta.Requested.Sum(r => r.Shape.Aggregate(1L, (a, b) => a * b) * ElementSize(options.DType));
+        long totalBytes = meta.Requested.Sum(r =>
+            r.Shape.Aggregate(1L, (a, b) => a * b) * ElementSize(options.DType ?? sources[r.Name].Reader.GetInfo(sources[r.Name].Key).DType));
         var source = new CheckpointWeightSource(sources, options, meta.Requested.Count, totalBytes, progress, cancellationToken);
         try
         {
@@ -153,13 +160,16 @@ public static class ModelLoader
             _totalBytes = totalBytes;
             _progress = progress;
             _ct = ct;
+            ComputeType = ComputePrecision.For(options.DType, options.Device);
         }
 
-        public override Tensor Take(string name, long[] shape)
+        public override Tensor Take(string name, long[] shape, bool largeMatrix)
         {
             _ct.ThrowIfCancellationRequested();
             var (reader, key) = _sources[name];
-            var t = reader.Load(key, _options.DType, _options.Device);
+            // Large matrices keep the requested storage dtype (or the checkpoint's); small parameters are computed with.
+            var dtype = largeMatrix ? _options.DType : ComputeType;
+            var t = reader.Load(key, dtype, _options.Device);
             _created.Add(t);
             _bytes += t.NumberOfElements * t.ElementSize;
             if (_progress is not null && (_sinceReport.ElapsedMilliseconds >= 100 || _created.Count == _total))

@@ -31,12 +31,14 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
     [ComponentName(Name = "model")] private readonly LlamaTransformer _model;
     [ComponentName(Name = "lm_head")] private readonly Linear? _lmHead;
     private readonly RotaryEmbedding _rope;
+    private readonly ScalarType _computeType;
 
     public LlamaConfig Config { get; }
 
     public LlamaModel(string prefix, LlamaConfig config, WeightSource w) : base(nameof(LlamaModel))
     {
         Config = config;
+        _computeType = w.ComputeType;
         _model = new LlamaTransformer(Join(prefix, "model"), config, w);
         // Tied embeddings reuse embed_tokens as the output projection; the checkpoint then has no lm_head.
         if (!config.TieWordEmbeddings)
@@ -47,19 +49,24 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
 
     private static string Join(string prefix, string name) => prefix.Length == 0 ? name : prefix + "." + name;
 
-    public ScalarType DType => _model.EmbedTokens.Weight.dtype;
+    /// <summary>The dtype of activations and of the KV cache (the large weights may be stored narrower, see <see cref="WeightSource.ComputeType"/>).</summary>
+    public ScalarType DType => _computeType;
     public Device Device => _model.EmbedTokens.Weight.device;
 
-    /// <summary>Token ids [B, T] → embeddings [B, T, H]. Ids outside the vocabulary are refused.</summary>
+    /// <summary>Token ids [B, T] → embeddings [B, T, H] in <see cref="DType"/>. Ids outside the vocabulary are refused.</summary>
     public Tensor Embed(Tensor ids)
     {
         if (ids.numel() > 0)
         {
-            long min = ids.min().item<long>(), max = ids.max().item<long>();
+            using var lo = ids.min();
+            using var hi = ids.max();
+            long min = lo.item<long>(), max = hi.item<long>();
             if (min < 0 || max >= Config.VocabSize)
                 throw new PromptException($"Token id {(min < 0 ? min : max)} is outside the vocabulary [0, {Config.VocabSize})");
         }
-        return _model.EmbedTokens.forward(ids);
+        var rows = _model.EmbedTokens.forward(ids);
+        if (rows.dtype == _computeType) return rows;
+        using (rows) return rows.to(_computeType);
     }
 
     /// <summary>Full forward on token ids without cache (logits for every position).</summary>
@@ -106,7 +113,7 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
     }
 
     private Tensor Project(Tensor h) =>
-        _lmHead is not null ? _lmHead.forward(h) : nn.functional.linear(h, _model.EmbedTokens.Weight, null);
+        _lmHead is not null ? _lmHead.forward(h) : Linear.Apply(h, _model.EmbedTokens.Weight, null);
 
     /// <summary>
     /// Additive mask [B, 1, T, start + T]: causal over positions, padding keys excluded. The dtype's lowest value
@@ -220,9 +227,10 @@ internal sealed class LlamaAttention : nn.Module<Tensor, Tensor>
     {
         using var scope = NewDisposeScope();
         long b = x.shape[0], t = x.shape[1];
-        var q = _qProj.forward(x).view(b, t, _heads, _headDim).transpose(1, 2);
-        var k = _kProj.forward(x).view(b, t, _kvHeads, _headDim).transpose(1, 2);
-        var v = _vProj.forward(x).view(b, t, _kvHeads, _headDim).transpose(1, 2);
+        var qkv = Linear.ForwardMany(x, _qProj, _kProj, _vProj); // one fused job in a decode step
+        var q = qkv[0].view(b, t, _heads, _headDim).transpose(1, 2);
+        var k = qkv[1].view(b, t, _kvHeads, _headDim).transpose(1, 2);
+        var v = qkv[2].view(b, t, _kvHeads, _headDim).transpose(1, 2);
         q = RotaryEmbedding.Apply(q, cos, sin);
         k = RotaryEmbedding.Apply(k, cos, sin);
         Tensor keys = k, values = v;
@@ -268,7 +276,8 @@ internal sealed class LlamaMlp : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor x)
     {
         using var scope = NewDisposeScope();
-        var h = nn.functional.silu(_gateProj.forward(x)) * _upProj.forward(x);
+        var gateUp = Linear.ForwardMany(x, _gateProj, _upProj); // one fused job in a decode step
+        var h = nn.functional.silu(gateUp[0]) * gateUp[1];
         return _downProj.forward(h).MoveToOuterDisposeScope();
     }
 }

@@ -5,7 +5,10 @@ using TorchSharp.Utils;
 
 namespace ShareGPT4V.Modeling;
 
-/// <summary>y = x Wᵀ + b, with the weight named <c>{prefix}.weight</c> as in the checkpoints.</summary>
+/// <summary>
+/// y = x Wᵀ + b, with the weight named <c>{prefix}.weight</c> as in the checkpoints. The weight may be stored in a
+/// narrower dtype than x (bfloat16 / float16 weights with float32 activations on CPU).
+/// </summary>
 public sealed class Linear : nn.Module<Tensor, Tensor>
 {
     [ComponentName(Name = "weight")] private readonly Parameter _weight;
@@ -20,20 +23,51 @@ public sealed class Linear : nn.Module<Tensor, Tensor>
     {
         InFeatures = inFeatures;
         OutFeatures = outFeatures;
-        _weight = w.Param(prefix + ".weight", outFeatures, inFeatures);
+        _weight = w.MatrixParam(prefix + ".weight", outFeatures, inFeatures);
         if (hasBias) _bias = w.Param(prefix + ".bias", outFeatures);
         RegisterComponents();
     }
 
     /// <summary>A linear layer over existing tensors (the layer takes ownership), e.g. for measurements.</summary>
-    public static Linear FromTensors(Tensor weight, Tensor? bias)
+    public static Linear FromTensors(Tensor weight, Tensor? bias, ScalarType? computeType = null)
     {
-        var source = new GivenWeights { ["w.weight"] = weight };
+        var source = new GivenWeights(computeType ?? ComputePrecision.For(weight.dtype, weight.device)) { ["w.weight"] = weight };
         if (bias is not null) source["w.bias"] = bias;
         return new Linear("w", weight.shape[1], weight.shape[0], bias is not null, source);
     }
 
-    public override Tensor forward(Tensor x) => nn.functional.linear(x, _weight, _bias);
+    public override Tensor forward(Tensor x) => Apply(x, _weight, _bias);
+
+    /// <summary>
+    /// Several layers that read the same input (q/k/v, gate/up), computed together: for the few-row inputs of a decode
+    /// step they run as one kernel job, the fused projection, while the weights stay separate tensors named as in the
+    /// checkpoint (no concatenated copy, so memory-mapped weights stay mapped).
+    /// </summary>
+    public static Tensor[] ForwardMany(Tensor x, params Linear[] layers)
+    {
+        bool fused = true;
+        foreach (var l in layers) fused &= MatVec.Applies(x, l._weight, l._bias);
+        if (fused)
+        {
+            var parts = new (Tensor, Tensor?)[layers.Length];
+            for (int i = 0; i < layers.Length; i++) parts[i] = (layers[i]._weight, layers[i]._bias);
+            return MatVec.Run(x, parts);
+        }
+        return layers.Select(l => l.forward(x)).ToArray();
+    }
+
+    /// <summary>linear(x, weight, bias) in x's dtype, whatever dtype the weight is stored in.</summary>
+    internal static Tensor Apply(Tensor x, Tensor weight, Tensor? bias)
+    {
+        if (MatVec.Applies(x, weight, bias)) return MatVec.Run(x, new[] { (weight, bias) })[0];
+        if (weight.dtype == x.dtype && (bias is null || bias.dtype == x.dtype))
+            return nn.functional.linear(x, weight, bias);
+        // A GEMM over half-precision weights: widen this one matrix for the call (CPU half-precision GEMMs are far
+        // slower than the conversion), so only one layer's float32 copy exists at a time.
+        using var w = weight.to(x.dtype);
+        using var b = bias?.to(x.dtype);
+        return nn.functional.linear(x, w, b);
+    }
 }
 
 /// <summary>LayerNorm over the last dimension with weight and bias.</summary>
@@ -80,7 +114,7 @@ public sealed class RmsNorm : nn.Module<Tensor, Tensor>
     }
 }
 
-/// <summary>A lookup table, <c>{prefix}.weight</c> of shape [num, dim].</summary>
+/// <summary>A lookup table, <c>{prefix}.weight</c> of shape [num, dim], kept in the storage dtype (callers convert the rows they look up).</summary>
 public sealed class Embedding : nn.Module<Tensor, Tensor>
 {
     [ComponentName(Name = "weight")] private readonly Parameter _weight;
@@ -90,7 +124,7 @@ public sealed class Embedding : nn.Module<Tensor, Tensor>
     public Embedding(string prefix, long num, long dim, WeightSource w) : base(nameof(Embedding))
     {
         NumEmbeddings = num;
-        _weight = w.Param(prefix + ".weight", num, dim);
+        _weight = w.MatrixParam(prefix + ".weight", num, dim);
         RegisterComponents();
     }
 

@@ -112,7 +112,7 @@ internal sealed class ClipVisionEmbeddings : nn.Module<Tensor, Tensor>
         patches = patches.flatten(2).transpose(1, 2);                          // [N, patches, hidden]
         var cls = _classEmbedding.reshape(1, 1, -1).expand(n, 1, -1);
         var h = torch.cat(new[] { cls, patches }, 1);
-        h = h + _positionEmbedding.Weight.unsqueeze(0);
+        h = h + _positionEmbedding.Weight.to(h.dtype).unsqueeze(0);
         return h.MoveToOuterDisposeScope();
     }
 }
