@@ -34,6 +34,10 @@ public sealed record BenchResult
     [JsonPropertyName("kv_cache_mb")] public required double KvCacheMb { get; init; }
     /// <summary>Peak RSS over (weights + KV cache); the target is at most 1.15.</summary>
     [JsonPropertyName("peak_rss_over_weights_kv")] public required double PeakRssOverWeightsAndCache { get; init; }
+    /// <summary>RSS after the load, the vision stage and the prefill: where memory is taken.</summary>
+    [JsonPropertyName("rss_load_mb")] public required double RssAfterLoadMb { get; init; }
+    [JsonPropertyName("rss_vision_mb")] public required double RssAfterVisionMb { get; init; }
+    [JsonPropertyName("rss_prefill_mb")] public required double RssAfterPrefillMb { get; init; }
     /// <summary>RSS after token 100 and after the last token, and the growth between them (runs of more than 100 tokens).</summary>
     [JsonPropertyName("rss_token100_mb")] public double? RssAtToken100Mb { get; init; }
     [JsonPropertyName("rss_end_mb")] public required double RssEndMb { get; init; }
@@ -81,7 +85,7 @@ public sealed record BenchResult
             $"prefill         {F(PrefillMs, "F0")} ms   {F(PrefillTokensPerSecond, "F1")} tokens/s   {F(PrefillGFlops, "F1")} GFLOP/s   {F(PrefillFmaRatio * 100, "F0")}% of FMA peak",
             $"time to first   {F(TimeToFirstTokenMs, "F0")} ms",
             $"decode          {F(DecodeTokensPerSecond, "F2")} tokens/s   {F(DecodeStepMsMedian, "F1")} ms/step   {F(DecodeBytesPerStep / 1e9, "F2")} GB/step   {F(DecodeBandwidthRatio * 100, "F0")}% of read bandwidth",
-            $"memory          peak RSS {F(PeakRssMb, "F0")} MiB = {F(PeakRssOverWeightsAndCache, "F3")} x (weights {F(WeightsMb, "F0")} + KV cache {F(KvCacheMb, "F0")} MiB)   RSS token 100 {F(RssAtToken100Mb, "F0")} -> end {F(RssEndMb, "F0")} MiB ({F(RssGrowthPercent, "F2")}%)",
+            $"memory          peak RSS {F(PeakRssMb, "F0")} MiB = {F(PeakRssOverWeightsAndCache, "F3")} x (weights {F(WeightsMb, "F0")} + KV cache {F(KvCacheMb, "F0")} MiB)   RSS after load {F(RssAfterLoadMb, "F0")}, vision {F(RssAfterVisionMb, "F0")}, prefill {F(RssAfterPrefillMb, "F0")}, token 100 {F(RssAtToken100Mb, "F0")} -> end {F(RssEndMb, "F0")} MiB ({F(RssGrowthPercent, "F2")}%)",
             $"machine         read bandwidth {F(BandwidthGBs, "F1")} GB/s   FMA peak {F(FmaPeakGFlops, "F1")} GFLOP/s ({FmaVectorBits}-bit)   GEMM {F(GemmGFlops, "F1")} GFLOP/s ({GemmShape})   load avg {F(LoadAverageStart, "F2")} -> {F(LoadAverageEnd, "F2")}",
         };
         return string.Join(Environment.NewLine, lines);

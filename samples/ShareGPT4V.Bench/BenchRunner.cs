@@ -34,6 +34,7 @@ public static class BenchRunner
         var processor = new ClipImageProcessor(pre, ImageAspectModes.FromConfigValue(folder.Config.ImageAspectRatio));
         using var model = ModelLoader.Load(folder, new LoadOptions { DType = o.ScalarType, Device = device });
         double loadSeconds = sw.Elapsed.TotalSeconds;
+        double rssLoad = ProcessStats.RssBytes() / Mib;
         log.WriteLine($"loaded {folder.ModelPath} in {loadSeconds:F2} s");
 
         var prompt = new ConversationBuilder(o.Template).AddUser(o.Prompt, 1).BuildPrompt();
@@ -53,6 +54,7 @@ public static class BenchRunner
         var imageEmbeddings = model.EncodeImages(pixels);
         Sync(imageEmbeddings);
         double visionMs = sw.Elapsed.TotalMilliseconds;
+        double rssVision = ProcessStats.RssBytes() / Mib;
         log.WriteLine($"vision tower + projector: {visionMs:F0} ms");
 
         using var inputs = model.BuildInputs(rows, imageEmbeddings);
@@ -64,6 +66,7 @@ public static class BenchRunner
         var logits = generator.Prefill(inputs);
         Sync(logits);
         double prefillMs = sw.Elapsed.TotalMilliseconds;
+        double rssPrefill = ProcessStats.RssBytes() / Mib;
         var next = Argmax(logits);
         double ttftMs = firstToken.Elapsed.TotalMilliseconds;
         log.WriteLine($"prefill of {promptTokens} tokens: {prefillMs:F0} ms");
@@ -128,6 +131,9 @@ public static class BenchRunner
             WeightsMb = weightsMb,
             KvCacheMb = cacheMb,
             PeakRssOverWeightsAndCache = peakRss / (weightsMb + cacheMb),
+            RssAfterLoadMb = rssLoad,
+            RssAfterVisionMb = rssVision,
+            RssAfterPrefillMb = rssPrefill,
             RssAtToken100Mb = rssAt100,
             RssEndMb = rssEnd,
             RssGrowthPercent = rssAt100 is double r100 ? (rssEnd - r100) / r100 * 100 : null,

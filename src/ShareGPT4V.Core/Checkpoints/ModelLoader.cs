@@ -24,6 +24,11 @@ public sealed record LoadOptions
     public Device? Device { get; init; }
     /// <summary>Overrides the CLIP tower folder named by <c>mm_vision_tower</c> (original layout).</summary>
     public string? VisionTowerPath { get; init; }
+    /// <summary>
+    /// Read every weight page into memory during the load (true by default), so the load time includes reading the
+    /// memory-mapped checkpoint and the first request does not pay for it in page faults.
+    /// </summary>
+    public bool Prefault { get; init; } = true;
 }
 
 /// <summary>
@@ -116,16 +121,23 @@ public static class ModelLoader
         long totalBytes = meta.Requested.Sum(r =>
             r.Shape.Aggregate(1L, (a, b) => a * b) * ElementSize(options.DType ?? sources[r.Name].Reader.GetInfo(sources[r.Name].Key).DType));
         var source = new CheckpointWeightSource(sources, options, meta.Requested.Count, totalBytes, progress, cancellationToken);
+        LlavaModel model;
         try
         {
             using var noGrad = torch.no_grad();
-            return new LlavaModel(config, source);
+            model = new LlavaModel(config, source);
         }
         catch
         {
             source.DisposeCreated();
             throw;
         }
+        if (options.Prefault)
+        {
+            try { WeightResidency.Touch(model.parameters(), cancellationToken); }
+            catch { model.Dispose(); throw; }
+        }
+        return model;
     }
 
     private static bool IsFloating(ScalarType t) =>

@@ -95,11 +95,15 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
             throw new ArgumentException("A start position needs a KV cache", nameof(start));
         var h = inputsEmbeds.to(DType);
         var (cos, sin) = _rope.Get(positionIds, h.dtype);
-        var mask = BuildMask(attentionMask, b, t, start, h.dtype, h.device);
+        // A fresh, unpadded prompt needs no mask tensor: attention runs causally, without materialising scores.
+        bool causal = attentionMask is null && start == 0 && t > 1;
+        var mask = causal ? null : BuildMask(attentionMask, b, t, start, h.dtype, h.device);
         for (int i = 0; i < _model.Layers.Count; i++)
         {
             if (hiddenStates is not null) hiddenStates.Add(h.alias().MoveToOuterDisposeScope());
-            h = _model.Layers[i].Forward(h, cos, sin, mask, cache, i, start);
+            var next = _model.Layers[i].Forward(h, cos, sin, mask, causal, cache, i, start);
+            h.Dispose(); // free each layer's input as soon as it is used, not when the whole pass ends
+            h = next;
         }
         h = _model.Norm.forward(h);
         if (hiddenStates is not null) hiddenStates.Add(h.alias().MoveToOuterDisposeScope());
@@ -192,10 +196,10 @@ internal sealed class LlamaDecoderLayer : nn.Module<Tensor, Tensor>
         RegisterComponents();
     }
 
-    public Tensor Forward(Tensor x, Tensor cos, Tensor sin, Tensor? mask, KvCache? cache, int layer, long start)
+    public Tensor Forward(Tensor x, Tensor cos, Tensor sin, Tensor? mask, bool causal, KvCache? cache, int layer, long start)
     {
         using var scope = NewDisposeScope();
-        var h = x + _selfAttn.Forward(_inputLayernorm.forward(x), cos, sin, mask, cache, layer, start);
+        var h = x + _selfAttn.Forward(_inputLayernorm.forward(x), cos, sin, mask, causal, cache, layer, start);
         h = h + _mlp.forward(_postAttentionLayernorm.forward(h));
         return h.MoveToOuterDisposeScope();
     }
@@ -223,7 +227,8 @@ internal sealed class LlamaAttention : nn.Module<Tensor, Tensor>
         RegisterComponents();
     }
 
-    public Tensor Forward(Tensor x, Tensor cos, Tensor sin, Tensor? mask, KvCache? cache, int layer, long start)
+    /// <param name="causal">No mask: queries and keys are the same positions from 0, attend causally.</param>
+    public Tensor Forward(Tensor x, Tensor cos, Tensor sin, Tensor? mask, bool causal, KvCache? cache, int layer, long start)
     {
         using var scope = NewDisposeScope();
         long b = x.shape[0], t = x.shape[1];
@@ -241,7 +246,15 @@ internal sealed class LlamaAttention : nn.Module<Tensor, Tensor>
         Tensor o;
         if (groups == 1)
         {
-            o = nn.functional.scaled_dot_product_attention(q, keys, values, mask);
+            o = nn.functional.scaled_dot_product_attention(q, keys, values, mask, 0.0, causal);
+        }
+        else if (causal)
+        {
+            // Prefill: give every query head its kv head (query head h uses kv head h / groups, as transformers'
+            // repeat_kv) so the causal kernel runs; the copies are small next to a materialised score matrix.
+            var ke = keys.repeat_interleave(groups, 1);
+            var ve = values.repeat_interleave(groups, 1);
+            o = nn.functional.scaled_dot_product_attention(q, ke, ve, null, 0.0, true);
         }
         else
         {

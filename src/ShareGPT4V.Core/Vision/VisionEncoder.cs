@@ -81,7 +81,9 @@ internal sealed class ClipVisionTransformer : nn.Module<Tensor, Tensor>
         if (states is not null) states.Add(h.alias().MoveToOuterDisposeScope());
         for (int i = 0; i < layers; i++)
         {
-            h = _encoder[i].forward(h);
+            var next = _encoder[i].forward(h);
+            h.Dispose(); // free each layer's input as soon as it is used (an alias in states keeps its data)
+            h = next;
             if (states is not null) states.Add(h.alias().MoveToOuterDisposeScope());
         }
         return h.MoveToOuterDisposeScope();
