@@ -244,7 +244,13 @@ internal sealed class LlamaAttention : nn.Module<Tensor, Tensor>
         long s = keys.shape[2];
         int groups = _heads / _kvHeads;
         Tensor o;
-        if (groups == 1)
+        if (t == 1 && cache is not null && DecodeAttention.Applies(q, cache.Buffers(layer).Keys, mask))
+        {
+            // A decode step: our kernel reads the cache in place (and keeps the step out of OpenMP, see DecodeAttention).
+            var (kAll, vAll) = cache.Buffers(layer);
+            o = DecodeAttention.Run(q, kAll, vAll, s, mask?.reshape(b, s).contiguous());
+        }
+        else if (groups == 1)
         {
             o = nn.functional.scaled_dot_product_attention(q, keys, values, mask, 0.0, causal);
         }
