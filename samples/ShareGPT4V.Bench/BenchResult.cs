@@ -49,6 +49,8 @@ public sealed record BenchResult
     [JsonPropertyName("gemm_gflops")] public double? GemmGFlops { get; init; }
     [JsonPropertyName("gemm_shape")] public string? GemmShape { get; init; }
 
+    /// <summary>GB/s at which the decode kernel streams weights of the run's dtype (one-row linear layers over as many bytes as the bandwidth test).</summary>
+    [JsonPropertyName("matvec_gbs")] public double? MatVecGBs { get; init; }
     [JsonPropertyName("decode_bytes_per_token")] public required double DecodeBytesPerStep { get; init; }
     /// <summary>Bytes a decode step reads × steps per second / measured read bandwidth.</summary>
     [JsonPropertyName("decode_bandwidth_ratio")] public double? DecodeBandwidthRatio { get; init; }
@@ -86,7 +88,7 @@ public sealed record BenchResult
             $"time to first   {F(TimeToFirstTokenMs, "F0")} ms",
             $"decode          {F(DecodeTokensPerSecond, "F2")} tokens/s   {F(DecodeStepMsMedian, "F1")} ms/step   {F(DecodeBytesPerStep / 1e9, "F2")} GB/step   {F(DecodeBandwidthRatio * 100, "F0")}% of read bandwidth",
             $"memory          peak RSS {F(PeakRssMb, "F0")} MiB = {F(PeakRssOverWeightsAndCache, "F3")} x (weights {F(WeightsMb, "F0")} + KV cache {F(KvCacheMb, "F0")} MiB)   RSS after load {F(RssAfterLoadMb, "F0")}, vision {F(RssAfterVisionMb, "F0")}, prefill {F(RssAfterPrefillMb, "F0")}, token 100 {F(RssAtToken100Mb, "F0")} -> end {F(RssEndMb, "F0")} MiB ({F(RssGrowthPercent, "F2")}%)",
-            $"machine         read bandwidth {F(BandwidthGBs, "F1")} GB/s   FMA peak {F(FmaPeakGFlops, "F1")} GFLOP/s ({FmaVectorBits}-bit)   GEMM {F(GemmGFlops, "F1")} GFLOP/s ({GemmShape})   load avg {F(LoadAverageStart, "F2")} -> {F(LoadAverageEnd, "F2")}",
+            $"machine         read bandwidth {F(BandwidthGBs, "F1")} GB/s   FMA peak {F(FmaPeakGFlops, "F1")} GFLOP/s ({FmaVectorBits}-bit)   GEMM {F(GemmGFlops, "F1")} GFLOP/s ({GemmShape})   decode kernel {F(MatVecGBs, "F1")} GB/s   load avg {F(LoadAverageStart, "F2")} -> {F(LoadAverageEnd, "F2")}",
         };
         return string.Join(Environment.NewLine, lines);
     }

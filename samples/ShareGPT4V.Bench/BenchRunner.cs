@@ -90,7 +90,7 @@ public static class BenchRunner
         double decodeTokensPerSecond = o.Batch * 1000.0 / stepMedian;
         double decodeBytes = ModelCost.DecodeBytesPerStep(model, o.Batch, promptTokens + o.MaxNewTokens / 2);
 
-        double? bandwidth = null, fmaPeak = null, gemm = null;
+        double? bandwidth = null, fmaPeak = null, gemm = null, matvec = null;
         string? gemmShape = null;
         if (!o.SkipLimits)
         {
@@ -101,6 +101,7 @@ public static class BenchRunner
             long gemmRows = (long)promptTokens * o.Batch;
             gemm = MachineLimits.GemmGFlops(gemmRows, t.HiddenSize, t.IntermediateSize, o.ScalarType, device);
             gemmShape = $"{gemmRows}x{t.HiddenSize} by {t.HiddenSize}->{t.IntermediateSize}";
+            if (device.type == DeviceType.CPU) matvec = MachineLimits.MatVecGBs(o.BandwidthBytes, o.ScalarType);
         }
 
         double visionFlops = ModelCost.VisionFlops(model.Config) * o.Batch;
@@ -142,6 +143,7 @@ public static class BenchRunner
             FmaVectorBits = o.SkipLimits ? null : MachineLimits.FmaVectorBits,
             GemmGFlops = gemm,
             GemmShape = gemmShape,
+            MatVecGBs = matvec,
             DecodeBytesPerStep = decodeBytes,
             DecodeBandwidthRatio = bandwidth is double bw ? decodeBytes * (decodeTokensPerSecond / o.Batch) / (bw * 1e9) : null,
             VisionGFlop = visionFlops / 1e9,

@@ -180,6 +180,33 @@ public static class MachineLimits
         return 2.0 * rows * inFeatures * outFeatures / Median(times) / 1e9;
     }
 
+    /// <summary>
+    /// GB/s at which the decode path streams weights: one-row linear layers (the shape of a decode step) over about
+    /// <paramref name="bytes"/> of <paramref name="weightType"/> weights, far more than the caches hold. Compared with
+    /// <see cref="ReadBandwidthGBs"/>, it shows how much of the memory bandwidth the kernel itself reaches.
+    /// </summary>
+    public static double MatVecGBs(long bytes, ScalarType weightType, int trials = 7)
+    {
+        using var noGrad = torch.no_grad();
+        using var scope = NewDisposeScope();
+        const long Rows = 4096, Columns = 4096;
+        long each = Rows * Columns * ShareGPT4V.Checkpoints.SafeTensorsFile.ElementSize(weightType);
+        int count = (int)Math.Max(2, bytes / each);
+        var layers = Enumerable.Range(0, count)
+            .Select(_ => ShareGPT4V.Modeling.Linear.FromTensors((torch.rand(Rows, Columns) - 0.5).to(weightType), null, ScalarType.Float32))
+            .ToList();
+        var x = torch.rand(1, Columns) - 0.5;
+        var times = new List<double>();
+        for (int i = 0; i < trials + 1; i++)
+        {
+            var sw = Stopwatch.StartNew();
+            foreach (var l in layers) l.forward(x).Dispose();
+            if (i > 0) times.Add(sw.Elapsed.TotalSeconds);
+        }
+        foreach (var l in layers) l.Dispose();
+        return count * (double)each / Median(times) / 1e9;
+    }
+
     /// <summary>Runs <paramref name="body"/>(thread index) on <paramref name="threads"/> threads at once, <paramref name="trials"/> times; seconds per trial.</summary>
     private static List<double> RunTimed(int threads, int trials, Func<int, float> body)
     {

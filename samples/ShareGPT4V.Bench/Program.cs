@@ -37,6 +37,7 @@ try
             foreach (int bits in MachineLimits.AvailableFmaWidths)
                 Console.WriteLine($"FMA peak ({bits}-bit) {MachineLimits.FmaPeakGFlops(threads, bits: bits):F1} GFLOP/s");
             var t = BenchModelSpec.Default.Text;
+            Console.WriteLine($"decode kernel (fp32 weights) {MachineLimits.MatVecGBs(bytes, TorchSharp.torch.ScalarType.Float32):F1} GB/s, (bf16 weights) {MachineLimits.MatVecGBs(bytes, TorchSharp.torch.ScalarType.BFloat16):F1} GB/s");
             Console.WriteLine($"GEMM 625x{t.HiddenSize} by {t.HiddenSize}->{t.IntermediateSize} fp32 {MachineLimits.GemmGFlops(625, t.HiddenSize, t.IntermediateSize, TorchSharp.torch.ScalarType.Float32, TorchSharp.torch.CPU):F1} GFLOP/s");
             return 0;
         }

@@ -88,7 +88,7 @@ public sealed class BenchSmokeTests : IDisposable
         {
             "load_s", "preprocess_ms", "vision_ms", "prefill_ms", "prefill_tokens_per_s", "ttft_ms", "decode_tokens_per_s",
             "decode_step_ms_median", "peak_rss_mb", "weights_mb", "kv_cache_mb", "rss_end_mb", "bandwidth_gbs", "fma_peak_gflops",
-            "gemm_gflops", "decode_bytes_per_token", "decode_bandwidth_ratio", "vision_gflop", "vision_gflops", "vision_fma_ratio",
+            "gemm_gflops", "matvec_gbs", "decode_bytes_per_token", "decode_bandwidth_ratio", "vision_gflop", "vision_gflops", "vision_fma_ratio",
             "prefill_gflop", "prefill_gflops", "prefill_fma_ratio", "peak_rss_over_weights_kv",
         };
         foreach (var name in positive)
