@@ -4,10 +4,15 @@ namespace ShareGPT4V.Modeling;
 internal abstract class BlockJob
 {
     private long _next;
+    private long _completed;
     public abstract long BlockCount { get; }
     protected abstract void RunBlock(long block);
 
-    public void Reset() => Volatile.Write(ref _next, 0);
+    public void Reset()
+    {
+        Volatile.Write(ref _next, 0);
+        Volatile.Write(ref _completed, 0);
+    }
 
     /// <summary>Takes blocks until none are left. Taking them one by one (not a fixed share each) keeps a thread that
     /// another process slows down from holding everyone up.</summary>
@@ -15,8 +20,13 @@ internal abstract class BlockJob
     {
         long count = BlockCount;
         for (long b = Interlocked.Increment(ref _next) - 1; b < count; b = Interlocked.Increment(ref _next) - 1)
+        {
             RunBlock(b);
+            Interlocked.Increment(ref _completed);
+        }
     }
+
+    public bool IsComplete => Volatile.Read(ref _completed) == BlockCount;
 }
 
 /// <summary>
@@ -31,8 +41,7 @@ internal sealed class KernelThreads
 
     private readonly object _gate = new();
     private readonly List<Helper> _helpers = new();
-    private BlockJob? _job;
-    private int _pending;
+    private volatile BlockJob? _job;
     private Exception? _error;
 
     /// <summary>Runs <paramref name="job"/> on <paramref name="threads"/> threads (the caller included) and returns when it is done.</summary>
@@ -49,12 +58,12 @@ internal sealed class KernelThreads
         {
             while (_helpers.Count < threads - 1) _helpers.Add(new Helper(this, _helpers.Count));
             _job = job;
-            Volatile.Write(ref _pending, threads - 1);
             for (int i = 0; i < threads - 1; i++) _helpers[i].Go.Set();
             job.Drain();
-            // Spin (no Sleep(1): a millisecond is longer than most jobs) until every helper has left the job.
+            // Wait for the blocks helpers took, not for the helpers: one that another process keeps off the CPU and
+            // that took nothing must not hold the step up. Spin without Sleep(1): a millisecond outlasts most jobs.
             var spin = new SpinWait();
-            while (Volatile.Read(ref _pending) != 0) spin.SpinOnce(sleep1Threshold: -1);
+            while (!job.IsComplete && Volatile.Read(ref _error) is null) spin.SpinOnce(sleep1Threshold: -1);
             _job = null;
             if (Interlocked.Exchange(ref _error, null) is { } e)
                 throw new InvalidOperationException("A kernel thread failed", e);
@@ -83,9 +92,9 @@ internal sealed class KernelThreads
             {
                 Go.Wait();
                 Go.Reset();
+                // A late wake-up may find the next job (or none): either way it only takes blocks nobody has taken.
                 try { _owner._job?.Drain(); }
                 catch (Exception e) { Interlocked.CompareExchange(ref _owner._error, e, null); }
-                finally { Interlocked.Decrement(ref _owner._pending); }
             }
         }
     }
