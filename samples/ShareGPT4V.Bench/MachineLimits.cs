@@ -24,9 +24,10 @@ public static class MachineLimits
         byte* buffer = (byte*)NativeMemory.AlignedAlloc((nuint)bytes, (nuint)Align);
         try
         {
-            // Touch every page so the timed passes measure memory, not page faults.
-            for (long off = 0; off < bytes; off += int.MaxValue)
-                new Span<byte>(buffer + off, (int)Math.Min(int.MaxValue, bytes - off)).Fill(1);
+            // Write every page so the timed passes measure memory, not page faults; distinct values, so no page is
+            // identical to another (memory deduplication would otherwise let one physical page serve many).
+            float* values = (float*)buffer;
+            for (long i = 0; i < bytes / sizeof(float); i++) values[i] = i;
             long slice = bytes / threads;
             var seconds = RunTimed(threads, trials, t => SumFloats((float*)(buffer + t * slice), slice / sizeof(float)));
             return Median(seconds.Select(s => bytes / s / 1e9));
