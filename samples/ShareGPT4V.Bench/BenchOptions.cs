@@ -19,6 +19,8 @@ public sealed record BenchOptions
     public string Device { get; init; } = "cpu";
     public string Template { get; init; } = "vicuna_v1";
     public string Prompt { get; init; } = "Describe this image in detail.";
+    /// <summary>Times the vision and prefill stages run (medians are reported).</summary>
+    public int Repeat { get; init; } = 1;
     /// <summary>Decode steps left out of the median (first calls, caches warming).</summary>
     public int WarmupTokens { get; init; } = 3;
     /// <summary>Bytes streamed by the read-bandwidth kernel (far larger than the last-level cache).</summary>
@@ -40,7 +42,7 @@ public sealed record BenchOptions
 
     public const string Usage = """
         sharegpt4v-bench run --model DIR --image FILE [--max-new-tokens N] [--threads N] [--dtype fp32|bf16|fp16]
-                             [--batch N] [--device cpu] [--template NAME] [--prompt TEXT] [--warmup-tokens N]
+                             [--batch N] [--device cpu] [--template NAME] [--prompt TEXT] [--warmup-tokens N] [--repeat N]
                              [--bandwidth-mib N] [--skip-limits] [--json]
         sharegpt4v-bench make-checkpoint --out DIR [--llm-layers N] [--seed S] [--dtype fp32|bf16|fp16] [--overwrite]
         """;
@@ -61,6 +63,7 @@ public sealed record BenchOptions
             Template = a.String("--template", "vicuna_v1"),
             Prompt = a.String("--prompt", "Describe this image in detail."),
             WarmupTokens = a.Int("--warmup-tokens", 3, min: 0, max: 100_000),
+            Repeat = a.Int("--repeat", 1, min: 1, max: 100),
             BandwidthBytes = (long)a.Int("--bandwidth-mib", 1024, min: 1, max: 1 << 20) << 20,
             SkipLimits = a.Flag("--skip-limits"),
         };

@@ -17,6 +17,8 @@ public sealed record BenchResult
     [JsonPropertyName("batch")] public required int Batch { get; init; }
     [JsonPropertyName("prompt_tokens")] public required int PromptTokens { get; init; }
     [JsonPropertyName("new_tokens")] public required int NewTokens { get; init; }
+    /// <summary>How many times vision and prefill ran; their times are medians over the repetitions.</summary>
+    [JsonPropertyName("repeat")] public required int Repeat { get; init; }
 
     [JsonPropertyName("load_s")] public required double LoadSeconds { get; init; }
     [JsonPropertyName("preprocess_ms")] public required double PreprocessMs { get; init; }

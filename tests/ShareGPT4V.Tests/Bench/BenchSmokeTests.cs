@@ -78,7 +78,7 @@ public sealed class BenchSmokeTests : IDisposable
         var options = BenchOptions.Parse(new[]
         {
             "--model", _dir, "--image", Fixtures.Path("oracle/hf_llama2vocab/image1.png"),
-            "--max-new-tokens", "6", "--batch", "2", "--threads", "1", "--warmup-tokens", "1", "--bandwidth-mib", "8", "--json",
+            "--max-new-tokens", "6", "--batch", "2", "--threads", "1", "--warmup-tokens", "1", "--bandwidth-mib", "8", "--repeat", "2", "--json",
         }) with { FmaSeconds = 0.01 };
         var result = BenchRunner.Run(options, TextWriter.Null);
         using var doc = JsonDocument.Parse(result.ToJsonLine());
@@ -98,6 +98,7 @@ public sealed class BenchSmokeTests : IDisposable
         }
         Assert.Equal(2, root.GetProperty("batch").GetInt32());
         Assert.Equal(6, root.GetProperty("new_tokens").GetInt32());
+        Assert.Equal(2, root.GetProperty("repeat").GetInt32());
         Assert.Equal(4, root.GetProperty("decode_steps_measured").GetInt32()); // 5 steps after the prefill, 1 left out as warm-up
         // 16 image patches plus the 49 text tokens of the vicuna_v1 caption prompt (625 = 576 + 49 on the real tower).
         Assert.Equal(16 + 49, root.GetProperty("prompt_tokens").GetInt32());
