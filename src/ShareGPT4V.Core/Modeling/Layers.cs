@@ -57,17 +57,40 @@ public sealed class Linear : nn.Module<Tensor, Tensor>
     }
 
     /// <summary>linear(x, weight, bias) in x's dtype, whatever dtype the weight is stored in.</summary>
-    internal static Tensor Apply(Tensor x, Tensor weight, Tensor? bias)
+    internal static Tensor Apply(Tensor x, Tensor weight, Tensor? bias, long widenedSliceBytes = 16L << 20)
     {
         if (MatVec.Applies(x, weight, bias)) return MatVec.Run(x, new[] { (weight, bias) })[0];
         if (weight.dtype == x.dtype && (bias is null || bias.dtype == x.dtype))
             return nn.functional.linear(x, weight, bias);
-        // A GEMM over half-precision weights: widen this one matrix for the call (CPU half-precision GEMMs are far
-        // slower than the conversion), so only one layer's float32 copy exists at a time.
-        using var w = weight.to(x.dtype);
-        using var b = bias?.to(x.dtype);
-        return nn.functional.linear(x, w, b);
+        // A GEMM over half-precision weights: CPU half-precision GEMMs are far slower than widening, so widen a slice
+        // of output rows at a time (about 16 MiB of float32: small next to the layer, and still in cache when the GEMM
+        // reads it) and join the slices' outputs.
+        long rows = weight.shape[0];
+        long step = Math.Max(64, widenedSliceBytes / (weight.shape[1] * 4) / 64 * 64);
+        if (step >= rows)
+        {
+            using var w = weight.to(x.dtype);
+            using var b = bias?.to(x.dtype);
+            return nn.functional.linear(x, w, b);
+        }
+        var parts = new List<Tensor>();
+        try
+        {
+            for (long off = 0; off < rows; off += step)
+            {
+                long n = Math.Min(step, rows - off);
+                using var w = weight.narrow(0, off, n).to(x.dtype);
+                using var b = bias?.narrow(0, off, n).to(x.dtype);
+                parts.Add(nn.functional.linear(x, w, b));
+            }
+            return torch.cat(parts, -1);
+        }
+        finally
+        {
+            foreach (var p in parts) p.Dispose();
+        }
     }
+
 }
 
 /// <summary>LayerNorm over the last dimension with weight and bias.</summary>

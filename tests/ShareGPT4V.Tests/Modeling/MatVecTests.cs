@@ -95,6 +95,21 @@ public class MatVecTests
     }
 
     [Fact]
+    public void ManyRowsOverHalfPrecisionWeightsWidenSliceBySlice()
+    {
+        using var scope = NewDisposeScope();
+        using var gen = torch.manual_seed(9);
+        var x = torch.randn(20, 16);
+        var w = torch.randn(300, 16).to(ScalarType.BFloat16);
+        var b = torch.randn(300);
+        // 64-row slices (the smallest) of a 300-row weight: five slices, the last one short.
+        var y = Linear.Apply(x, w, b, widenedSliceBytes: 1);
+        var expected = nn.functional.linear(x, w.to(ScalarType.Float32), b);
+        Assert.Equal(expected.shape, y.shape);
+        Assert.True(y.eq(expected).all().item<bool>());
+    }
+
+    [Fact]
     public void InputsItDoesNotHandleFallBackToLibtorch()
     {
         using var scope = NewDisposeScope();
