@@ -21,6 +21,8 @@ public sealed record BenchResult
     [JsonPropertyName("repeat")] public required int Repeat { get; init; }
 
     [JsonPropertyName("load_s")] public required double LoadSeconds { get; init; }
+    /// <summary>Percent of the checkpoint's weight files in the OS page cache before the load (the load target is from cache).</summary>
+    [JsonPropertyName("checkpoint_cached_pct")] public double? CheckpointCachedPercent { get; init; }
     [JsonPropertyName("preprocess_ms")] public required double PreprocessMs { get; init; }
     [JsonPropertyName("vision_ms")] public required double VisionMs { get; init; }
     [JsonPropertyName("prefill_ms")] public required double PrefillMs { get; init; }
@@ -63,6 +65,10 @@ public sealed record BenchResult
     [JsonPropertyName("prefill_gflops")] public required double PrefillGFlops { get; init; }
     [JsonPropertyName("prefill_fma_ratio")] public double? PrefillFmaRatio { get; init; }
 
+    /// <summary>Percent of the machine's CPU used by other processes during each stage (0 = the stage ran alone).</summary>
+    [JsonPropertyName("other_cpu_vision_pct")] public double? OtherCpuVisionPercent { get; init; }
+    [JsonPropertyName("other_cpu_prefill_pct")] public double? OtherCpuPrefillPercent { get; init; }
+    [JsonPropertyName("other_cpu_decode_pct")] public double? OtherCpuDecodePercent { get; init; }
     /// <summary>1-minute load average before and after the run: other work on the machine shows here.</summary>
     [JsonPropertyName("load_avg_start")] public double? LoadAverageStart { get; init; }
     [JsonPropertyName("load_avg_end")] public double? LoadAverageEnd { get; init; }
@@ -83,7 +89,7 @@ public sealed record BenchResult
         var lines = new List<string>
         {
             $"model {Model} | {Device} {DType} | {Threads} threads | batch {Batch} | prompt {PromptTokens} tokens | {NewTokens} new tokens",
-            $"load            {F(LoadSeconds, "F2")} s",
+            $"load            {F(LoadSeconds, "F2")} s   ({F(CheckpointCachedPercent, "F0")}% of the checkpoint was in the page cache)",
             $"preprocess      {F(PreprocessMs, "F1")} ms",
             $"vision+proj     {F(VisionMs, "F0")} ms   {F(VisionGFlops, "F1")} GFLOP/s   {F(VisionFmaRatio * 100, "F0")}% of FMA peak",
             $"prefill         {F(PrefillMs, "F0")} ms   {F(PrefillTokensPerSecond, "F1")} tokens/s   {F(PrefillGFlops, "F1")} GFLOP/s   {F(PrefillFmaRatio * 100, "F0")}% of FMA peak",
@@ -91,6 +97,7 @@ public sealed record BenchResult
             $"decode          {F(DecodeTokensPerSecond, "F2")} tokens/s   {F(DecodeStepMsMedian, "F1")} ms/step   {F(DecodeBytesPerStep / 1e9, "F2")} GB/step   {F(DecodeBandwidthRatio * 100, "F0")}% of read bandwidth",
             $"memory          peak RSS {F(PeakRssMb, "F0")} MiB = {F(PeakRssOverWeightsAndCache, "F3")} x (weights {F(WeightsMb, "F0")} + KV cache {F(KvCacheMb, "F0")} MiB)   RSS after load {F(RssAfterLoadMb, "F0")}, vision {F(RssAfterVisionMb, "F0")}, prefill {F(RssAfterPrefillMb, "F0")}, token 100 {F(RssAtToken100Mb, "F0")} -> end {F(RssEndMb, "F0")} MiB ({F(RssGrowthPercent, "F2")}%)",
             $"machine         read bandwidth {F(BandwidthGBs, "F1")} GB/s   FMA peak {F(FmaPeakGFlops, "F1")} GFLOP/s ({FmaVectorBits}-bit)   GEMM {F(GemmGFlops, "F1")} GFLOP/s ({GemmShape})   decode kernel {F(MatVecGBs, "F1")} GB/s   load avg {F(LoadAverageStart, "F2")} -> {F(LoadAverageEnd, "F2")}",
+            $"other work      other processes used {F(OtherCpuVisionPercent, "F0")}% / {F(OtherCpuPrefillPercent, "F0")}% / {F(OtherCpuDecodePercent, "F0")}% of the CPUs during vision / prefill / decode",
         };
         return string.Join(Environment.NewLine, lines);
     }

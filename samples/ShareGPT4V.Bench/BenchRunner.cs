@@ -24,6 +24,7 @@ public static class BenchRunner
         var device = ParseDevice(o.Device);
         double? loadAvgStart = ProcessStats.LoadAverage1();
 
+        double? cachedPercent = Directory.Exists(o.Model) ? PageCache.ResidentPercent(o.Model) : null;
         // Load: config, tokenizer, image processor and weights, until the model is ready to run.
         var sw = Stopwatch.StartNew();
         var folder = ModelFolder.Open(o.Model);
@@ -53,6 +54,7 @@ public static class BenchRunner
         // work on the machine during one repetition does not decide the figure.
         Tensor imageEmbeddings = null!;
         var visionRuns = new List<double>();
+        var cpuVision = ProcessStats.SampleCpu();
         for (int r = 0; r < o.Repeat; r++)
         {
             if (r > 0) imageEmbeddings.Dispose();
@@ -63,6 +65,7 @@ public static class BenchRunner
             log.WriteLine($"vision tower + projector: {visionRuns[^1]:F0} ms");
         }
         double visionMs = MachineLimits.Median(visionRuns);
+        double? otherVision = ProcessStats.OtherCpuPercent(cpuVision, ProcessStats.SampleCpu());
         double rssVision = ProcessStats.RssBytes() / Mib;
 
         sw.Restart();
@@ -74,6 +77,7 @@ public static class BenchRunner
 
         Tensor logits = null!;
         var prefillRuns = new List<double>();
+        var cpuPrefill = ProcessStats.SampleCpu();
         for (int r = 0; r < o.Repeat; r++)
         {
             if (r > 0) logits.Dispose();
@@ -84,6 +88,7 @@ public static class BenchRunner
             log.WriteLine($"prefill of {promptTokens} tokens: {prefillRuns[^1]:F0} ms");
         }
         double prefillMs = MachineLimits.Median(prefillRuns);
+        double? otherPrefill = ProcessStats.OtherCpuPercent(cpuPrefill, ProcessStats.SampleCpu());
         double rssPrefill = ProcessStats.RssBytes() / Mib;
         sw.Restart();
         var next = Argmax(logits);
@@ -92,6 +97,7 @@ public static class BenchRunner
 
         // Greedy decoding without an early stop, one step per token; RSS sampled after each step.
         var stepMs = new List<double>();
+        var cpuDecode = ProcessStats.SampleCpu();
         double? rssAt100 = null;
         for (int token = 1; token < o.MaxNewTokens; token++)
         {
@@ -102,6 +108,7 @@ public static class BenchRunner
             if (token + 1 == 100) rssAt100 = ProcessStats.RssBytes() / Mib;
             if (token % 50 == 0) log.WriteLine($"decoded {token + 1} tokens, last step {stepMs[^1]:F1} ms");
         }
+        double? otherDecode = ProcessStats.OtherCpuPercent(cpuDecode, ProcessStats.SampleCpu());
         double rssEnd = ProcessStats.RssBytes() / Mib;
         double peakRss = ProcessStats.PeakRssBytes() / Mib;
         var measured = stepMs.Skip(Math.Min(o.WarmupTokens, Math.Max(0, stepMs.Count - 1))).ToList();
@@ -140,6 +147,7 @@ public static class BenchRunner
             NewTokens = o.MaxNewTokens,
             Repeat = o.Repeat,
             LoadSeconds = loadSeconds,
+            CheckpointCachedPercent = cachedPercent,
             PreprocessMs = preprocessMs,
             VisionMs = visionMs,
             PrefillMs = prefillMs,
@@ -172,6 +180,9 @@ public static class BenchRunner
             PrefillGFlop = prefillFlops / 1e9,
             PrefillGFlops = prefillGFlops,
             PrefillFmaRatio = fmaPeak is double f2 ? prefillGFlops / f2 : null,
+            OtherCpuVisionPercent = otherVision,
+            OtherCpuPrefillPercent = otherPrefill,
+            OtherCpuDecodePercent = otherDecode,
             LoadAverageStart = loadAvgStart,
             LoadAverageEnd = ProcessStats.LoadAverage1(),
         };
