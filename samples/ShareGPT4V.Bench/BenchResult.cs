@@ -55,6 +55,9 @@ public sealed record BenchResult
 
     /// <summary>GB/s at which the decode kernel streams weights of the run's dtype (one-row linear layers over as many bytes as the bandwidth test).</summary>
     [JsonPropertyName("matvec_gbs")] public double? MatVecGBs { get; init; }
+    /// <summary>The two readings of the limits (before the load, after the run); the fields above hold the better of each.</summary>
+    [JsonPropertyName("limits_before")] public BenchRunner.MachineReading? LimitsBefore { get; init; }
+    [JsonPropertyName("limits_after")] public BenchRunner.MachineReading? LimitsAfter { get; init; }
     [JsonPropertyName("decode_bytes_per_token")] public required double DecodeBytesPerStep { get; init; }
     /// <summary>Bytes a decode step reads × steps per second / measured read bandwidth.</summary>
     [JsonPropertyName("decode_bandwidth_ratio")] public double? DecodeBandwidthRatio { get; init; }

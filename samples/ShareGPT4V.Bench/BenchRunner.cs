@@ -25,6 +25,18 @@ public static class BenchRunner
         double? loadAvgStart = ProcessStats.LoadAverage1();
 
         double? cachedPercent = Directory.Exists(o.Model) ? PageCache.ResidentPercent(o.Model) : null;
+        // The machine's limits before anything is loaded (the buffers used are far smaller than the model, so they do
+        // not move the peak RSS); measured again after the run.
+        MachineReading? before = null;
+        if (!o.SkipLimits)
+        {
+            var cfg = ModelFolder.Open(o.Model).Config;
+            var tok = LlavaTokenizer.Load(o.Model);
+            var promptIds = tok.EncodePrompt(new ConversationBuilder(o.Template).AddUser(o.Prompt, 1).BuildPrompt(), cfg.ImageTokenIndex);
+            int expected = promptIds.Count(x => x != cfg.ImageTokenIndex) + promptIds.Count(x => x == cfg.ImageTokenIndex) * cfg.ImageSeqLength;
+            before = MeasureLimits(o, cfg, expected, device, log);
+        }
+
         // Load: config, tokenizer, image processor and weights, until the model is ready to run.
         var sw = Stopwatch.StartNew();
         var folder = ModelFolder.Open(o.Model);
@@ -116,19 +128,15 @@ public static class BenchRunner
         double decodeTokensPerSecond = o.Batch * 1000.0 / stepMedian;
         double decodeBytes = ModelCost.DecodeBytesPerStep(model, o.Batch, promptTokens + o.MaxNewTokens / 2);
 
-        double? bandwidth = null, fmaPeak = null, gemm = null, matvec = null;
-        string? gemmShape = null;
-        if (!o.SkipLimits)
-        {
-            log.WriteLine("measuring the machine's limits");
-            bandwidth = MachineLimits.ReadBandwidthGBs(o.Threads, o.BandwidthBytes);
-            fmaPeak = MachineLimits.FmaPeakGFlops(o.Threads, o.FmaSeconds);
-            var t = model.Config.Text;
-            long gemmRows = (long)promptTokens * o.Batch;
-            gemm = MachineLimits.GemmGFlops(gemmRows, t.HiddenSize, t.IntermediateSize, o.ScalarType, device);
-            gemmShape = $"{gemmRows}x{t.HiddenSize} by {t.HiddenSize}->{t.IntermediateSize}";
-            if (device.type == DeviceType.CPU) matvec = MachineLimits.MatVecGBs(o.BandwidthBytes, o.ScalarType);
-        }
+        // The limits again, after the run: the machine is shared, so each figure is the better of the two readings
+        // (other work can only lower a reading, never raise it), and both readings are reported.
+        MachineReading? after = o.SkipLimits ? null : MeasureLimits(o, model.Config, promptTokens, device, log);
+        double? bandwidth = Best(before?.BandwidthGBs, after?.BandwidthGBs);
+        double? fmaPeak = Best(before?.FmaPeakGFlops, after?.FmaPeakGFlops);
+        double? gemm = Best(before?.GemmGFlops, after?.GemmGFlops);
+        double? matvec = Best(before?.MatVecGBs, after?.MatVecGBs);
+        var t = model.Config.Text;
+        string? gemmShape = o.SkipLimits ? null : $"{(long)promptTokens * o.Batch}x{t.HiddenSize} by {t.HiddenSize}->{t.IntermediateSize}";
 
         double visionFlops = ModelCost.VisionFlops(model.Config) * o.Batch;
         double prefillFlops = ModelCost.PrefillFlops(model.Config.Text, promptTokens) * o.Batch;
@@ -172,6 +180,8 @@ public static class BenchRunner
             GemmGFlops = gemm,
             GemmShape = gemmShape,
             MatVecGBs = matvec,
+            LimitsBefore = before,
+            LimitsAfter = after,
             DecodeBytesPerStep = decodeBytes,
             DecodeBandwidthRatio = bandwidth is double bw ? decodeBytes * (decodeTokensPerSecond / o.Batch) / (bw * 1e9) : null,
             VisionGFlop = visionFlops / 1e9,
@@ -187,6 +197,30 @@ public static class BenchRunner
             LoadAverageEnd = ProcessStats.LoadAverage1(),
         };
     }
+
+    /// <summary>One reading of the machine's limits at the run's thread count.</summary>
+    public sealed record MachineReading
+    {
+        [System.Text.Json.Serialization.JsonPropertyName("bandwidth_gbs")] public double BandwidthGBs { get; init; }
+        [System.Text.Json.Serialization.JsonPropertyName("fma_peak_gflops")] public double FmaPeakGFlops { get; init; }
+        [System.Text.Json.Serialization.JsonPropertyName("gemm_gflops")] public double GemmGFlops { get; init; }
+        [System.Text.Json.Serialization.JsonPropertyName("matvec_gbs")] public double? MatVecGBs { get; init; }
+    }
+
+    private static MachineReading MeasureLimits(BenchOptions o, LlavaConfig config, int promptTokens, Device device, TextWriter log)
+    {
+        log.WriteLine("measuring the machine's limits");
+        var t = config.Text;
+        return new MachineReading
+        {
+            BandwidthGBs = MachineLimits.ReadBandwidthGBs(o.Threads, o.BandwidthBytes),
+            FmaPeakGFlops = MachineLimits.FmaPeakGFlops(o.Threads, o.FmaSeconds),
+            GemmGFlops = MachineLimits.GemmGFlops((long)promptTokens * o.Batch, t.HiddenSize, t.IntermediateSize, o.ScalarType, device),
+            MatVecGBs = device.type == DeviceType.CPU ? MachineLimits.MatVecGBs(o.BandwidthBytes, o.ScalarType) : null,
+        };
+    }
+
+    private static double? Best(double? a, double? b) => a is null ? b : b is null ? a : Math.Max(a.Value, b.Value);
 
     private const double Mib = 1 << 20;
 

@@ -96,6 +96,14 @@ public sealed class BenchSmokeTests : IDisposable
             Assert.True(root.TryGetProperty(name, out var v), $"missing field {name}");
             Assert.True(v.ValueKind == JsonValueKind.Number && double.IsFinite(v.GetDouble()) && v.GetDouble() > 0, $"{name} = {v}");
         }
+        foreach (var reading in new[] { "limits_before", "limits_after" })
+            foreach (var name in new[] { "bandwidth_gbs", "fma_peak_gflops", "gemm_gflops", "matvec_gbs" })
+                Assert.True(root.GetProperty(reading).GetProperty(name).GetDouble() > 0, $"{reading}.{name}");
+        Assert.Equal(Math.Max(root.GetProperty("limits_before").GetProperty("bandwidth_gbs").GetDouble(), root.GetProperty("limits_after").GetProperty("bandwidth_gbs").GetDouble()),
+            root.GetProperty("bandwidth_gbs").GetDouble());
+        foreach (var stage in new[] { "vision", "prefill", "decode" })
+            Assert.InRange(root.GetProperty($"other_cpu_{stage}_pct").GetDouble(), 0, 100);
+        Assert.InRange(root.GetProperty("checkpoint_cached_pct").GetDouble(), 0, 100);
         Assert.Equal(2, root.GetProperty("batch").GetInt32());
         Assert.Equal(6, root.GetProperty("new_tokens").GetInt32());
         Assert.Equal(2, root.GetProperty("repeat").GetInt32());
