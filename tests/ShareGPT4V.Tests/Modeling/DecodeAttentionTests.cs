@@ -34,4 +34,19 @@ public class DecodeAttentionTests
         double err = (expected - got).abs().max().item<float>();
         Assert.True(err < 1e-5, $"max error {err}");
     }
+
+    /// <summary>The vector exp used for softmax, over its whole useful range, against MathF.Exp.</summary>
+    [Fact]
+    public void VectorExpIsWithinTwoUlpOfMathF()
+    {
+        var x = Enumerable.Range(0, 200_000).Select(i => -90f + i * (90f / 200_000)).Append(0f).Append(-1e-30f).Append(float.NegativeInfinity).ToArray();
+        var y = DecodeAttention.ExpForTest(x);
+        for (int i = 0; i < x.Length; i++)
+        {
+            float expected = MathF.Exp(x[i]);
+            if (x[i] < -87f) { Assert.True(y[i] <= 1.7e-38f, $"exp({x[i]}) = {y[i]}"); continue; }
+            float ulp = MathF.BitIncrement(expected) - expected;
+            Assert.True(Math.Abs(y[i] - expected) <= 2 * ulp, $"exp({x[i]:R}) = {y[i]:R}, expected {expected:R}");
+        }
+    }
 }
