@@ -101,8 +101,10 @@ public sealed class BenchSmokeTests : IDisposable
                 Assert.True(root.GetProperty(reading).GetProperty(name).GetDouble() > 0, $"{reading}.{name}");
         Assert.Equal(Math.Max(root.GetProperty("limits_before").GetProperty("bandwidth_gbs").GetDouble(), root.GetProperty("limits_after").GetProperty("bandwidth_gbs").GetDouble()),
             root.GetProperty("bandwidth_gbs").GetDouble());
+        // Stages of a toy model can be shorter than a tick of the CPU counters: then there is no reading (null).
         foreach (var stage in new[] { "vision", "prefill", "decode" })
-            Assert.InRange(root.GetProperty($"other_cpu_{stage}_pct").GetDouble(), 0, 100);
+            if (root.GetProperty($"other_cpu_{stage}_pct") is { ValueKind: JsonValueKind.Number } other)
+                Assert.InRange(other.GetDouble(), 0, 100);
         Assert.InRange(root.GetProperty("checkpoint_cached_pct").GetDouble(), 0, 100);
         Assert.Equal(2, root.GetProperty("batch").GetInt32());
         Assert.Equal(6, root.GetProperty("new_tokens").GetInt32());
