@@ -193,9 +193,14 @@ public static class MachineLimits
         const long Rows = 4096, Columns = 4096;
         long each = Rows * Columns * ShareGPT4V.Checkpoints.SafeTensorsFile.ElementSize(weightType);
         int count = (int)Math.Max(2, bytes / each);
-        var layers = Enumerable.Range(0, count)
-            .Select(_ => ShareGPT4V.Modeling.Linear.FromTensors((torch.rand(Rows, Columns) - 0.5).to(weightType), null, ScalarType.Float32))
-            .ToList();
+        var layers = new List<ShareGPT4V.Modeling.Linear>();
+        for (int i = 0; i < count; i++)
+        {
+            // Free the float32 temporaries at once: only the weights themselves may stay resident.
+            using var inner = NewDisposeScope();
+            var w = (torch.rand(Rows, Columns) - 0.5).to(weightType).DetachFromDisposeScope();
+            layers.Add(ShareGPT4V.Modeling.Linear.FromTensors(w, null, ScalarType.Float32));
+        }
         var x = torch.rand(1, Columns) - 0.5;
         var times = new List<double>();
         for (int i = 0; i < trials + 1; i++)
