@@ -64,26 +64,22 @@ public sealed class Linear : nn.Module<Tensor, Tensor>
             return nn.functional.linear(x, weight, bias);
         // A GEMM over half-precision weights: CPU half-precision GEMMs are far slower than widening, so widen a slice
         // of output rows at a time (about 16 MiB of float32: small next to the layer, and still in cache when the GEMM
-        // reads it) and join the slices' outputs.
-        long rows = weight.shape[0];
-        long step = Math.Min(rows, Math.Max(64, widenedSliceBytes / (weight.shape[1] * 4) / 64 * 64));
-        var parts = new List<Tensor>();
-        try
+        // reads it) into a reused scratch, and let each slice's GEMM write its columns of the output in place.
+        long rows = weight.shape[0], inFeatures = weight.shape[1];
+        long step = Math.Min(rows, Math.Max(64, widenedSliceBytes / (inFeatures * 4) / 64 * 64));
+        using var scope = NewDisposeScope();
+        var x2 = x.reshape(-1, inFeatures);
+        var y = torch.empty(new[] { x2.shape[0], rows }, x.dtype, x.device);
+        for (long off = 0; off < rows; off += step)
         {
-            for (long off = 0; off < rows; off += step)
-            {
-                long n = Math.Min(step, rows - off);
-                using var slice = weight.narrow(0, off, n);
-                using var w = Widen(slice, x.dtype);
-                using var b = bias?.narrow(0, off, n).to(x.dtype);
-                parts.Add(nn.functional.linear(x, w, b));
-            }
-            return parts.Count == 1 ? parts[0].alias() : torch.cat(parts, -1);
+            long n = Math.Min(step, rows - off);
+            using var slice = weight.narrow(0, off, n);
+            using var w = Widen(slice, x.dtype);
+            using var columns = y.narrow(1, off, n); // row-major with leading dimension `rows`: BLAS writes it directly
+            columns.addmm_(x2, w.t(), 0, 1);
         }
-        finally
-        {
-            foreach (var p in parts) p.Dispose();
-        }
+        if (bias is not null) y.add_(bias.to(x.dtype));
+        return y.reshape(x.shape[..^1].Append(rows).ToArray()).MoveToOuterDisposeScope();
     }
 
     // Per-thread float32 scratch the weight slices are widened into. Reusing it matters: a fresh 16 MiB block per slice
