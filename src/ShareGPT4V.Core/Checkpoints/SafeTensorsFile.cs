@@ -256,6 +256,7 @@ public sealed class SafeTensorsFile : ITensorReader
                 // checkpoint must not hold both copies resident.
                 result = torch.empty(info.Shape, target);
                 MappedMemory.AdviseHugePages(result);
+                if (aligned && bytes > 0) MappedMemory.Populate(stored); // one call instead of a fault per page
                 result.copy_(stored);
                 if (aligned && bytes > 0) MappedMemory.Release(stored);
             }
