@@ -227,7 +227,7 @@ internal sealed class LlamaAttention : nn.Module<Tensor, Tensor>
         RegisterComponents();
     }
 
-    /// <param name="causal">No mask: queries and keys are the same positions from 0, attend causally.</param>
+    // causal: there is no mask because queries and keys are the same positions from 0; attend causally.
     public Tensor Forward(Tensor x, Tensor cos, Tensor sin, Tensor? mask, bool causal, KvCache? cache, int layer, long start)
     {
         using var scope = NewDisposeScope();
