@@ -68,8 +68,11 @@ public sealed class LlavaModel : nn.Module<Tensor, Tensor>
         var s = Config.Vision.ImageSize;
         if (pixels.dim() != 4 || pixels.shape[1] != Config.Vision.NumChannels || pixels.shape[2] != s || pixels.shape[3] != s)
             throw new ArgumentException($"Pixels must have shape [N, {Config.Vision.NumChannels}, {s}, {s}], got [{string.Join(", ", pixels.shape)}]");
-        using var scope = NewDisposeScope();
-        return _projector.forward(ImageFeatures(pixels)).MoveToOuterDisposeScope();
+        Tensor result;
+        using (var scope = NewDisposeScope())
+            result = _projector.forward(ImageFeatures(pixels)).MoveToOuterDisposeScope();
+        CHeap.Trim(); // the tower's activations are freed now: give their memory back
+        return result;
     }
 
     /// <summary>

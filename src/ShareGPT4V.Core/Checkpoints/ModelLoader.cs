@@ -12,12 +12,23 @@ public readonly record struct LoadProgress(int TensorsLoaded, int TensorsTotal, 
 /// <summary>How to load a model.</summary>
 public sealed record LoadOptions
 {
-    /// <summary>Element type the weights are kept and computed in (float32 by default: on CPU it is by far the fastest).</summary>
-    public ScalarType DType { get; init; } = ScalarType.Float32;
+    /// <summary>
+    /// Element type the large weights (linear layers, embedding tables) are kept in memory in; null keeps each as the
+    /// checkpoint stores it (a bfloat16 checkpoint then stays memory-mapped, without a float32 copy). Float32 by
+    /// default, which expands a half-precision checkpoint. Activations use <see cref="ComputePrecision.For"/> of it:
+    /// float32 on CPU whatever the weights are, so half-precision weights save memory and decode bandwidth there
+    /// without the slow half-precision CPU GEMMs.
+    /// </summary>
+    public ScalarType? DType { get; init; } = ScalarType.Float32;
     /// <summary>Device for the weights (CPU by default).</summary>
     public Device? Device { get; init; }
     /// <summary>Overrides the CLIP tower folder named by <c>mm_vision_tower</c> (original layout).</summary>
     public string? VisionTowerPath { get; init; }
+    /// <summary>
+    /// Read every weight page into memory during the load (true by default), so the load time includes reading the
+    /// memory-mapped checkpoint and the first request does not pay for it in page faults.
+    /// </summary>
+    public bool Prefault { get; init; } = true;
 }
 
 /// <summary>
@@ -79,21 +90,29 @@ public static class ModelLoader
     public static LlavaModel Load(LlavaConfig config, IReadOnlyList<(ITensorReader Reader, CheckpointPart Part)> readers,
         LoadOptions options, IProgress<LoadProgress>? progress = null, CancellationToken cancellationToken = default)
     {
-        var (sources, meta) = MatchCheckpoint(config, readers, options.DType);
-
+        // The meta build only lists names and shapes; its dtype does not matter.
+        var (sources, meta) = MatchCheckpoint(config, readers, options.DType ?? ScalarType.Float32);
         // 3. Materialise: every parameter straight from its checkpoint tensor.
-        long totalBytes = meta.Requested.Sum(r => r.Shape.Aggregate(1L, (a, b) => a * b) * ElementSize(options.DType));
+        long totalBytes = meta.Requested.Sum(r =>
+            r.Shape.Aggregate(1L, (a, b) => a * b) * ElementSize(options.DType ?? sources[r.Name].Reader.GetInfo(sources[r.Name].Key).DType));
         var source = new CheckpointWeightSource(sources, options, meta.Requested.Count, totalBytes, progress, cancellationToken);
+        LlavaModel model;
         try
         {
             using var noGrad = torch.no_grad();
-            return new LlavaModel(config, source);
+            model = new LlavaModel(config, source);
         }
         catch
         {
             source.DisposeCreated();
             throw;
         }
+        if (options.Prefault)
+        {
+            try { WeightResidency.Touch(model.parameters(), cancellationToken); }
+            catch { model.Dispose(); throw; }
+        }
+        return model;
     }
 
     /// <summary>
@@ -180,13 +199,16 @@ public static class ModelLoader
             _totalBytes = totalBytes;
             _progress = progress;
             _ct = ct;
+            ComputeType = ComputePrecision.For(options.DType, options.Device);
         }
 
-        public override Tensor Take(string name, long[] shape)
+        public override Tensor Take(string name, long[] shape, bool largeMatrix)
         {
             _ct.ThrowIfCancellationRequested();
             var (reader, key) = _sources[name];
-            var t = reader.Load(key, _options.DType, _options.Device);
+            // Large matrices keep the requested storage dtype (or the checkpoint's); small parameters are computed with.
+            var dtype = largeMatrix ? _options.DType : ComputeType;
+            var t = reader.Load(key, dtype, _options.Device);
             _created.Add(t);
             _bytes += t.NumberOfElements * t.ElementSize;
             if (_progress is not null && (_sinceReport.ElapsedMilliseconds >= 100 || _created.Count == _total))

@@ -251,7 +251,20 @@ public sealed class SafeTensorsFile : ITensorReader
         }
         var result = stored;
         if (target != info.DType)
-            result = result.to(target);
+        {
+            if (device is null || device.type == DeviceType.CPU)
+            {
+                // Convert into memory the kernel may back with huge pages (a few page faults instead of one per 4 KiB),
+                // then drop the mapped source pages from this process (they stay in the page cache): converting a
+                // checkpoint must not hold both copies resident.
+                result = torch.empty(info.Shape, target);
+                MappedMemory.AdviseHugePages(result);
+                if (aligned && bytes > 0) MappedMemory.Populate(stored); // one call instead of a fault per page
+                result.copy_(stored);
+                if (aligned && bytes > 0) MappedMemory.Release(stored);
+            }
+            else result = result.to(target);
+        }
         if (device is not null && device.type != DeviceType.CPU)
             result = result.to(device);
         return result.MoveToOuterDisposeScope();

@@ -60,6 +60,9 @@ public sealed class KvCache : IDisposable
         return (keys, values);
     }
 
+    /// <summary>The whole key and value buffers of a layer, [maxBatch, kvHeads, maxSeq, headDim] (owned by the cache), for kernels that read the cache in place.</summary>
+    internal (Tensor Keys, Tensor Values) Buffers(int layer) => (_keys[layer], _values[layer]);
+
     public void Dispose()
     {
         foreach (var t in _keys) t.Dispose();

@@ -48,7 +48,9 @@ public sealed class TokenGenerator : IDisposable
         var logits = _model.LanguageModel.Forward(inputs.Embeddings, inputs.PositionIds,
             padded ? _mask.narrow(1, 0, t) : null, _cache, 0, LogitsMode.Last);
         _length = t;
-        return logits.squeeze(1).to(ScalarType.Float32).MoveToOuterDisposeScope();
+        var result = logits.squeeze(1).to(ScalarType.Float32).MoveToOuterDisposeScope();
+        Modeling.CHeap.Trim(); // the prompt's activations are freed now: give their memory back
+        return result;
     }
 
     /// <summary>Appends one token per row and returns the next logits, [B, V] float32 (caller owns).</summary>

@@ -31,12 +31,14 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
     [ComponentName(Name = "model")] private readonly LlamaTransformer _model;
     [ComponentName(Name = "lm_head")] private readonly Linear? _lmHead;
     private readonly RotaryEmbedding _rope;
+    private readonly ScalarType _computeType;
 
     public LlamaConfig Config { get; }
 
     public LlamaModel(string prefix, LlamaConfig config, WeightSource w) : base(nameof(LlamaModel))
     {
         Config = config;
+        _computeType = w.ComputeType;
         _model = new LlamaTransformer(Join(prefix, "model"), config, w);
         // Tied embeddings reuse embed_tokens as the output projection; the checkpoint then has no lm_head.
         if (!config.TieWordEmbeddings)
@@ -47,19 +49,24 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
 
     private static string Join(string prefix, string name) => prefix.Length == 0 ? name : prefix + "." + name;
 
-    public ScalarType DType => _model.EmbedTokens.Weight.dtype;
+    /// <summary>The dtype of activations and of the KV cache (the large weights may be stored narrower, see <see cref="WeightSource.ComputeType"/>).</summary>
+    public ScalarType DType => _computeType;
     public Device Device => _model.EmbedTokens.Weight.device;
 
-    /// <summary>Token ids [B, T] → embeddings [B, T, H]. Ids outside the vocabulary are refused.</summary>
+    /// <summary>Token ids [B, T] → embeddings [B, T, H] in <see cref="DType"/>. Ids outside the vocabulary are refused.</summary>
     public Tensor Embed(Tensor ids)
     {
         if (ids.numel() > 0)
         {
-            long min = ids.min().item<long>(), max = ids.max().item<long>();
+            using var lo = ids.min();
+            using var hi = ids.max();
+            long min = lo.item<long>(), max = hi.item<long>();
             if (min < 0 || max >= Config.VocabSize)
                 throw new PromptException($"Token id {(min < 0 ? min : max)} is outside the vocabulary [0, {Config.VocabSize})");
         }
-        return _model.EmbedTokens.forward(ids);
+        var rows = _model.EmbedTokens.forward(ids);
+        if (rows.dtype == _computeType) return rows;
+        using (rows) return rows.to(_computeType);
     }
 
     /// <summary>Full forward on token ids without cache (logits for every position).</summary>
@@ -88,11 +95,15 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
             throw new ArgumentException("A start position needs a KV cache", nameof(start));
         var h = inputsEmbeds.to(DType);
         var (cos, sin) = _rope.Get(positionIds, h.dtype);
-        var mask = BuildMask(attentionMask, b, t, start, h.dtype, h.device);
+        // A fresh, unpadded prompt needs no mask tensor: attention runs causally, without materialising scores.
+        bool causal = attentionMask is null && start == 0 && t > 1;
+        var mask = causal ? null : BuildMask(attentionMask, b, t, start, h.dtype, h.device);
         for (int i = 0; i < _model.Layers.Count; i++)
         {
             if (hiddenStates is not null) hiddenStates.Add(h.alias().MoveToOuterDisposeScope());
-            h = _model.Layers[i].Forward(h, cos, sin, mask, cache, i, start);
+            var next = _model.Layers[i].Forward(h, cos, sin, mask, causal, cache, i, start);
+            h.Dispose(); // free each layer's input as soon as it is used, not when the whole pass ends
+            h = next;
         }
         h = _model.Norm.forward(h);
         if (hiddenStates is not null) hiddenStates.Add(h.alias().MoveToOuterDisposeScope());
@@ -106,7 +117,7 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
     }
 
     private Tensor Project(Tensor h) =>
-        _lmHead is not null ? _lmHead.forward(h) : nn.functional.linear(h, _model.EmbedTokens.Weight, null);
+        _lmHead is not null ? _lmHead.forward(h) : Linear.Apply(h, _model.EmbedTokens.Weight, null);
 
     /// <summary>
     /// Additive mask [B, 1, T, start + T]: causal over positions, padding keys excluded. The dtype's lowest value
@@ -185,10 +196,10 @@ internal sealed class LlamaDecoderLayer : nn.Module<Tensor, Tensor>
         RegisterComponents();
     }
 
-    public Tensor Forward(Tensor x, Tensor cos, Tensor sin, Tensor? mask, KvCache? cache, int layer, long start)
+    public Tensor Forward(Tensor x, Tensor cos, Tensor sin, Tensor? mask, bool causal, KvCache? cache, int layer, long start)
     {
         using var scope = NewDisposeScope();
-        var h = x + _selfAttn.Forward(_inputLayernorm.forward(x), cos, sin, mask, cache, layer, start);
+        var h = x + _selfAttn.Forward(_inputLayernorm.forward(x), cos, sin, mask, causal, cache, layer, start);
         h = h + _mlp.forward(_postAttentionLayernorm.forward(h));
         return h.MoveToOuterDisposeScope();
     }
@@ -216,13 +227,15 @@ internal sealed class LlamaAttention : nn.Module<Tensor, Tensor>
         RegisterComponents();
     }
 
-    public Tensor Forward(Tensor x, Tensor cos, Tensor sin, Tensor? mask, KvCache? cache, int layer, long start)
+    // causal: there is no mask because queries and keys are the same positions from 0; attend causally.
+    public Tensor Forward(Tensor x, Tensor cos, Tensor sin, Tensor? mask, bool causal, KvCache? cache, int layer, long start)
     {
         using var scope = NewDisposeScope();
         long b = x.shape[0], t = x.shape[1];
-        var q = _qProj.forward(x).view(b, t, _heads, _headDim).transpose(1, 2);
-        var k = _kProj.forward(x).view(b, t, _kvHeads, _headDim).transpose(1, 2);
-        var v = _vProj.forward(x).view(b, t, _kvHeads, _headDim).transpose(1, 2);
+        var qkv = Linear.ForwardMany(x, _qProj, _kProj, _vProj); // one fused job in a decode step
+        var q = qkv[0].view(b, t, _heads, _headDim).transpose(1, 2);
+        var k = qkv[1].view(b, t, _kvHeads, _headDim).transpose(1, 2);
+        var v = qkv[2].view(b, t, _kvHeads, _headDim).transpose(1, 2);
         q = RotaryEmbedding.Apply(q, cos, sin);
         k = RotaryEmbedding.Apply(k, cos, sin);
         Tensor keys = k, values = v;
@@ -231,9 +244,23 @@ internal sealed class LlamaAttention : nn.Module<Tensor, Tensor>
         long s = keys.shape[2];
         int groups = _heads / _kvHeads;
         Tensor o;
-        if (groups == 1)
+        if (t == 1 && cache is not null && DecodeAttention.Applies(q, cache.Buffers(layer).Keys, mask))
         {
-            o = nn.functional.scaled_dot_product_attention(q, keys, values, mask);
+            // A decode step: our kernel reads the cache in place (and keeps the step out of OpenMP, see DecodeAttention).
+            var (kAll, vAll) = cache.Buffers(layer);
+            o = DecodeAttention.Run(q, kAll, vAll, s, mask?.reshape(b, s).contiguous());
+        }
+        else if (groups == 1)
+        {
+            o = nn.functional.scaled_dot_product_attention(q, keys, values, mask, 0.0, causal);
+        }
+        else if (causal)
+        {
+            // Prefill: give every query head its kv head (query head h uses kv head h / groups, as transformers'
+            // repeat_kv) so the causal kernel runs; the copies are small next to a materialised score matrix.
+            var ke = keys.repeat_interleave(groups, 1);
+            var ve = values.repeat_interleave(groups, 1);
+            o = nn.functional.scaled_dot_product_attention(q, ke, ve, null, 0.0, true);
         }
         else
         {
@@ -268,7 +295,8 @@ internal sealed class LlamaMlp : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor x)
     {
         using var scope = NewDisposeScope();
-        var h = nn.functional.silu(_gateProj.forward(x)) * _upProj.forward(x);
+        var gateUp = Linear.ForwardMany(x, _gateProj, _upProj); // one fused job in a decode step
+        var h = nn.functional.silu(gateUp[0]) * gateUp[1];
         return _downProj.forward(h).MoveToOuterDisposeScope();
     }
 }

@@ -5,7 +5,10 @@ using TorchSharp.Utils;
 
 namespace ShareGPT4V.Modeling;
 
-/// <summary>y = x Wᵀ + b, with the weight named <c>{prefix}.weight</c> as in the checkpoints.</summary>
+/// <summary>
+/// y = x Wᵀ + b, with the weight named <c>{prefix}.weight</c> as in the checkpoints. The weight may be stored in a
+/// narrower dtype than x (bfloat16 / float16 weights with float32 activations on CPU).
+/// </summary>
 public sealed class Linear : nn.Module<Tensor, Tensor>
 {
     [ComponentName(Name = "weight")] private readonly Parameter _weight;
@@ -20,12 +23,84 @@ public sealed class Linear : nn.Module<Tensor, Tensor>
     {
         InFeatures = inFeatures;
         OutFeatures = outFeatures;
-        _weight = w.Param(prefix + ".weight", outFeatures, inFeatures);
+        _weight = w.MatrixParam(prefix + ".weight", outFeatures, inFeatures);
         if (hasBias) _bias = w.Param(prefix + ".bias", outFeatures);
         RegisterComponents();
     }
 
-    public override Tensor forward(Tensor x) => nn.functional.linear(x, _weight, _bias);
+    /// <summary>A linear layer over existing tensors (the layer takes ownership), e.g. for measurements.</summary>
+    public static Linear FromTensors(Tensor weight, Tensor? bias, ScalarType? computeType = null)
+    {
+        var source = new GivenWeights(computeType ?? ComputePrecision.For(weight.dtype, weight.device)) { ["w.weight"] = weight };
+        if (bias is not null) source["w.bias"] = bias;
+        return new Linear("w", weight.shape[1], weight.shape[0], bias is not null, source);
+    }
+
+    public override Tensor forward(Tensor x) => Apply(x, _weight, _bias);
+
+    /// <summary>
+    /// Several layers that read the same input (q/k/v, gate/up), computed together: for the few-row inputs of a decode
+    /// step they run as one kernel job, the fused projection, while the weights stay separate tensors named as in the
+    /// checkpoint (no concatenated copy, so memory-mapped weights stay mapped).
+    /// </summary>
+    public static Tensor[] ForwardMany(Tensor x, params Linear[] layers)
+    {
+        bool fused = true;
+        foreach (var l in layers) fused &= MatVec.Applies(x, l._weight, l._bias);
+        if (fused)
+        {
+            var parts = new (Tensor, Tensor?)[layers.Length];
+            for (int i = 0; i < layers.Length; i++) parts[i] = (layers[i]._weight, layers[i]._bias);
+            return MatVec.Run(x, parts);
+        }
+        return layers.Select(l => l.forward(x)).ToArray();
+    }
+
+    /// <summary>linear(x, weight, bias) in x's dtype, whatever dtype the weight is stored in.</summary>
+    internal static Tensor Apply(Tensor x, Tensor weight, Tensor? bias, long widenedSliceBytes = 16L << 20)
+    {
+        if (MatVec.Applies(x, weight, bias)) return MatVec.Run(x, new[] { (weight, bias) })[0];
+        if (weight.dtype == x.dtype && (bias is null || bias.dtype == x.dtype))
+            return nn.functional.linear(x, weight, bias);
+        // A GEMM over half-precision weights: CPU half-precision GEMMs are far slower than widening, so widen a slice
+        // of output rows at a time (about 16 MiB of float32: small next to the layer, and still in cache when the GEMM
+        // reads it) into a reused scratch, and let each slice's GEMM write its columns of the output in place.
+        long rows = weight.shape[0], inFeatures = weight.shape[1];
+        long step = Math.Min(rows, Math.Max(64, widenedSliceBytes / (inFeatures * 4) / 64 * 64));
+        using var scope = NewDisposeScope();
+        var x2 = x.reshape(-1, inFeatures);
+        var y = torch.empty(new[] { x2.shape[0], rows }, x.dtype, x.device);
+        for (long off = 0; off < rows; off += step)
+        {
+            long n = Math.Min(step, rows - off);
+            using var slice = weight.narrow(0, off, n);
+            using var w = Widen(slice, x.dtype);
+            using var columns = y.narrow(1, off, n); // row-major with leading dimension `rows`: BLAS writes it directly
+            columns.addmm_(x2, w.t(), 0, 1);
+        }
+        if (bias is not null) y.add_(bias.to(x.dtype));
+        return y.reshape(x.shape[..^1].Append(rows).ToArray()).MoveToOuterDisposeScope();
+    }
+
+    // Per-thread float32 scratch the weight slices are widened into. Reusing it matters: a fresh 16 MiB block per slice
+    // would be served from the C heap and, freed between small long-lived allocations, keep the heap from shrinking
+    // (peak RSS grew by a gigabyte over a few bf16 prefills). Grows to the largest slice a thread has widened.
+    [ThreadStatic] private static Tensor? _widened;
+
+    private static Tensor Widen(Tensor slice, ScalarType dtype)
+    {
+        if (slice.device_type != DeviceType.CPU) return slice.to(dtype);
+        long need = slice.numel();
+        if (_widened is null || _widened.dtype != dtype || _widened.numel() < need)
+        {
+            _widened?.Dispose();
+            using (NewDisposeScope()) _widened = torch.empty(need, dtype).DetachFromDisposeScope();
+        }
+        using var flat = _widened.narrow(0, 0, need);
+        var w = flat.view(slice.shape);
+        w.copy_(slice);
+        return w;
+    }
 }
 
 /// <summary>LayerNorm over the last dimension with weight and bias.</summary>
@@ -72,7 +147,7 @@ public sealed class RmsNorm : nn.Module<Tensor, Tensor>
     }
 }
 
-/// <summary>A lookup table, <c>{prefix}.weight</c> of shape [num, dim].</summary>
+/// <summary>A lookup table, <c>{prefix}.weight</c> of shape [num, dim], kept in the storage dtype (callers convert the rows they look up).</summary>
 public sealed class Embedding : nn.Module<Tensor, Tensor>
 {
     [ComponentName(Name = "weight")] private readonly Parameter _weight;
@@ -82,7 +157,7 @@ public sealed class Embedding : nn.Module<Tensor, Tensor>
     public Embedding(string prefix, long num, long dim, WeightSource w) : base(nameof(Embedding))
     {
         NumEmbeddings = num;
-        _weight = w.Param(prefix + ".weight", num, dim);
+        _weight = w.MatrixParam(prefix + ".weight", num, dim);
         RegisterComponents();
     }
 

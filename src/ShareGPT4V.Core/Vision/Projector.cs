@@ -18,9 +18,11 @@ namespace ShareGPT4V.Vision;
 public sealed class Projector : nn.Module<Tensor, Tensor>
 {
     private readonly List<Linear> _linears = new();
+    private readonly ScalarType _computeType;
 
     public Projector(string prefix, int depth, long visionHidden, long textHidden, WeightSource w) : base(nameof(Projector))
     {
+        _computeType = w.ComputeType;
         for (int i = 0; i < depth; i++)
         {
             var l = new Linear($"{prefix}.linear_{i + 1}", i == 0 ? visionHidden : textHidden, textHidden, true, w);
@@ -34,7 +36,7 @@ public sealed class Projector : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor features)
     {
         using var scope = NewDisposeScope();
-        var h = _linears[0].forward(features.to(_linears[0].Weight.dtype));
+        var h = _linears[0].forward(features.to(_computeType));
         for (int i = 1; i < _linears.Count; i++)
             h = _linears[i].forward(nn.functional.gelu(h));
         return h.MoveToOuterDisposeScope();

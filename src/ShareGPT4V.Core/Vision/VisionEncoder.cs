@@ -81,7 +81,9 @@ internal sealed class ClipVisionTransformer : nn.Module<Tensor, Tensor>
         if (states is not null) states.Add(h.alias().MoveToOuterDisposeScope());
         for (int i = 0; i < layers; i++)
         {
-            h = _encoder[i].forward(h);
+            var next = _encoder[i].forward(h);
+            h.Dispose(); // free each layer's input as soon as it is used (an alias in states keeps its data)
+            h = next;
             if (states is not null) states.Add(h.alias().MoveToOuterDisposeScope());
         }
         return h.MoveToOuterDisposeScope();
@@ -112,7 +114,7 @@ internal sealed class ClipVisionEmbeddings : nn.Module<Tensor, Tensor>
         patches = patches.flatten(2).transpose(1, 2);                          // [N, patches, hidden]
         var cls = _classEmbedding.reshape(1, 1, -1).expand(n, 1, -1);
         var h = torch.cat(new[] { cls, patches }, 1);
-        h = h + _positionEmbedding.Weight.unsqueeze(0);
+        h = h + _positionEmbedding.Weight.to(h.dtype).unsqueeze(0);
         return h.MoveToOuterDisposeScope();
     }
 }

@@ -1,0 +1,159 @@
+using System.Globalization;
+using TorchSharp;
+
+namespace ShareGPT4V.Bench;
+
+/// <summary>Options of a benchmark run (<c>sharegpt4v-bench run ...</c>).</summary>
+public sealed record BenchOptions
+{
+    public required string Model { get; init; }
+    public required string Image { get; init; }
+    /// <summary>New tokens per row, the one produced by the prefill included.</summary>
+    public int MaxNewTokens { get; init; } = 32;
+    /// <summary>Intra-op threads for libtorch and for our own kernels.</summary>
+    public int Threads { get; init; } = Environment.ProcessorCount;
+    /// <summary>fp32, bf16 or fp16: the dtype weights are kept in (see the README's dtype section).</summary>
+    public string DType { get; init; } = "fp32";
+    public int Batch { get; init; } = 1;
+    public bool Json { get; init; }
+    public string Device { get; init; } = "cpu";
+    public string Template { get; init; } = "vicuna_v1";
+    public string Prompt { get; init; } = "Describe this image in detail.";
+    /// <summary>Times the vision and prefill stages run (medians are reported).</summary>
+    public int Repeat { get; init; } = 1;
+    /// <summary>Decode steps left out of the median (first calls, caches warming).</summary>
+    public int WarmupTokens { get; init; } = 3;
+    /// <summary>Bytes streamed by the read-bandwidth kernel (far larger than the last-level cache).</summary>
+    public long BandwidthBytes { get; init; } = 1L << 30;
+    /// <summary>Seconds the FMA loop runs per trial.</summary>
+    public double FmaSeconds { get; init; } = 0.25;
+    /// <summary>Skip the machine-limit measurements (the ratios are then absent).</summary>
+    public bool SkipLimits { get; init; }
+
+    public torch.ScalarType ScalarType => ParseDType(DType, "--dtype");
+
+    public static torch.ScalarType ParseDType(string value, string option) => value switch
+    {
+        "fp32" or "float32" => torch.ScalarType.Float32,
+        "bf16" or "bfloat16" => torch.ScalarType.BFloat16,
+        "fp16" or "float16" => torch.ScalarType.Float16,
+        _ => throw new ModelConfigurationException($"Unknown dtype '{value}' (expected fp32, bf16 or fp16)", null, option),
+    };
+
+    public const string Usage = """
+        sharegpt4v-bench run --model DIR --image FILE [--max-new-tokens N] [--threads N] [--dtype fp32|bf16|fp16]
+                             [--batch N] [--device cpu] [--template NAME] [--prompt TEXT] [--warmup-tokens N] [--repeat N]
+                             [--bandwidth-mib N] [--skip-limits] [--json]
+        sharegpt4v-bench make-checkpoint --out DIR [--llm-layers N] [--seed S] [--dtype fp32|bf16|fp16] [--overwrite]
+        """;
+
+    public static BenchOptions Parse(IReadOnlyList<string> args)
+    {
+        var a = new ArgReader(args, flags: new[] { "--json", "--skip-limits" });
+        var o = new BenchOptions
+        {
+            Model = a.Required("--model"),
+            Image = a.Required("--image"),
+            MaxNewTokens = a.Int("--max-new-tokens", 32, min: 1, max: 100_000),
+            Threads = a.Int("--threads", Environment.ProcessorCount, min: 1, max: 1024),
+            DType = a.String("--dtype", "fp32"),
+            Batch = a.Int("--batch", 1, min: 1, max: 256),
+            Json = a.Flag("--json"),
+            Device = a.String("--device", "cpu"),
+            Template = a.String("--template", "vicuna_v1"),
+            Prompt = a.String("--prompt", "Describe this image in detail."),
+            WarmupTokens = a.Int("--warmup-tokens", 3, min: 0, max: 100_000),
+            Repeat = a.Int("--repeat", 1, min: 1, max: 100),
+            BandwidthBytes = (long)a.Int("--bandwidth-mib", 1024, min: 1, max: 1 << 20) << 20,
+            SkipLimits = a.Flag("--skip-limits"),
+        };
+        a.EnsureAllUsed();
+        _ = o.ScalarType; // validates --dtype
+        return o;
+    }
+}
+
+/// <summary>Options of <c>sharegpt4v-bench make-checkpoint</c>.</summary>
+public sealed record MakeCheckpointOptions
+{
+    public required string Out { get; init; }
+    public int LlmLayers { get; init; } = BenchModelSpec.Default.Text.NumHiddenLayers;
+    public ulong Seed { get; init; } = 1;
+    public string DType { get; init; } = "fp32";
+    public bool Overwrite { get; init; }
+
+    public static MakeCheckpointOptions Parse(IReadOnlyList<string> args)
+    {
+        var a = new ArgReader(args, flags: new[] { "--overwrite" });
+        var o = new MakeCheckpointOptions
+        {
+            Out = a.Required("--out"),
+            LlmLayers = a.Int("--llm-layers", BenchModelSpec.Default.Text.NumHiddenLayers, min: 1, max: 1000),
+            Seed = (ulong)a.Int("--seed", 1, min: 0, max: int.MaxValue),
+            DType = a.String("--dtype", "fp32"),
+            Overwrite = a.Flag("--overwrite"),
+        };
+        a.EnsureAllUsed();
+        BenchOptions.ParseDType(o.DType, "--dtype");
+        return o;
+    }
+}
+
+/// <summary>A minimal <c>--name value</c> parser whose errors name the option at fault.</summary>
+internal sealed class ArgReader
+{
+    private readonly Dictionary<string, string?> _values = new(StringComparer.Ordinal);
+    private readonly HashSet<string> _used = new(StringComparer.Ordinal);
+
+    public ArgReader(IReadOnlyList<string> args, IEnumerable<string> flags)
+    {
+        var flagSet = new HashSet<string>(flags, StringComparer.Ordinal);
+        for (int i = 0; i < args.Count; i++)
+        {
+            var name = args[i];
+            if (!name.StartsWith("--", StringComparison.Ordinal))
+                throw new ModelConfigurationException($"Unexpected argument '{name}' (options are written --name value)", null, name);
+            string? value = null;
+            if (!flagSet.Contains(name))
+            {
+                if (i + 1 >= args.Count) throw new ModelConfigurationException("The option needs a value", null, name);
+                value = args[++i];
+            }
+            if (!_values.TryAdd(name, value))
+                throw new ModelConfigurationException("The option is given twice", null, name);
+        }
+    }
+
+    public string Required(string name) =>
+        String(name, null) ?? throw new ModelConfigurationException("The option is required", null, name);
+
+    public string String(string name, string? fallback)
+    {
+        _used.Add(name);
+        return _values.TryGetValue(name, out var v) ? v! : fallback!;
+    }
+
+    public bool Flag(string name)
+    {
+        _used.Add(name);
+        return _values.ContainsKey(name);
+    }
+
+    public int Int(string name, int fallback, int min, int max)
+    {
+        _used.Add(name);
+        if (!_values.TryGetValue(name, out var v)) return fallback;
+        if (!int.TryParse(v, NumberStyles.Integer, CultureInfo.InvariantCulture, out var n))
+            throw new ModelConfigurationException($"'{v}' is not an integer", null, name);
+        if (n < min || n > max)
+            throw new ModelConfigurationException($"{n} is outside [{min}, {max}]", null, name);
+        return n;
+    }
+
+    public void EnsureAllUsed()
+    {
+        var unknown = _values.Keys.Where(k => !_used.Contains(k)).ToList();
+        if (unknown.Count > 0)
+            throw new ModelConfigurationException($"Unknown option(s): {string.Join(", ", unknown)}", null, unknown[0]);
+    }
+}

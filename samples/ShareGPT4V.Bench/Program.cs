@@ -1,0 +1,76 @@
+using ShareGPT4V;
+using ShareGPT4V.Bench;
+using ShareGPT4V.Checkpoints;
+
+// sharegpt4v-bench: `run` times a caption end to end and prints the figures; `make-checkpoint` writes a
+// benchmark-size checkpoint with seeded random weights. See the README's Benchmark section.
+try
+{
+    if (args.Length == 0 || args[0] is "-h" or "--help" or "help")
+    {
+        Console.WriteLine(BenchOptions.Usage);
+        return args.Length == 0 ? 2 : 0;
+    }
+    string command = args[0].StartsWith("--", StringComparison.Ordinal) ? "run" : args[0];
+    var rest = command == args[0] ? args[1..] : args;
+    switch (command)
+    {
+        case "run":
+        {
+            var options = BenchOptions.Parse(rest);
+            var log = options.Json ? Console.Error : Console.Out;
+            var result = BenchRunner.Run(options, log);
+            if (!options.Json) Console.WriteLine(result.ToTable());
+            Console.WriteLine(result.ToJsonLine());
+            return 0;
+        }
+        case "limits":
+        {
+            // Only the machine's limits (no model): quick checks of contention before a run.
+            var a = new ArgReader(rest, flags: Array.Empty<string>());
+            int threads = a.Int("--threads", Environment.ProcessorCount, 1, 1024);
+            long bytes = (long)a.Int("--bandwidth-mib", 1024, 1, 1 << 20) << 20;
+            a.EnsureAllUsed();
+            TorchSharp.torch.set_num_threads(threads);
+            Console.WriteLine($"threads {threads}, load average {ProcessStats.LoadAverage1()}");
+            Console.WriteLine($"read bandwidth {MachineLimits.ReadBandwidthGBs(threads, bytes):F1} GB/s");
+            foreach (int bits in MachineLimits.AvailableFmaWidths)
+                Console.WriteLine($"FMA peak ({bits}-bit) {MachineLimits.FmaPeakGFlops(threads, bits: bits):F1} GFLOP/s");
+            var t = BenchModelSpec.Default.Text;
+            Console.WriteLine($"decode kernel (fp32 weights) {MachineLimits.MatVecGBs(bytes, TorchSharp.torch.ScalarType.Float32):F1} GB/s, (bf16 weights) {MachineLimits.MatVecGBs(bytes, TorchSharp.torch.ScalarType.BFloat16):F1} GB/s");
+            Console.WriteLine($"GEMM 625x{t.HiddenSize} by {t.HiddenSize}->{t.IntermediateSize} fp32 {MachineLimits.GemmGFlops(625, t.HiddenSize, t.IntermediateSize, TorchSharp.torch.ScalarType.Float32, TorchSharp.torch.CPU):F1} GFLOP/s");
+            return 0;
+        }
+        case "make-checkpoint":
+        {
+            var options = MakeCheckpointOptions.Parse(rest);
+            var spec = BenchModelSpec.Default.WithLlmLayers(options.LlmLayers);
+            var sw = System.Diagnostics.Stopwatch.StartNew();
+            int lastPercent = -1;
+            var progress = new SyncProgress<CheckpointWriteProgress>(p =>
+            {
+                int percent = (int)(100 * p.BytesDone / Math.Max(1, p.TotalBytes));
+                if (percent / 10 != lastPercent / 10) Console.Error.WriteLine($"{percent}% ({p.File})");
+                lastPercent = percent;
+            });
+            var result = CheckpointMaker.Make(options.Out, spec, options.Seed, BenchOptions.ParseDType(options.DType, "--dtype"),
+                options.Overwrite, progress: progress);
+            Console.WriteLine($"wrote {result.TensorCount} tensors, {result.TotalBytes / 1e9:F2} GB in {result.Files.Count} file(s) to {Path.GetFullPath(options.Out)} in {sw.Elapsed.TotalSeconds:F1} s");
+            return 0;
+        }
+        default:
+            Console.Error.WriteLine($"Unknown command '{command}'.{Environment.NewLine}{BenchOptions.Usage}");
+            return 2;
+    }
+}
+catch (ShareGPT4VException e)
+{
+    Console.Error.WriteLine($"error: {e.Message}");
+    return 2;
+}
+
+/// <summary>Reports on the calling thread (Progress&lt;T&gt; would post to the thread pool and reorder lines).</summary>
+internal sealed class SyncProgress<T>(Action<T> report) : IProgress<T>
+{
+    public void Report(T value) => report(value);
+}

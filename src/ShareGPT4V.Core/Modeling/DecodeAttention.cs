@@ -1,0 +1,200 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace ShareGPT4V.Modeling;
+
+/// <summary>
+/// Attention of one new query position per row against the KV cache (a decode step), on <see cref="KernelThreads"/>.
+/// libtorch's attention would do too, but it opens an OpenMP parallel region in every layer, and the OpenMP workers
+/// keep spinning afterwards on the same cores our mat-vec threads need; with this, a decode step never enters OpenMP.
+/// Each job block is one (row, kv head) pair: the keys and values of that head are read once for all the query heads
+/// that share them (grouped-query attention). softmax(q·kᵀ · scale + mask) · v in float32, as scaled_dot_product_attention.
+/// </summary>
+internal static unsafe class DecodeAttention
+{
+    /// <summary>True when a step's attention can run here: one query position, float32 on CPU, a float32 cache.</summary>
+    public static bool Applies(Tensor q, Tensor keys, Tensor? mask) =>
+        MatVec.IsSupported && q.shape[2] == 1 && q.dtype == ScalarType.Float32 && keys.dtype == ScalarType.Float32
+        && q.device_type == DeviceType.CPU && keys.device_type == DeviceType.CPU && keys.is_contiguous() && !q.requires_grad
+        && (mask is null || mask.dtype == ScalarType.Float32);
+
+    /// <summary>
+    /// q [B, H, 1, D]; <paramref name="keys"/> / <paramref name="values"/> the whole cache of the layer
+    /// [maxB, kvH, maxS, D] (contiguous), of which positions [0, <paramref name="length"/>) are used; <paramref name="mask"/>
+    /// null or additive [B, length] (contiguous). Returns [B, H, 1, D].
+    /// </summary>
+    public static Tensor Run(Tensor q, Tensor keys, Tensor values, long length, Tensor? mask)
+    {
+        long b = q.shape[0], heads = q.shape[1], d = q.shape[3];
+        long kvHeads = keys.shape[1], maxS = keys.shape[2];
+        using var qc = q.contiguous();
+        var output = torch.empty(q.shape, ScalarType.Float32);
+        var job = new Job
+        {
+            Q = (float*)Pointer(qc), K = (float*)Pointer(keys), V = (float*)Pointer(values), O = (float*)Pointer(output),
+            Mask = mask is null ? null : (float*)Pointer(mask),
+            Rows = b, Heads = heads, KvHeads = kvHeads, Groups = heads / kvHeads, D = d, MaxS = maxS, Length = length,
+            Scale = (float)(1.0 / Math.Sqrt(d)),
+        };
+        KernelThreads.Shared.Run(job, torch.get_num_threads());
+        return output;
+    }
+
+    private static void* Pointer(Tensor t) => Unsafe.AsPointer(ref MemoryMarshal.GetReference(t.bytes));
+
+    private sealed class Job : BlockJob
+    {
+        public float* Q, K, V, O, Mask;
+        public long Rows, Heads, KvHeads, Groups, D, MaxS, Length;
+        public float Scale;
+
+        public override long BlockCount => Rows * KvHeads;
+
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+        protected override void RunBlock(long block)
+        {
+            long row = block / KvHeads, g = block % KvHeads;
+            float* k = K + (row * KvHeads + g) * MaxS * D;
+            float* v = V + (row * KvHeads + g) * MaxS * D;
+            float* mask = Mask == null ? null : Mask + row * Length;
+            int length = (int)Length;
+            Span<float> scoreSpan = length <= 4096 ? stackalloc float[length] : new float[length];
+            fixed (float* scores = scoreSpan)
+            {
+                for (long h = g * Groups; h < (g + 1) * Groups; h++)
+                {
+                    float* q = Q + (row * Heads + h) * D;
+                    Scores(q, k, D, length, Scale, mask, scores);
+                    float sum = ExpInPlace(scores, length, Max(scores, length));
+                    float* o = O + (row * Heads + h) * D;
+                    new Span<float>(o, (int)D).Clear();
+                    float inv = 1 / sum;
+                    for (int s = 0; s < length; s++) Axpy(scores[s] * inv, v + s * D, o, D);
+                }
+            }
+        }
+    }
+
+    /// <summary>scores[s] = q·k[s] × scale (+ mask[s]), four keys at a time so one reduction serves four dot products.</summary>
+    private static void Scores(float* q, float* k, long d, int length, float scale, float* mask, float* scores)
+    {
+        int s = 0;
+        if (d % 8 == 0)
+        {
+            for (; s + 4 <= length; s += 4)
+            {
+                float* k0 = k + s * d, k1 = k0 + d, k2 = k1 + d, k3 = k2 + d;
+                Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
+                for (long i = 0; i < d; i += 8)
+                {
+                    var qv = Avx.LoadVector256(q + i);
+                    a0 = Fma.MultiplyAdd(Avx.LoadVector256(k0 + i), qv, a0);
+                    a1 = Fma.MultiplyAdd(Avx.LoadVector256(k1 + i), qv, a1);
+                    a2 = Fma.MultiplyAdd(Avx.LoadVector256(k2 + i), qv, a2);
+                    a3 = Fma.MultiplyAdd(Avx.LoadVector256(k3 + i), qv, a3);
+                }
+                // Pairwise adds leave [Σa0, Σa1, Σa2, Σa3] split over the two 128-bit halves.
+                var t = Avx.HorizontalAdd(Avx.HorizontalAdd(a0, a1), Avx.HorizontalAdd(a2, a3));
+                var sums = Sse.Multiply(Sse.Add(t.GetLower(), t.GetUpper()), Vector128.Create(scale));
+                if (mask != null) sums = Sse.Add(sums, Sse.LoadVector128(mask + s));
+                Sse.Store(scores + s, sums);
+            }
+        }
+        for (; s < length; s++)
+            scores[s] = Dot(q, k + s * d, d) * scale + (mask != null ? mask[s] : 0);
+    }
+
+    private static float Max(float* x, int n)
+    {
+        int i = 0;
+        var m = Vector256.Create(float.NegativeInfinity);
+        for (; i + 8 <= n; i += 8) m = Avx.Max(m, Avx.LoadVector256(x + i));
+        float r = float.NegativeInfinity;
+        for (int j = 0; j < 8; j++) r = Math.Max(r, m.GetElement(j));
+        for (; i < n; i++) r = Math.Max(r, x[i]);
+        return r;
+    }
+
+    /// <summary>x[i] = exp(x[i] - max) in place; returns the sum.</summary>
+    private static float ExpInPlace(float* x, int n, float max)
+    {
+        int i = 0;
+        var m = Vector256.Create(max);
+        var acc = Vector256<float>.Zero;
+        for (; i + 8 <= n; i += 8)
+        {
+            var e = Exp(Avx.Subtract(Avx.LoadVector256(x + i), m));
+            Avx.Store(x + i, e);
+            acc = Avx.Add(acc, e);
+        }
+        float sum = Vector256.Sum(acc);
+        for (; i < n; i++)
+        {
+            float e = MathF.Exp(x[i] - max);
+            x[i] = e;
+            sum += e;
+        }
+        return sum;
+    }
+
+    /// <summary>
+    /// e^x for x ≤ 0 (softmax arguments after subtracting the maximum), within about 2 ulp of MathF.Exp: x = n·ln2 + r
+    /// with |r| ≤ ln2/2 (ln2 split in two so r is exact), e^r by its Taylor series to r^7, times 2^n through the
+    /// exponent bits. Arguments below -87 (e^x under float's normal range) give 0.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> Exp(Vector256<float> x)
+    {
+        var tooSmall = Avx.CompareLessThan(x, Vector256.Create(-87f));
+        x = Avx.Max(x, Vector256.Create(-87f));
+        var n = Avx.RoundToNearestInteger(Avx.Multiply(x, Vector256.Create(1.44269504088896341f)));
+        var r = Fma.MultiplyAddNegated(n, Vector256.Create(0.693359375f), x);   // x - n·ln2 (high part, exact product)
+        r = Fma.MultiplyAddNegated(n, Vector256.Create(-2.12194440e-4f), r);     // - n·(ln2 - high part)
+        var p = Vector256.Create(1f / 5040);
+        p = Fma.MultiplyAdd(p, r, Vector256.Create(1f / 720));
+        p = Fma.MultiplyAdd(p, r, Vector256.Create(1f / 120));
+        p = Fma.MultiplyAdd(p, r, Vector256.Create(1f / 24));
+        p = Fma.MultiplyAdd(p, r, Vector256.Create(1f / 6));
+        p = Fma.MultiplyAdd(p, r, Vector256.Create(0.5f));
+        p = Fma.MultiplyAdd(p, r, Vector256.Create(1f));
+        p = Fma.MultiplyAdd(p, r, Vector256.Create(1f));
+        var scale = Avx2.ShiftLeftLogical(Avx2.Add(Avx.ConvertToVector256Int32(n), Vector256.Create(127)), 23).AsSingle();
+        return Avx.AndNot(tooSmall, Avx.Multiply(p, scale));
+    }
+
+    /// <summary>e^x of each element, exposed for tests.</summary>
+    internal static float[] ExpForTest(float[] x)
+    {
+        var y = (float[])x.Clone();
+        fixed (float* p = y)
+        {
+            int i = 0;
+            for (; i + 8 <= y.Length; i += 8) Avx.Store(p + i, Exp(Avx.LoadVector256(p + i)));
+            for (; i < y.Length; i++) p[i] = MathF.Exp(p[i]);
+        }
+        return y;
+    }
+
+    private static float Dot(float* a, float* b, long n)
+    {
+        long i = 0;
+        Vector256<float> acc = default;
+        for (; i + 8 <= n; i += 8) acc = Fma.MultiplyAdd(Avx.LoadVector256(a + i), Avx.LoadVector256(b + i), acc);
+        float s = Vector256.Sum(acc);
+        for (; i < n; i++) s += a[i] * b[i];
+        return s;
+    }
+
+    /// <summary>y += alpha · x.</summary>
+    private static void Axpy(float alpha, float* x, float* y, long n)
+    {
+        long i = 0;
+        var a = Vector256.Create(alpha);
+        for (; i + 8 <= n; i += 8) Avx.Store(y + i, Fma.MultiplyAdd(a, Avx.LoadVector256(x + i), Avx.LoadVector256(y + i)));
+        for (; i < n; i++) y[i] += alpha * x[i];
+    }
+}
