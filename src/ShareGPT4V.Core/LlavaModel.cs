@@ -141,9 +141,9 @@ public sealed class LlavaModel : nn.Module<Tensor, Tensor>
             if (pad > 0)
                 seq = torch.cat(new[] { torch.zeros(new[] { pad, hidden }, lm.DType, device), seq }, 0);
             rowsEmb.Add(seq);
-            mask[r].narrow(0, pad, lengths[r]).fill_(1);
+            mask[r].narrow(0, pad, lengths[r]).fill_(HeldScalars.One);
             // Positions count real tokens only (cumsum(mask) - 1); padding gets 1 as in transformers' generate().
-            pos[r].narrow(0, pad, lengths[r]).copy_(torch.arange(lengths[r], ScalarType.Int64));
+            pos[r].narrow(0, pad, lengths[r]).copy_(HeldScalars.Arange(0, lengths[r]));
         }
         var emb = torch.stack(rowsEmb, 0);
         return new MultimodalInputs

@@ -1,3 +1,4 @@
+using ShareGPT4V.Modeling;
 using ShareGPT4V.Language;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -66,7 +67,7 @@ public sealed class TokenGenerator : IDisposable
         var ids = torch.tensor(tokens.ToArray(), device: device).reshape(_batch, 1);
         var emb = _model.LanguageModel.Embed(ids);
         var pos = torch.tensor(_nextPosition, device: device).reshape(_batch, 1);
-        _mask.narrow(1, _length, 1).fill_(1);
+        _mask.narrow(1, _length, 1).fill_(HeldScalars.One);
         bool padded = _nextPosition.Any(p => p != _length);
         var logits = _model.LanguageModel.Forward(emb, pos, padded ? _mask.narrow(1, 0, _length + 1) : null, _cache, _length, LogitsMode.Last);
         _length++;

@@ -75,7 +75,7 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
         using var scope = NewDisposeScope();
         var emb = Embed(ids);
         long b = ids.shape[0], t = ids.shape[1];
-        var pos = torch.arange(t, ScalarType.Int64, ids.device).unsqueeze(0).expand(b, t);
+        var pos = HeldScalars.Arange(0, t, ids.device).unsqueeze(0).expand(b, t);
         return Forward(emb, pos, null, null, 0, LogitsMode.All).MoveToOuterDisposeScope();
     }
 
@@ -129,8 +129,8 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
         if (attentionMask is null && t == 1)
             return null; // one new token attends to everything cached: no mask needed
         using var scope = NewDisposeScope();
-        var qPos = torch.arange(start, total, ScalarType.Int64, device).unsqueeze(1); // [T, 1]
-        var kPos = torch.arange(0, total, ScalarType.Int64, device).unsqueeze(0);     // [1, S]
+        var qPos = HeldScalars.Arange(start, total, device).unsqueeze(1); // [T, 1]
+        var kPos = HeldScalars.Arange(0, total, device).unsqueeze(0);     // [1, S]
         var allowed = (kPos <= qPos).unsqueeze(0).unsqueeze(0);                          // [1, 1, T, S]
         if (attentionMask is not null)
         {
@@ -139,14 +139,7 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
             var keyOk = attentionMask.to(ScalarType.Bool).reshape(b, 1, 1, total);
             allowed = allowed.logical_and(keyOk);
         }
-        double min = dtype switch
-        {
-            ScalarType.Float16 => -65504.0,
-            ScalarType.BFloat16 => -3.3895313892515355e38,
-            ScalarType.Float64 => double.MinValue,
-            _ => float.MinValue,
-        };
-        var m = torch.zeros(allowed.shape, dtype, device).masked_fill(allowed.logical_not(), min);
+        var m = torch.zeros(allowed.shape, dtype, device).masked_fill(allowed.logical_not(), HeldScalars.Lowest(dtype));
         return m.expand(b, 1, t, total).MoveToOuterDisposeScope();
     }
 
@@ -199,8 +192,8 @@ internal sealed class LlamaDecoderLayer : nn.Module<Tensor, Tensor>
     public Tensor Forward(Tensor x, Tensor cos, Tensor sin, Tensor? mask, bool causal, KvCache? cache, int layer, long start)
     {
         using var scope = NewDisposeScope();
-        var h = x + _selfAttn.Forward(_inputLayernorm.forward(x), cos, sin, mask, causal, cache, layer, start);
-        h = h + _mlp.forward(_postAttentionLayernorm.forward(h));
+        var h = HeldScalars.Add(x, _selfAttn.Forward(_inputLayernorm.forward(x), cos, sin, mask, causal, cache, layer, start));
+        h = HeldScalars.Add(h, _mlp.forward(_postAttentionLayernorm.forward(h)));
         return h.MoveToOuterDisposeScope();
     }
 

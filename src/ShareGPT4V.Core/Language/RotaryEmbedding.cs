@@ -1,3 +1,4 @@
+using ShareGPT4V.Modeling;
 using ShareGPT4V.Configuration;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -21,7 +22,8 @@ public sealed class RotaryEmbedding : IDisposable
         _invFreq = ComputeInvFreq(c, c.RopeTheta);
         if (c.RopeScaling is { Type: "linear" } lin)
         {
-            var scaled = _invFreq / lin.Factor;
+            using var factor = lin.Factor.ToScalar(); // held for the call: see HeldScalars
+            var scaled = _invFreq.div(factor);
             _invFreq.Dispose();
             _invFreq = scaled;
         }
@@ -37,21 +39,26 @@ public sealed class RotaryEmbedding : IDisposable
     private static Tensor ComputeInvFreq(LlamaConfig c, double theta)
     {
         using var scope = NewDisposeScope();
-        var exponents = torch.arange(0, c.HeadDim, 2, ScalarType.Int64).to(ScalarType.Float32) / c.HeadDim;
-        var inv = 1.0f / torch.pow(torch.tensor((float)theta), exponents);
+        using var held = new HeldScalars();
+        var exponents = HeldScalars.Arange(0, c.HeadDim, step: 2).to(ScalarType.Float32).div(held.Int(c.HeadDim));
+        var inv = torch.pow(torch.tensor((float)theta), exponents).reciprocal();
         return inv.MoveToOuterDisposeScope();
     }
 
     private static Tensor Llama3(Tensor invFreq, RopeScaling s)
     {
         using var scope = NewDisposeScope();
+        using var k = new HeldScalars();
         double lowWavelen = s.OriginalMaxPositionEmbeddings / s.LowFreqFactor;
         double highWavelen = s.OriginalMaxPositionEmbeddings / s.HighFreqFactor;
-        var wavelen = 2 * Math.PI / invFreq;
-        var llama = torch.where(wavelen > lowWavelen, invFreq / s.Factor, invFreq);
-        var smooth = (s.OriginalMaxPositionEmbeddings / wavelen - s.LowFreqFactor) / (s.HighFreqFactor - s.LowFreqFactor);
-        var smoothed = (1 - smooth) * llama / s.Factor + smooth * llama;
-        var isMedium = (wavelen >= highWavelen).logical_and(wavelen <= lowWavelen);
+        var wavelen = invFreq.reciprocal().mul(k[2 * Math.PI]);
+        var llama = torch.where(wavelen.gt(k[lowWavelen]), invFreq.div(k[s.Factor]), invFreq);
+        // smooth = (original / wavelen - low) / (high - low)
+        var smooth = wavelen.reciprocal().mul(k[s.OriginalMaxPositionEmbeddings]).add(k[-s.LowFreqFactor], HeldScalars.One)
+            .div(k[s.HighFreqFactor - s.LowFreqFactor]);
+        // (1 - smooth) * llama / factor + smooth * llama
+        var smoothed = smooth.neg().add(HeldScalars.One, HeldScalars.One).mul(llama).div(k[s.Factor]).add(smooth.mul(llama), HeldScalars.One);
+        var isMedium = wavelen.ge(k[highWavelen]).logical_and(wavelen.le(k[lowWavelen]));
         return torch.where(isMedium, smoothed, llama).MoveToOuterDisposeScope();
     }
 
@@ -105,7 +112,7 @@ public sealed class RotaryEmbedding : IDisposable
         var rotated = torch.cat(new[] { -x2, x1 }, -1);
         var c = cos.unsqueeze(1);
         var s = sin.unsqueeze(1);
-        return (x * c + rotated * s).MoveToOuterDisposeScope();
+        return HeldScalars.Add(x * c, rotated * s).MoveToOuterDisposeScope();
     }
 
     public void Dispose()

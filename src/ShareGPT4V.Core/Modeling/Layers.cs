@@ -76,9 +76,9 @@ public sealed class Linear : nn.Module<Tensor, Tensor>
             using var slice = weight.narrow(0, off, n);
             using var w = Widen(slice, x.dtype);
             using var columns = y.narrow(1, off, n); // row-major with leading dimension `rows`: BLAS writes it directly
-            columns.addmm_(x2, w.t(), 0, 1);
+            columns.addmm_(x2, w.t(), 0, 1); // beta and alpha go to libtorch as floats, not Scalars
         }
-        if (bias is not null) y.add_(bias.to(x.dtype));
+        if (bias is not null) y.add_(bias.to(x.dtype), HeldScalars.One);
         return y.reshape(x.shape[..^1].Append(rows).ToArray()).MoveToOuterDisposeScope();
     }
 
@@ -127,11 +127,11 @@ public sealed class LayerNorm : nn.Module<Tensor, Tensor>
 public sealed class RmsNorm : nn.Module<Tensor, Tensor>
 {
     [ComponentName(Name = "weight")] private readonly Parameter _weight;
-    private readonly double _eps;
+    private readonly Scalar _eps; // held for the module's life: see HeldScalars
 
     public RmsNorm(string prefix, long dim, double eps, WeightSource w) : base(nameof(RmsNorm))
     {
-        _eps = eps;
+        _eps = eps.ToScalar();
         _weight = w.Param(prefix + ".weight", dim);
         RegisterComponents();
     }
@@ -141,9 +141,15 @@ public sealed class RmsNorm : nn.Module<Tensor, Tensor>
         using var scope = NewDisposeScope();
         var dtype = x.dtype;
         var h = x.to(ScalarType.Float32);
-        var variance = h.pow(2).mean(new long[] { -1 }, keepdim: true);
-        h = h * torch.rsqrt(variance + _eps);
+        var variance = h.pow(HeldScalars.Two).mean(new long[] { -1 }, keepdim: true);
+        h = h * torch.rsqrt(variance.add(_eps, HeldScalars.One));
         return (_weight * h.to(dtype)).MoveToOuterDisposeScope();
+    }
+
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing) _eps.Dispose();
+        base.Dispose(disposing);
     }
 }
 

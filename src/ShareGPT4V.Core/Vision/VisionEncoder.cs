@@ -114,7 +114,7 @@ internal sealed class ClipVisionEmbeddings : nn.Module<Tensor, Tensor>
         patches = patches.flatten(2).transpose(1, 2);                          // [N, patches, hidden]
         var cls = _classEmbedding.reshape(1, 1, -1).expand(n, 1, -1);
         var h = torch.cat(new[] { cls, patches }, 1);
-        h = h + _positionEmbedding.Weight.to(h.dtype).unsqueeze(0);
+        h = HeldScalars.Add(h, _positionEmbedding.Weight.to(h.dtype).unsqueeze(0));
         return h.MoveToOuterDisposeScope();
     }
 }
@@ -178,8 +178,8 @@ internal sealed class ClipEncoderLayer : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor x)
     {
         using var scope = NewDisposeScope();
-        var h = x + _selfAttn.forward(_layerNorm1.forward(x));
-        h = h + _mlp.forward(_layerNorm2.forward(h));
+        var h = HeldScalars.Add(x, _selfAttn.forward(_layerNorm1.forward(x)));
+        h = HeldScalars.Add(h, _mlp.forward(_layerNorm2.forward(h)));
         return h.MoveToOuterDisposeScope();
     }
 }
@@ -223,6 +223,7 @@ internal sealed class ClipMlp : nn.Module<Tensor, Tensor>
     [ComponentName(Name = "fc1")] private readonly Linear _fc1;
     [ComponentName(Name = "fc2")] private readonly Linear _fc2;
     private readonly string _act;
+    private static readonly Scalar QuickGeluScale = 1.702.ToScalar(); // held: see HeldScalars
 
     public ClipMlp(string prefix, ClipVisionConfig c, WeightSource w) : base(nameof(ClipMlp))
     {
@@ -238,7 +239,7 @@ internal sealed class ClipMlp : nn.Module<Tensor, Tensor>
         var h = _fc1.forward(x);
         h = _act switch
         {
-            "quick_gelu" => h * torch.sigmoid(h * 1.702),
+            "quick_gelu" => h * torch.sigmoid(h * QuickGeluScale),
             "gelu" => nn.functional.gelu(h),
             _ => nn.functional.gelu(h, TorchSharp.Modules.GELU.Approximate.tanh),
         };
