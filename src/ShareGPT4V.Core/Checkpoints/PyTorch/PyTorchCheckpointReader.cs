@@ -297,7 +297,8 @@ public sealed class PyTorchCheckpointReader : ITensorReader
         else
         {
             torch.Tensor view;
-            if (e.Record.Offset % item == 0)
+            bool mapped = e.Record.Offset % item == 0;
+            if (mapped)
             {
                 view = Mapped(stored).as_strided(t.Shape, t.Strides, e.Record.Offset / item + t.StorageOffset);
             }
@@ -315,8 +316,21 @@ public sealed class PyTorchCheckpointReader : ITensorReader
                 }
                 view = buffer.as_strided(t.Shape, t.Strides, 0);
             }
-            if (IsContiguous(t.Shape, t.Strides))
-                result = target == stored ? view : view.to(target);
+            bool contiguous = IsContiguous(t.Shape, t.Strides);
+            if (contiguous && target == stored)
+                result = view;
+            else if (contiguous && mapped && (device is null || device.type == DeviceType.CPU))
+            {
+                // As SafeTensorsFile does: convert into memory that may get huge pages, then drop the mapped source pages
+                // from this process (they stay in the page cache), so a converting load never holds both copies resident.
+                result = torch.empty(t.Shape, target);
+                MappedMemory.AdviseHugePages(result);
+                MappedMemory.Populate(view);
+                result.copy_(view);
+                MappedMemory.Release(view);
+            }
+            else if (contiguous)
+                result = view.to(target);
             else
                 result = torch.empty(t.Shape, target).copy_(view); // gather + convert in one pass
         }
