@@ -29,12 +29,14 @@ public sealed class SafeTensorsFile : ITensorReader
     public IReadOnlyDictionary<string, string> Metadata { get; }
 
     public long FileLength { get; }
+    private readonly FileMapping _mapping;
 
     private SafeTensorsFile(string path, long fileLength, long dataStart, Dictionary<string, Entry> entries,
         List<string> names, Dictionary<string, string> metadata)
     {
         FilePath = path;
         FileLength = fileLength;
+        _mapping = new FileMapping(path, fileLength);
         _dataStart = dataStart;
         _entries = entries;
         _names = names;
@@ -282,49 +284,15 @@ public sealed class SafeTensorsFile : ITensorReader
         return strides;
     }
 
-    private readonly Dictionary<torch.ScalarType, torch.Tensor> _mappedByType = new();
 
-    private torch.Tensor Mapped(torch.ScalarType dtype)
-    {
-        // One MAP_PRIVATE mapping of the whole file per element type: tensors in the stored dtype are views of it
-        // (copy-on-write), so loading costs page-cache reads, not a second copy of the weights.
-        lock (_mappedByType)
-        {
-            if (!_mappedByType.TryGetValue(dtype, out var m))
-            {
-                m = torch.from_file(FilePath, shared: false, size: FileLength / ElementSize(dtype), dtype: dtype);
-                m.DetachFromDisposeScope();
-                _mappedByType[dtype] = m;
-            }
-            return m;
-        }
-    }
+    private torch.Tensor Mapped(torch.ScalarType dtype) => _mapping.Get(dtype);
 
-    /// <summary>
-    /// The layout was validated against the file as it was when opened. A file truncated or replaced in place since
-    /// (a download still running, a copy over it) would make the memory mapping fault (SIGBUS) or a read come up
-    /// short: refuse instead.
-    /// </summary>
-    private void CheckUnchanged(string tensor)
-    {
-        long now;
-        // Through a stream, not FileInfo: a checkpoint may be a symbolic link, whose FileInfo length is the link's.
-        try { using var fs = new FileStream(FilePath, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete, 1); now = fs.Length; }
-        catch (IOException) { now = -1; }
-        if (now != FileLength)
-            throw new CheckpointFormatException(
-                now < 0 ? "The file was removed after it was opened" : $"The file changed after it was opened ({FileLength} bytes then, {now} now); open it again",
-                FilePath, tensor);
-    }
+    private void CheckUnchanged(string tensor) => _mapping.CheckUnchanged(tensor);
 
     public void Dispose()
     {
         if (_disposed) return;
         _disposed = true;
-        lock (_mappedByType)
-        {
-            foreach (var m in _mappedByType.Values) m.Dispose();
-            _mappedByType.Clear();
-        }
+        _mapping.Dispose();
     }
 }

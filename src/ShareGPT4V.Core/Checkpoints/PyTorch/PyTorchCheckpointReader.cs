@@ -37,12 +37,12 @@ public sealed class PyTorchCheckpointReader : ITensorReader
 
     private readonly Dictionary<string, Entry> _entries;
     private readonly List<string> _names;
-    private readonly Dictionary<torch.ScalarType, torch.Tensor> _mappedByType = new();
     private bool _disposed;
 
     public string FilePath { get; }
     public string Source => FilePath;
     public long FileLength { get; }
+    private readonly FileMapping _mapping;
     public PyTorchContainer Container { get; }
     public IReadOnlyList<string> Names => _names;
 
@@ -50,6 +50,7 @@ public sealed class PyTorchCheckpointReader : ITensorReader
     {
         FilePath = path;
         FileLength = length;
+        _mapping = new FileMapping(path, length);
         Container = container;
         _entries = entries;
         _names = names;
@@ -351,46 +352,14 @@ public sealed class PyTorchCheckpointReader : ITensorReader
         return true;
     }
 
-    private torch.Tensor Mapped(torch.ScalarType dtype)
-    {
-        // One copy-on-write mapping of the whole file per element type; aligned tensors are views of it.
-        lock (_mappedByType)
-        {
-            if (!_mappedByType.TryGetValue(dtype, out var m))
-            {
-                m = torch.from_file(FilePath, shared: false, size: FileLength / SafeTensorsFile.ElementSize(dtype), dtype: dtype);
-                m.DetachFromDisposeScope();
-                _mappedByType[dtype] = m;
-            }
-            return m;
-        }
-    }
+    private torch.Tensor Mapped(torch.ScalarType dtype) => _mapping.Get(dtype);
 
-    /// <summary>
-    /// The layout was validated against the file as it was when opened. A file truncated or replaced in place since
-    /// (a download still running, a copy over it) would make the memory mapping fault (SIGBUS) or a read come up
-    /// short: refuse instead.
-    /// </summary>
-    private void CheckUnchanged(string tensor)
-    {
-        long now;
-        // Through a stream, not FileInfo: a checkpoint may be a symbolic link, whose FileInfo length is the link's.
-        try { using var fs = new FileStream(FilePath, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete, 1); now = fs.Length; }
-        catch (IOException) { now = -1; }
-        if (now != FileLength)
-            throw new CheckpointFormatException(
-                now < 0 ? "The file was removed after it was opened" : $"The file changed after it was opened ({FileLength} bytes then, {now} now); open it again",
-                FilePath, tensor);
-    }
+    private void CheckUnchanged(string tensor) => _mapping.CheckUnchanged(tensor);
 
     public void Dispose()
     {
         if (_disposed) return;
         _disposed = true;
-        lock (_mappedByType)
-        {
-            foreach (var m in _mappedByType.Values) m.Dispose();
-            _mappedByType.Clear();
-        }
+        _mapping.Dispose();
     }
 }
