@@ -60,7 +60,7 @@ tree=$( { git ls-files -z; git ls-files -z --others --exclude-standard; } | xarg
 carried=$(du -sb "$carry" | cut -f1)
 total=$(( tree + carried ))
 printf 'working tree %.1f MiB + .gpu-carry %.1f MiB = %.1f MiB (limit 64 MiB)\n' "$(echo "$tree/1048576" | bc -l)" "$(echo "$carried/1048576" | bc -l)" "$(echo "$total/1048576" | bc -l)"
-du -sh "$carry"/* "$apps"/* | sed 's/^/  /'
+find "$carry" -type f -printf '  %10s bytes  %p\n'
 [ "$total" -lt $(( 64 * 1048576 )) ] || { echo "error: over the 64 MiB the device tool carries"; exit 1; }
 
 # Both apps start here and refuse CUDA with a typed error, not a crash: gpucheck exits 3, the bench 2.
