@@ -21,6 +21,7 @@ public sealed class CliTests : IDisposable
         {
             RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true, UseShellExecute = false,
         };
+        psi.Environment.Remove("SHAREGPT4V_LIBTORCH_DIR"); // the CLI's default --libtorch-dir: the tests run on the app's own libtorch
         psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "sharegpt4v.dll"));
         foreach (var a in args) psi.ArgumentList.Add(a);
         using var p = Process.Start(psi)!;
