@@ -1,4 +1,5 @@
 using System.Globalization;
+using ShareGPT4V.Devices;
 using TorchSharp;
 
 namespace ShareGPT4V.Bench;
@@ -12,11 +13,22 @@ public sealed record BenchOptions
     public int MaxNewTokens { get; init; } = 32;
     /// <summary>Intra-op threads for libtorch and for our own kernels.</summary>
     public int Threads { get; init; } = Environment.ProcessorCount;
-    /// <summary>fp32, bf16 or fp16: the dtype weights are kept in (see the README's dtype section).</summary>
-    public string DType { get; init; } = "fp32";
+    /// <summary>
+    /// auto, fp32, bf16 or fp16: the dtype weights are kept in. auto is float32 on the CPU and the CUDA provider's
+    /// policy on a GPU (bfloat16 from compute capability 8.0, else float16); see the README's dtype section.
+    /// </summary>
+    public string DType { get; init; } = "auto";
     public int Batch { get; init; } = 1;
     public bool Json { get; init; }
+    /// <summary>cpu, cuda (the device with the most free memory), cuda:N or auto (CUDA when it works, else the CPU).</summary>
     public string Device { get; init; } = "cpu";
+    /// <summary>
+    /// The lib folder of a libtorch to run on (a PyTorch install's torch/lib), loaded before TorchSharp starts: how the
+    /// bench published without libtorch runs on a GPU machine's own CUDA libtorch. Null = the app's own libtorch.
+    /// </summary>
+    public string? LibTorchDir { get; init; }
+    /// <summary>Writes the exact input ids (image tokens expanded) and pixel values of one row as safetensors, for transformers.</summary>
+    public string? DumpInputs { get; init; }
     public string Template { get; init; } = "vicuna_v1";
     public string Prompt { get; init; } = "Describe this image in detail.";
     /// <summary>Times the vision and prefill stages run (medians are reported).</summary>
@@ -30,8 +42,10 @@ public sealed record BenchOptions
     /// <summary>Skip the machine-limit measurements (the ratios are then absent).</summary>
     public bool SkipLimits { get; init; }
 
-    public torch.ScalarType ScalarType => ParseDType(DType, "--dtype");
+    /// <summary>The dtype asked for: null for auto (the device provider decides).</summary>
+    public torch.ScalarType? RequestedDType => DTypeChoice.Parse(DType, "--dtype");
 
+    /// <summary>fp32, bf16 or fp16 (make-checkpoint: the dtype the file stores).</summary>
     public static torch.ScalarType ParseDType(string value, string option) => value switch
     {
         "fp32" or "float32" => torch.ScalarType.Float32,
@@ -40,11 +54,24 @@ public sealed record BenchOptions
         _ => throw new ModelConfigurationException($"Unknown dtype '{value}' (expected fp32, bf16 or fp16)", null, option),
     };
 
+    /// <summary>The short name the JSON uses (fp32, bf16, fp16).</summary>
+    public static string ShortName(torch.ScalarType t) => t switch
+    {
+        torch.ScalarType.Float32 => "fp32",
+        torch.ScalarType.BFloat16 => "bf16",
+        torch.ScalarType.Float16 => "fp16",
+        _ => DTypeChoice.Name(t),
+    };
+
     public const string Usage = """
-        sharegpt4v-bench run --model DIR --image FILE [--max-new-tokens N] [--threads N] [--dtype fp32|bf16|fp16]
-                             [--batch N] [--device cpu] [--template NAME] [--prompt TEXT] [--warmup-tokens N] [--repeat N]
-                             [--bandwidth-mib N] [--skip-limits] [--json]
+        sharegpt4v-bench run --model DIR --image FILE [--max-new-tokens N] [--threads N] [--dtype auto|fp32|bf16|fp16]
+                             [--batch N] [--device cpu|cuda|cuda:N|auto] [--libtorch-dir DIR] [--template NAME]
+                             [--prompt TEXT] [--warmup-tokens N] [--repeat N] [--bandwidth-mib N] [--skip-limits]
+                             [--dump-inputs FILE] [--json]
         sharegpt4v-bench make-checkpoint --out DIR [--llm-layers N] [--seed S] [--dtype fp32|bf16|fp16] [--overwrite]
+                             [--libtorch-dir DIR]
+        sharegpt4v-bench limits [--threads N] [--bandwidth-mib N] [--libtorch-dir DIR]
+        --libtorch-dir (default: the SHAREGPT4V_LIBTORCH_DIR variable) runs on another libtorch, e.g. PyTorch's torch/lib.
         """;
 
     public static BenchOptions Parse(IReadOnlyList<string> args)
@@ -56,10 +83,12 @@ public sealed record BenchOptions
             Image = a.Required("--image"),
             MaxNewTokens = a.Int("--max-new-tokens", 32, min: 1, max: 100_000),
             Threads = a.Int("--threads", Environment.ProcessorCount, min: 1, max: 1024),
-            DType = a.String("--dtype", "fp32"),
+            DType = a.String("--dtype", "auto"),
             Batch = a.Int("--batch", 1, min: 1, max: 256),
             Json = a.Flag("--json"),
             Device = a.String("--device", "cpu"),
+            LibTorchDir = a.String("--libtorch-dir", null),
+            DumpInputs = a.String("--dump-inputs", null),
             Template = a.String("--template", "vicuna_v1"),
             Prompt = a.String("--prompt", "Describe this image in detail."),
             WarmupTokens = a.Int("--warmup-tokens", 3, min: 0, max: 100_000),
@@ -68,7 +97,8 @@ public sealed record BenchOptions
             SkipLimits = a.Flag("--skip-limits"),
         };
         a.EnsureAllUsed();
-        _ = o.ScalarType; // validates --dtype
+        _ = o.RequestedDType; // validates --dtype
+        DeviceRequest.Parse(o.Device, "--device"); // the syntax only; the provider decides whether the device can be used
         return o;
     }
 }
@@ -81,6 +111,7 @@ public sealed record MakeCheckpointOptions
     public ulong Seed { get; init; } = 1;
     public string DType { get; init; } = "fp32";
     public bool Overwrite { get; init; }
+    public string? LibTorchDir { get; init; }
 
     public static MakeCheckpointOptions Parse(IReadOnlyList<string> args)
     {
@@ -92,6 +123,7 @@ public sealed record MakeCheckpointOptions
             Seed = (ulong)a.Int("--seed", 1, min: 0, max: int.MaxValue),
             DType = a.String("--dtype", "fp32"),
             Overwrite = a.Flag("--overwrite"),
+            LibTorchDir = a.String("--libtorch-dir", null),
         };
         a.EnsureAllUsed();
         BenchOptions.ParseDType(o.DType, "--dtype");

@@ -11,7 +11,12 @@ namespace ShareGPT4V.Bench;
 public sealed record BenchResult
 {
     [JsonPropertyName("model")] public required string Model { get; init; }
+    /// <summary>The device the run used (cpu, cuda:N), as the device provider resolved the --device option.</summary>
     [JsonPropertyName("device")] public required string Device { get; init; }
+    /// <summary>The provider's account of the placement: the GPU's name and memory, the dtype and why, the memory estimate.</summary>
+    [JsonPropertyName("placement")] public required string Placement { get; init; }
+    /// <summary>Which libtorch the process loaded (CPU-only or CUDA build, version, folder).</summary>
+    [JsonPropertyName("libtorch")] public required string LibTorch { get; init; }
     [JsonPropertyName("dtype")] public required string DType { get; init; }
     [JsonPropertyName("threads")] public required int Threads { get; init; }
     [JsonPropertyName("batch")] public required int Batch { get; init; }
@@ -36,8 +41,16 @@ public sealed record BenchResult
     [JsonPropertyName("peak_rss_mb")] public required double PeakRssMb { get; init; }
     [JsonPropertyName("weights_mb")] public required double WeightsMb { get; init; }
     [JsonPropertyName("kv_cache_mb")] public required double KvCacheMb { get; init; }
-    /// <summary>Peak RSS over (weights + KV cache); the target is at most 1.15.</summary>
-    [JsonPropertyName("peak_rss_over_weights_kv")] public required double PeakRssOverWeightsAndCache { get; init; }
+    /// <summary>Peak RSS over (weights + KV cache); the target is at most 1.15. Null on a GPU (the weights are not in host memory).</summary>
+    [JsonPropertyName("peak_rss_over_weights_kv")] public double? PeakRssOverWeightsAndCache { get; init; }
+    /// <summary>
+    /// GPU only: device memory in use before the load and at the peak of the run (sampled every 10 ms), as the driver
+    /// reports it for the whole device, so the CUDA context and libtorch's cached blocks count; and the growth over
+    /// (weights + KV cache).
+    /// </summary>
+    [JsonPropertyName("device_mem_before_mb")] public double? DeviceMemBeforeMb { get; init; }
+    [JsonPropertyName("device_mem_peak_mb")] public double? DeviceMemPeakMb { get; init; }
+    [JsonPropertyName("device_peak_over_weights_kv")] public double? DevicePeakOverWeightsAndCache { get; init; }
     /// <summary>RSS after the load, the vision stage and the prefill: where memory is taken.</summary>
     [JsonPropertyName("rss_load_mb")] public required double RssAfterLoadMb { get; init; }
     [JsonPropertyName("rss_vision_mb")] public required double RssAfterVisionMb { get; init; }
@@ -47,6 +60,7 @@ public sealed record BenchResult
     [JsonPropertyName("rss_end_mb")] public required double RssEndMb { get; init; }
     [JsonPropertyName("rss_growth_pct")] public double? RssGrowthPercent { get; init; }
 
+    /// <summary>CPU: a read-only streaming sum over host memory. GPU: a device-to-device copy, bytes read plus written.</summary>
     [JsonPropertyName("bandwidth_gbs")] public double? BandwidthGBs { get; init; }
     [JsonPropertyName("fma_peak_gflops")] public double? FmaPeakGFlops { get; init; }
     [JsonPropertyName("fma_vector_bits")] public int? FmaVectorBits { get; init; }
@@ -61,6 +75,8 @@ public sealed record BenchResult
     [JsonPropertyName("decode_bytes_per_token")] public required double DecodeBytesPerStep { get; init; }
     /// <summary>Bytes a decode step reads × steps per second / measured read bandwidth.</summary>
     [JsonPropertyName("decode_bandwidth_ratio")] public double? DecodeBandwidthRatio { get; init; }
+    /// <summary>The roofline: tokens per second over all rows if a decode step took only the time to read its bytes at the measured bandwidth.</summary>
+    [JsonPropertyName("decode_roofline_tokens_per_s")] public double? DecodeRooflineTokensPerSecond { get; init; }
     [JsonPropertyName("vision_gflop")] public required double VisionGFlop { get; init; }
     [JsonPropertyName("vision_gflops")] public required double VisionGFlops { get; init; }
     [JsonPropertyName("vision_fma_ratio")] public double? VisionFmaRatio { get; init; }
@@ -76,32 +92,42 @@ public sealed record BenchResult
     [JsonPropertyName("load_avg_start")] public double? LoadAverageStart { get; init; }
     [JsonPropertyName("load_avg_end")] public double? LoadAverageEnd { get; init; }
 
-    public string ToJsonLine() => JsonSerializer.Serialize(this, Options);
+    /// <summary>The greedy ids of row 0, the prefill's included (compared with transformers' on the same weights).</summary>
+    [JsonPropertyName("token_ids")] public required IReadOnlyList<long> TokenIds { get; init; }
 
-    private static readonly JsonSerializerOptions Options = new()
+    // Source-generated serialization: the bench is published trimmed, where reflection-based serialization is off.
+    public string ToJsonLine() => JsonSerializer.Serialize(this, Context.BenchResult);
+
+    private static readonly BenchJsonContext Context = new(new JsonSerializerOptions
     {
         DefaultIgnoreCondition = JsonIgnoreCondition.Never,
         NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals,
         Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping, // keep "->" readable
-    };
+    });
 
     /// <summary>A human-readable summary (the JSON line carries the same figures).</summary>
     public string ToTable()
     {
         static string F(double? v, string fmt) => v is double d ? d.ToString(fmt, System.Globalization.CultureInfo.InvariantCulture) : "-";
-        var lines = new List<string>
+        var lines = new List<string?>
         {
             $"model {Model} | {Device} {DType} | {Threads} threads | batch {Batch} | prompt {PromptTokens} tokens | {NewTokens} new tokens",
+            $"placement       {Placement}; {LibTorch}",
             $"load            {F(LoadSeconds, "F2")} s   ({F(CheckpointCachedPercent, "F0")}% of the checkpoint was in the page cache)",
             $"preprocess      {F(PreprocessMs, "F1")} ms",
             $"vision+proj     {F(VisionMs, "F0")} ms   {F(VisionGFlops, "F1")} GFLOP/s   {F(VisionFmaRatio * 100, "F0")}% of FMA peak",
             $"prefill         {F(PrefillMs, "F0")} ms   {F(PrefillTokensPerSecond, "F1")} tokens/s   {F(PrefillGFlops, "F1")} GFLOP/s   {F(PrefillFmaRatio * 100, "F0")}% of FMA peak",
             $"time to first   {F(TimeToFirstTokenMs, "F0")} ms",
-            $"decode          {F(DecodeTokensPerSecond, "F2")} tokens/s   {F(DecodeStepMsMedian, "F1")} ms/step   {F(DecodeBytesPerStep / 1e9, "F2")} GB/step   {F(DecodeBandwidthRatio * 100, "F0")}% of read bandwidth",
+            $"decode          {F(DecodeTokensPerSecond, "F2")} tokens/s   {F(DecodeStepMsMedian, "F1")} ms/step   {F(DecodeBytesPerStep / 1e9, "F2")} GB/step   {F(DecodeBandwidthRatio * 100, "F0")}% of {(Device == "cpu" ? "read" : "copy")} bandwidth (roofline {F(DecodeRooflineTokensPerSecond, "F1")} tokens/s)",
+            DeviceMemPeakMb is null ? null
+                : $"device memory   {F(DeviceMemBeforeMb, "F0")} MiB in use before the load, peak {F(DeviceMemPeakMb, "F0")} MiB (driver view, whole device): growth {F(DevicePeakOverWeightsAndCache, "F3")} x (weights + KV cache)",
             $"memory          peak RSS {F(PeakRssMb, "F0")} MiB = {F(PeakRssOverWeightsAndCache, "F3")} x (weights {F(WeightsMb, "F0")} + KV cache {F(KvCacheMb, "F0")} MiB)   RSS after load {F(RssAfterLoadMb, "F0")}, vision {F(RssAfterVisionMb, "F0")}, prefill {F(RssAfterPrefillMb, "F0")}, token 100 {F(RssAtToken100Mb, "F0")} -> end {F(RssEndMb, "F0")} MiB ({F(RssGrowthPercent, "F2")}%)",
-            $"machine         read bandwidth {F(BandwidthGBs, "F1")} GB/s   FMA peak {F(FmaPeakGFlops, "F1")} GFLOP/s ({FmaVectorBits}-bit)   GEMM {F(GemmGFlops, "F1")} GFLOP/s ({GemmShape})   decode kernel {F(MatVecGBs, "F1")} GB/s   load avg {F(LoadAverageStart, "F2")} -> {F(LoadAverageEnd, "F2")}",
+            $"machine         {(Device == "cpu" ? "read" : "device copy")} bandwidth {F(BandwidthGBs, "F1")} GB/s   FMA peak {F(FmaPeakGFlops, "F1")} GFLOP/s ({FmaVectorBits}-bit)   GEMM {F(GemmGFlops, "F1")} GFLOP/s ({GemmShape})   decode kernel {F(MatVecGBs, "F1")} GB/s   load avg {F(LoadAverageStart, "F2")} -> {F(LoadAverageEnd, "F2")}",
             $"other work      other processes used {F(OtherCpuVisionPercent, "F0")}% / {F(OtherCpuPrefillPercent, "F0")}% / {F(OtherCpuDecodePercent, "F0")}% of the CPUs during vision / prefill / decode",
         };
-        return string.Join(Environment.NewLine, lines);
+        return string.Join(Environment.NewLine, lines.Where(l => l is not null));
     }
 }
+
+[JsonSerializable(typeof(BenchResult))]
+internal sealed partial class BenchJsonContext : JsonSerializerContext;

@@ -2,6 +2,8 @@ using System.Diagnostics;
 using ShareGPT4V.Checkpoints;
 using ShareGPT4V.Configuration;
 using ShareGPT4V.Conversation;
+using ShareGPT4V.Cuda;
+using ShareGPT4V.Devices;
 using ShareGPT4V.Generation;
 using ShareGPT4V.Preprocessing;
 using ShareGPT4V.Tokenization;
@@ -13,29 +15,41 @@ namespace ShareGPT4V.Bench;
 /// <summary>
 /// One benchmark run through the library's lower-level API, so every stage is timed on its own: load, image
 /// preprocessing, vision tower + projector (all images of the batch in one call), prefill, then greedy decoding one
-/// token per step. The machine's limits are measured afterwards in the same process, so the ratios compare like with like.
+/// token per step. The machine's limits are measured in the same process, so the ratios compare like with like. The
+/// device comes from an <see cref="IDeviceProvider"/> (the CUDA provider by default: cpu, cuda, cuda:N, auto), which
+/// applies the dtype policy and refuses a device that cannot hold the model before any weight is read. On a GPU every
+/// stage's time includes waiting for the device, and the device memory the driver reports is sampled throughout.
 /// </summary>
 public static class BenchRunner
 {
-    public static BenchResult Run(BenchOptions o, TextWriter log)
+    public static BenchResult Run(BenchOptions o, TextWriter log, IDeviceProvider? provider = null)
     {
         if (!File.Exists(o.Image)) throw new ImageInputException("Image file not found", o.Image);
-        torch.set_num_threads(o.Threads);
-        var device = ParseDevice(o.Device);
+        provider ??= new CudaDeviceProvider(new CudaOptions { LibTorchDirectory = o.LibTorchDir });
         double? loadAvgStart = ProcessStats.LoadAverage1();
-
         double? cachedPercent = Directory.Exists(o.Model) ? PageCache.ResidentPercent(o.Model) : null;
-        // The machine's limits before anything is loaded (the buffers used are far smaller than the model, so they do
-        // not move the peak RSS); measured again after the run.
-        MachineReading? before = null;
-        if (!o.SkipLimits)
+
+        // The placement first, from the configuration alone: a CUDA libtorch must be loaded before TorchSharp's first
+        // use, and a device that cannot hold the weights and this run's KV cache is refused before anything is read.
+        var cfg = ModelFolder.Open(o.Model).Config;
+        var promptIds = LlavaTokenizer.Load(o.Model).EncodePrompt(new ConversationBuilder(o.Template).AddUser(o.Prompt, 1).BuildPrompt(), cfg.ImageTokenIndex);
+        int expected = promptIds.Count(x => x != cfg.ImageTokenIndex) + promptIds.Count(x => x == cfg.ImageTokenIndex) * cfg.ImageSeqLength;
+        var placement = provider.Resolve(new DeviceResolutionRequest
         {
-            var cfg = ModelFolder.Open(o.Model).Config;
-            var tok = LlavaTokenizer.Load(o.Model);
-            var promptIds = tok.EncodePrompt(new ConversationBuilder(o.Template).AddUser(o.Prompt, 1).BuildPrompt(), cfg.ImageTokenIndex);
-            int expected = promptIds.Count(x => x != cfg.ImageTokenIndex) + promptIds.Count(x => x == cfg.ImageTokenIndex) * cfg.ImageSeqLength;
-            before = MeasureLimits(o, cfg, expected, device, log);
-        }
+            Device = o.Device, DType = o.DType, Config = cfg, Positions = expected + o.MaxNewTokens + 1, Batch = o.Batch,
+        }, new TextWriterLogger(log));
+        var device = placement.Device;
+        var dtype = placement.DType;
+        bool cuda = device.type == DeviceType.CUDA;
+        log.WriteLine($"device: {placement.Description}");
+        torch.set_num_threads(o.Threads);
+
+        // The machine's limits before anything is loaded (the buffers used are far smaller than the model, so they do
+        // not move the peak RSS); measured again after the run. On a GPU they are read once, after the run: the GPU
+        // machine runs one job at a time, and the copy test's buffers would stay in libtorch's cache and count as the
+        // run's device memory.
+        MachineReading? before = o.SkipLimits || cuda ? null : MeasureLimits(o, cfg, expected, device, dtype, log);
+        using var deviceMemory = cuda ? new DeviceMemorySampler(device.index < 0 ? 0 : device.index) : null;
 
         // Load: config, tokenizer, image processor and weights, until the model is ready to run.
         var sw = Stopwatch.StartNew();
@@ -45,7 +59,8 @@ public static class BenchRunner
             ? PreprocessorConfig.Load(p)
             : new PreprocessorConfig { ShortestEdge = folder.Config.Vision.ImageSize, CropHeight = folder.Config.Vision.ImageSize, CropWidth = folder.Config.Vision.ImageSize };
         var processor = new ClipImageProcessor(pre, ImageAspectModes.FromConfigValue(folder.Config.ImageAspectRatio));
-        using var model = ModelLoader.Load(folder, new LoadOptions { DType = o.ScalarType, Device = device });
+        using var model = ModelLoader.Load(folder, new LoadOptions { DType = dtype, Device = device });
+        Sync(device);
         double loadSeconds = sw.Elapsed.TotalSeconds;
         double rssLoad = ProcessStats.RssBytes() / Mib;
         log.WriteLine($"loaded {folder.ModelPath} in {loadSeconds:F2} s");
@@ -60,10 +75,12 @@ public static class BenchRunner
         sw.Restart();
         var images = Enumerable.Range(0, o.Batch).Select(_ => processor.Preprocess(o.Image)).ToList();
         var pixels = PreprocessedImage.Stack(images).to(device);
+        Sync(device);
         double preprocessMs = sw.Elapsed.TotalMilliseconds;
+        if (o.DumpInputs is { } dump) DumpInputs(dump, ids, images[0], folder.Config, log);
 
         // Vision and prefill run --repeat times (each from scratch); the medians are reported, so a burst of other
-        // work on the machine during one repetition does not decide the figure.
+        // work on the machine during one repetition (or a GPU's first-call set-up) does not decide the figure.
         Tensor imageEmbeddings = null!;
         var visionRuns = new List<double>();
         var cpuVision = ProcessStats.SampleCpu();
@@ -72,7 +89,7 @@ public static class BenchRunner
             if (r > 0) imageEmbeddings.Dispose();
             sw.Restart();
             imageEmbeddings = model.EncodeImages(pixels);
-            Sync(imageEmbeddings);
+            Sync(device);
             visionRuns.Add(sw.Elapsed.TotalMilliseconds);
             log.WriteLine($"vision tower + projector: {visionRuns[^1]:F0} ms");
         }
@@ -95,7 +112,7 @@ public static class BenchRunner
             if (r > 0) logits.Dispose();
             sw.Restart();
             logits = generator.Prefill(inputs); // each prefill starts the cache over
-            Sync(logits);
+            Sync(device);
             prefillRuns.Add(sw.Elapsed.TotalMilliseconds);
             log.WriteLine($"prefill of {promptTokens} tokens: {prefillRuns[^1]:F0} ms");
         }
@@ -106,6 +123,7 @@ public static class BenchRunner
         var next = Argmax(logits);
         // Time to first token: every stage of one request up to the first sampled id (medians where repeated).
         double ttftMs = preprocessMs + visionMs + inputsMs + prefillMs + sw.Elapsed.TotalMilliseconds;
+        var tokenIds = new List<long> { next[0] };
 
         // Greedy decoding without an early stop, one step per token; RSS sampled after each step.
         var stepMs = new List<double>();
@@ -115,14 +133,17 @@ public static class BenchRunner
         {
             sw.Restart();
             using (NewDisposeScope())
-                next = Argmax(generator.DecodeOneToken(next));
+                next = Argmax(generator.DecodeOneToken(next)); // reading the ids back waits for the device
             stepMs.Add(sw.Elapsed.TotalMilliseconds);
+            tokenIds.Add(next[0]);
             if (token + 1 == 100) rssAt100 = ProcessStats.RssBytes() / Mib;
             if (token % 50 == 0) log.WriteLine($"decoded {token + 1} tokens, last step {stepMs[^1]:F1} ms");
         }
         double? otherDecode = ProcessStats.OtherCpuPercent(cpuDecode, ProcessStats.SampleCpu());
         double rssEnd = ProcessStats.RssBytes() / Mib;
         double peakRss = ProcessStats.PeakRssBytes() / Mib;
+        deviceMemory?.Stop();
+        double? deviceBeforeMb = deviceMemory?.BeforeBytes / Mib, devicePeakMb = deviceMemory?.PeakBytes / Mib;
         var measured = stepMs.Skip(Math.Min(o.WarmupTokens, Math.Max(0, stepMs.Count - 1))).ToList();
         double stepMedian = measured.Count > 0 ? MachineLimits.Median(measured) : double.NaN;
         double decodeTokensPerSecond = o.Batch * 1000.0 / stepMedian;
@@ -130,7 +151,7 @@ public static class BenchRunner
 
         // The limits again, after the run: the machine is shared, so each figure is the better of the two readings
         // (other work can only lower a reading, never raise it), and both readings are reported.
-        MachineReading? after = o.SkipLimits ? null : MeasureLimits(o, model.Config, promptTokens, device, log);
+        MachineReading? after = o.SkipLimits ? null : MeasureLimits(o, model.Config, promptTokens, device, dtype, log);
         double? bandwidth = Best(before?.BandwidthGBs, after?.BandwidthGBs);
         double? fmaPeak = Best(before?.FmaPeakGFlops, after?.FmaPeakGFlops);
         double? gemm = Best(before?.GemmGFlops, after?.GemmGFlops);
@@ -147,8 +168,10 @@ public static class BenchRunner
         return new BenchResult
         {
             Model = folder.ModelPath,
-            Device = o.Device,
-            DType = o.DType,
+            Device = cuda ? $"cuda:{Math.Max(0, device.index)}" : "cpu",
+            Placement = placement.Description,
+            LibTorch = ShareGPT4V.Cuda.NativeLibTorchReport.Current().Summary,
+            DType = BenchOptions.ShortName(dtype),
             Threads = o.Threads,
             Batch = o.Batch,
             PromptTokens = promptTokens,
@@ -167,7 +190,11 @@ public static class BenchRunner
             PeakRssMb = peakRss,
             WeightsMb = weightsMb,
             KvCacheMb = cacheMb,
-            PeakRssOverWeightsAndCache = peakRss / (weightsMb + cacheMb),
+            // On a GPU the weights and the cache live in device memory: the device ratio replaces the host one.
+            PeakRssOverWeightsAndCache = cuda ? null : peakRss / (weightsMb + cacheMb),
+            DeviceMemBeforeMb = deviceBeforeMb,
+            DeviceMemPeakMb = devicePeakMb,
+            DevicePeakOverWeightsAndCache = devicePeakMb is double peakMb ? (peakMb - deviceBeforeMb!.Value) / (weightsMb + cacheMb) : null,
             RssAfterLoadMb = rssLoad,
             RssAfterVisionMb = rssVision,
             RssAfterPrefillMb = rssPrefill,
@@ -176,7 +203,7 @@ public static class BenchRunner
             RssGrowthPercent = rssAt100 is double r100 ? (rssEnd - r100) / r100 * 100 : null,
             BandwidthGBs = bandwidth,
             FmaPeakGFlops = fmaPeak,
-            FmaVectorBits = o.SkipLimits ? null : MachineLimits.FmaVectorBits,
+            FmaVectorBits = o.SkipLimits || cuda ? null : MachineLimits.FmaVectorBits,
             GemmGFlops = gemm,
             GemmShape = gemmShape,
             MatVecGBs = matvec,
@@ -184,6 +211,8 @@ public static class BenchRunner
             LimitsAfter = after,
             DecodeBytesPerStep = decodeBytes,
             DecodeBandwidthRatio = bandwidth is double bw ? decodeBytes * (decodeTokensPerSecond / o.Batch) / (bw * 1e9) : null,
+            DecodeRooflineTokensPerSecond = bandwidth is double bw2 ? o.Batch * bw2 * 1e9 / decodeBytes : null,
+            TokenIds = tokenIds,
             VisionGFlop = visionFlops / 1e9,
             VisionGFlops = visionGFlops,
             VisionFmaRatio = fmaPeak is double f1 ? visionGFlops / f1 : null,
@@ -198,25 +227,31 @@ public static class BenchRunner
         };
     }
 
-    /// <summary>One reading of the machine's limits at the run's thread count.</summary>
+    /// <summary>
+    /// One reading of the machine's limits at the run's thread count. On a GPU: the device's copy bandwidth (bytes read
+    /// plus written) and the prefill-shaped GEMM on the device; the FMA loop and the decode kernel are CPU-only (null).
+    /// </summary>
     public sealed record MachineReading
     {
         [System.Text.Json.Serialization.JsonPropertyName("bandwidth_gbs")] public double BandwidthGBs { get; init; }
-        [System.Text.Json.Serialization.JsonPropertyName("fma_peak_gflops")] public double FmaPeakGFlops { get; init; }
+        [System.Text.Json.Serialization.JsonPropertyName("fma_peak_gflops")] public double? FmaPeakGFlops { get; init; }
         [System.Text.Json.Serialization.JsonPropertyName("gemm_gflops")] public double GemmGFlops { get; init; }
         [System.Text.Json.Serialization.JsonPropertyName("matvec_gbs")] public double? MatVecGBs { get; init; }
     }
 
-    private static MachineReading MeasureLimits(BenchOptions o, LlavaConfig config, int promptTokens, Device device, TextWriter log)
+    private static MachineReading MeasureLimits(BenchOptions o, LlavaConfig config, int promptTokens, Device device, ScalarType dtype, TextWriter log)
     {
         log.WriteLine("measuring the machine's limits");
         var t = config.Text;
+        double gemm = MachineLimits.GemmGFlops((long)promptTokens * o.Batch, t.HiddenSize, t.IntermediateSize, dtype, device);
+        if (device.type == DeviceType.CUDA)
+            return new MachineReading { BandwidthGBs = DeviceLimits.CopyGBs(device, o.BandwidthBytes), GemmGFlops = gemm };
         return new MachineReading
         {
             BandwidthGBs = MachineLimits.ReadBandwidthGBs(o.Threads, o.BandwidthBytes),
             FmaPeakGFlops = MachineLimits.FmaPeakGFlops(o.Threads, o.FmaSeconds),
-            GemmGFlops = MachineLimits.GemmGFlops((long)promptTokens * o.Batch, t.HiddenSize, t.IntermediateSize, o.ScalarType, device),
-            MatVecGBs = device.type == DeviceType.CPU ? MachineLimits.MatVecGBs(o.BandwidthBytes, o.ScalarType) : null,
+            GemmGFlops = gemm,
+            MatVecGBs = MachineLimits.MatVecGBs(o.BandwidthBytes, dtype),
         };
     }
 
@@ -233,18 +268,34 @@ public static class BenchRunner
         return result;
     }
 
-    /// <summary>Waits for queued device work, so a stage's time includes it (CPU work is synchronous already).</summary>
-    private static void Sync(Tensor t)
+    /// <summary>Waits for the work queued on a GPU, so a stage's time includes it (CPU work is synchronous already).</summary>
+    private static void Sync(Device device)
     {
-        if (t.device.type != DeviceType.CPU) t.cpu().Dispose();
+        if (device.type == DeviceType.CUDA) torch.cuda.synchronize(device);
     }
 
-    private static Device ParseDevice(string device)
+    /// <summary>
+    /// The inputs of one row exactly as this run feeds them, for transformers: <c>input_ids</c> [1, T] with the image
+    /// token repeated once per image position (as transformers' processor expands it) and <c>pixel_values</c> [1, 3, H, W].
+    /// </summary>
+    private static void DumpInputs(string path, long[] ids, PreprocessedImage image, LlavaConfig config, TextWriter log)
     {
-        try { return new Device(device); }
-        catch (Exception e) when (e is ArgumentException or FormatException or InvalidOperationException)
-        {
-            throw new DeviceException($"Device '{device}' given as --device is not a valid device string (use 'cpu' or 'cuda:N')", e);
-        }
+        var expanded = ids.SelectMany(id => id == config.ImageTokenIndex ? Enumerable.Repeat(id, config.ImageSeqLength) : new[] { id }).ToArray();
+        using var idsTensor = torch.tensor(expanded, new long[] { 1, expanded.Length });
+        using var pixels = PreprocessedImage.Stack(new[] { image });
+        SafeTensorsWriter.Write(path, new Dictionary<string, Tensor> { ["input_ids"] = idsTensor, ["pixel_values"] = pixels });
+        log.WriteLine($"wrote {expanded.Length} input ids and pixel values [{string.Join(", ", pixels.shape)}] to {path}");
+    }
+}
+
+/// <summary>Log entries of the device provider as lines of the bench's log.</summary>
+internal sealed class TextWriterLogger(TextWriter writer) : Microsoft.Extensions.Logging.ILogger
+{
+    public IDisposable? BeginScope<TState>(TState state) where TState : notnull => null;
+    public bool IsEnabled(Microsoft.Extensions.Logging.LogLevel logLevel) => logLevel >= Microsoft.Extensions.Logging.LogLevel.Information;
+    public void Log<TState>(Microsoft.Extensions.Logging.LogLevel logLevel, Microsoft.Extensions.Logging.EventId eventId, TState state,
+        Exception? exception, Func<TState, Exception?, string> formatter)
+    {
+        if (IsEnabled(logLevel)) writer.WriteLine($"[{logLevel}] {formatter(state, exception)}");
     }
 }

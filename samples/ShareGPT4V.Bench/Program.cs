@@ -2,8 +2,9 @@ using ShareGPT4V;
 using ShareGPT4V.Bench;
 using ShareGPT4V.Checkpoints;
 
-// sharegpt4v-bench: `run` times a caption end to end and prints the figures; `make-checkpoint` writes a
-// benchmark-size checkpoint with seeded random weights. See the README's Benchmark section.
+// sharegpt4v-bench: `run` times a caption end to end and prints the figures, on the CPU or a CUDA device;
+// `make-checkpoint` writes a benchmark-size checkpoint with seeded random weights; `limits` measures only the machine.
+// See the README's Benchmark section, and scripts/gpu/ for the run on a GPU machine.
 try
 {
     if (args.Length == 0 || args[0] is "-h" or "--help" or "help")
@@ -18,6 +19,7 @@ try
         case "run":
         {
             var options = BenchOptions.Parse(rest);
+            options = options with { LibTorchDir = LoadExternalLibTorch(options.LibTorchDir) };
             var log = options.Json ? Console.Error : Console.Out;
             var result = BenchRunner.Run(options, log);
             if (!options.Json) Console.WriteLine(result.ToTable());
@@ -30,7 +32,9 @@ try
             var a = new ArgReader(rest, flags: Array.Empty<string>());
             int threads = a.Int("--threads", Environment.ProcessorCount, 1, 1024);
             long bytes = (long)a.Int("--bandwidth-mib", 1024, 1, 1 << 20) << 20;
+            string? libtorch = a.String("--libtorch-dir", null);
             a.EnsureAllUsed();
+            LoadExternalLibTorch(libtorch);
             TorchSharp.torch.set_num_threads(threads);
             Console.WriteLine($"threads {threads}, load average {ProcessStats.LoadAverage1()}");
             Console.WriteLine($"read bandwidth {MachineLimits.ReadBandwidthGBs(threads, bytes):F1} GB/s");
@@ -44,6 +48,7 @@ try
         case "make-checkpoint":
         {
             var options = MakeCheckpointOptions.Parse(rest);
+            LoadExternalLibTorch(options.LibTorchDir);
             var spec = BenchModelSpec.Default.WithLlmLayers(options.LlmLayers);
             var sw = System.Diagnostics.Stopwatch.StartNew();
             int lastPercent = -1;
@@ -67,6 +72,17 @@ catch (ShareGPT4VException e)
 {
     Console.Error.WriteLine($"error: {e.Message}");
     return 2;
+}
+
+/// <summary>
+/// Loads the libtorch named by --libtorch-dir (else by SHAREGPT4V_LIBTORCH_DIR) before anything touches TorchSharp: the
+/// bench published for a GPU machine carries no libtorch and runs on that machine's own. Returns the folder, or null.
+/// </summary>
+static string? LoadExternalLibTorch(string? dir)
+{
+    dir ??= Environment.GetEnvironmentVariable(ShareGPT4V.Cuda.CudaOptions.LibTorchDirectoryVariable) is { Length: > 0 } env ? env : null;
+    if (dir is not null) Console.Error.WriteLine(ShareGPT4V.Cuda.NativeLibTorch.Load(dir).Summary);
+    return dir;
 }
 
 /// <summary>Reports on the calling thread (Progress&lt;T&gt; would post to the thread pool and reorder lines).</summary>

@@ -1,6 +1,8 @@
 using System.Text.Encodings.Web;
 using System.Text.Json;
+using Microsoft.Extensions.Logging;
 using ShareGPT4V.Checkpoints;
+using ShareGPT4V.Cuda;
 using ShareGPT4V.Generation;
 
 namespace ShareGPT4V.Cli;
@@ -8,7 +10,7 @@ namespace ShareGPT4V.Cli;
 /// <summary>What caption and chat share: loading the pipeline, generation options, and JSON answers.</summary>
 internal static class Shared
 {
-    public static readonly string[] ModelOptions = { "model", "vision-tower", "template", "dtype", "device", "threads", "context-length" };
+    public static readonly string[] ModelOptions = { "model", "vision-tower", "template", "dtype", "device", "libtorch-dir", "threads", "context-length" };
     public static readonly string[] GenerationOptionNames = { "max-new-tokens", "temperature", "top-p", "top-k", "repetition-penalty", "seed", "stop" };
 
     public const string ModelHelp = """
@@ -17,8 +19,12 @@ internal static class Shared
           --template NAME         conversation template (default: the checkpoint's own); raw = the prompt as written,
                                   <image> marking where the image goes. Others: vicuna_v1, llava_v1, share4v_v1,
                                   share4v_v0, llava_llama_2, plain, llava_hf
-          --dtype NAME            float32 (default, fastest on CPU), bfloat16 or float16
-          --device NAME           cpu (default) or cuda:N
+          --dtype NAME            auto (default: float32 on the CPU, where it is fastest; bfloat16 on a GPU that has it,
+                                  else float16), float32, bfloat16 or float16
+          --device NAME           cpu (default), cuda:N, cuda (the GPU with the most free memory) or auto (a GPU when
+                                  CUDA works, else the CPU)
+          --libtorch-dir DIR      run on this libtorch, e.g. a PyTorch install's site-packages/torch/lib for CUDA
+                                  (default: the SHAREGPT4V_LIBTORCH_DIR variable; see docs/cuda.md)
           --threads N             libtorch CPU threads
           --context-length N      context window in tokens (default: the model's)
         """;
@@ -35,13 +41,19 @@ internal static class Shared
 
     public static MultimodalPipeline Load(CommandLine cl, GenerationOptions generation, int? maxBatchSize = null)
     {
+        // An external libtorch goes in before anything touches TorchSharp; the CUDA provider resolves cuda, cuda:N and
+        // auto (and refuses, saying why, when CUDA cannot be used); cpu never probes for a GPU.
+        var libtorch = cl.Value("libtorch-dir")
+            ?? (Environment.GetEnvironmentVariable(CudaOptions.LibTorchDirectoryVariable) is { Length: > 0 } env ? env : null);
+        if (libtorch is not null) NativeLibTorch.Load(libtorch);
         var options = new PipelineOptions
         {
             ModelPath = cl.Required("model"),
             VisionTowerPath = cl.Value("vision-tower"),
             Template = cl.Value("template"),
-            DType = cl.Value("dtype") ?? "float32",
+            DType = cl.Value("dtype") ?? "auto",
             Device = cl.Value("device") ?? "cpu",
+            DeviceProvider = new CudaDeviceProvider(new CudaOptions { LibTorchDirectory = libtorch }),
             Threads = cl.Int("threads", 1, 1024),
             ContextLength = cl.Int("context-length", 1, 1 << 24),
             Generation = generation,
@@ -49,7 +61,7 @@ internal static class Shared
         };
         var bar = new ConsoleProgress("loading");
         var pipeline = MultimodalPipeline.Load(options, new SyncProgress<LoadProgress>(p =>
-            bar.Report(p.BytesLoaded, p.BytesTotal, $"{p.TensorsLoaded}/{p.TensorsTotal} tensors")));
+            bar.Report(p.BytesLoaded, p.BytesTotal, $"{p.TensorsLoaded}/{p.TensorsTotal} tensors")), new StderrLogger());
         bar.Done();
         return pipeline;
     }
@@ -97,4 +109,15 @@ internal static class Shared
     }, Json);
 
     public static string ErrorJson(string image, Exception e) => JsonSerializer.Serialize(new { image, error = e.Message, error_type = e.GetType().Name }, Json);
+}
+
+/// <summary>Warnings on stderr (e.g. <c>--device auto</c> falling back to the CPU); stdout stays the answers.</summary>
+internal sealed class StderrLogger : ILogger
+{
+    public IDisposable? BeginScope<TState>(TState state) where TState : notnull => null;
+    public bool IsEnabled(LogLevel logLevel) => logLevel >= LogLevel.Warning;
+    public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter)
+    {
+        if (IsEnabled(logLevel)) Console.Error.WriteLine($"{logLevel.ToString().ToLowerInvariant()}: {formatter(state, exception)}");
+    }
 }

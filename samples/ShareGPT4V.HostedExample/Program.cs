@@ -1,10 +1,12 @@
 // A host that registers ShareGPT4V with dependency injection and captions an image through IChatClient.
 // Usage: dotnet run --project samples/ShareGPT4V.HostedExample -- <model folder> <image file>
-// Settings can also come from configuration: ShareGPT4V:ModelPath, ShareGPT4V:Template, ...
+// Settings can also come from configuration: ShareGPT4V:ModelPath, ShareGPT4V:Template, ShareGPT4V:Device (cpu,
+// cuda:N, auto), ShareGPT4V:LibTorchDirectory (a CUDA libtorch's lib folder, see docs/cuda.md), ...
 using Microsoft.Extensions.AI;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
+using ShareGPT4V.Cuda;
 using ShareGPT4V.Hosting;
 
 if (args.Length < 2)
@@ -16,9 +18,11 @@ if (args.Length < 2)
 var builder = Host.CreateApplicationBuilder();
 builder.Logging.SetMinimumLevel(LogLevel.Information);
 var section = builder.Configuration.GetSection("ShareGPT4V");
+builder.Services.AddShareGPT4VCuda(o => o.LibTorchDirectory = section["LibTorchDirectory"]); // nothing is probed unless Device asks for CUDA
 builder.Services.AddShareGPT4V(options =>
 {
     options.ModelPath = section["ModelPath"] ?? args[0];
+    options.Device = section["Device"] ?? "cpu";
     options.Template = section["Template"];
     options.MaxNewTokens = int.TryParse(section["MaxNewTokens"], out var n) ? n : 64;
 });

@@ -54,6 +54,14 @@ public static class NativeLibTorch
                 throw new DeviceException($"libtorch was already loaded from '{Path.GetDirectoryName(loaded)}' before LibTorchDirectory '{dir}' "
                                           + "could be: configure it before any other use of TorchSharp, and do not ship a libtorch runtime package with the app");
 
+            // TorchSharp loads a libtorch it finds next to the app by its full path, which maps a second copy beside this
+            // one; the two then register the same operators and libtorch aborts the process.
+            var own = GlueSearchDirectories().FirstOrDefault(d => File.Exists(Path.Combine(d, "libtorch_cpu.so")) && Dl.RealPath(d) != Dl.RealPath(dir));
+            if (own is not null)
+                throw new DeviceException($"LibTorchDirectory '{dir}' cannot be used: the app carries its own libtorch in '{own}', which TorchSharp "
+                                          + "would load as well (two copies of libtorch abort the process). Build the app without a libtorch runtime "
+                                          + "package (this repository's samples: -p:ShareGPT4VExternalLibTorch=true), or leave LibTorchDirectory unset");
+
             foreach (var name in new[] { "libc10.so", "libtorch_cpu.so", "libc10_cuda.so", "libtorch_cuda.so", "libtorch.so" })
             {
                 var path = Path.Combine(dir, name);

@@ -4,7 +4,8 @@ using ShareGPT4V;
 using ShareGPT4V.Cuda;
 using ShareGPT4V.GpuCheck;
 
-// sharegpt4v-gpucheck native|oracle|bench|make-checkpoint [--option value ...]; every command prints a table and can write JSON.
+// sharegpt4v-gpucheck native|oracle [--option value ...]; every command prints a table and can write JSON. Timings and the
+// benchmark checkpoint are the bench's (samples/ShareGPT4V.Bench: run --device cuda:N, make-checkpoint).
 var (command, opts) = Args.Parse(args);
 try
 {
@@ -14,9 +15,7 @@ try
     {
         "native" => NativeCommand.Run(opts),
         "oracle" => OracleCommand.Run(opts),
-        "bench" => BenchCommand.Run(opts),
-        "make-checkpoint" => MakeCheckpointCommand.Run(opts),
-        _ => throw new ArgumentException("usage: sharegpt4v-gpucheck native|oracle|bench|make-checkpoint [--libtorch-dir DIR] [options]; see scripts/gpu/README.md"),
+        _ => throw new ArgumentException("usage: sharegpt4v-gpucheck native|oracle [--libtorch-dir DIR] [options]; see scripts/gpu/README.md"),
     };
     if (opts.Get("json") is { } path)
         File.WriteAllText(path, result.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));

@@ -2,6 +2,8 @@ using System.Text.Json;
 using ShareGPT4V.Bench;
 using ShareGPT4V.Checkpoints;
 using ShareGPT4V.Configuration;
+using ShareGPT4V.Cuda;
+using ShareGPT4V.Tests.Cuda;
 using TorchSharp;
 using Xunit;
 
@@ -9,8 +11,9 @@ namespace ShareGPT4V.Tests.Bench;
 
 /// <summary>
 /// The benchmark tool on a tiny checkpoint it makes itself: the maker's output is deterministic, sharded with an index
-/// and loads; a run prints every field of the JSON line with sane values. Figures are not judged here (that is what
-/// running the bench by hand on the benchmark-size model is for).
+/// and loads; a run prints every field of the JSON line with sane values; the device provider's refusals come before
+/// any weight is read (a fake probe stands in for CUDA). Figures are not judged here (that is what running the bench
+/// by hand on the benchmark-size model is for).
 /// </summary>
 public sealed class BenchSmokeTests : IDisposable
 {
@@ -75,21 +78,29 @@ public sealed class BenchSmokeTests : IDisposable
     public void RunPrintsEveryFieldWithSaneValues()
     {
         CheckpointMaker.Make(_dir, Tiny, seed: 7, torch.ScalarType.Float32);
+        var inputs = Path.Combine(_dir, "inputs.safetensors");
+        // auto on a machine whose probe finds no CUDA: the provider's CPU fallback, float32 by the CPU's dtype policy.
         var options = BenchOptions.Parse(new[]
         {
-            "--model", _dir, "--image", Fixtures.Path("oracle/hf_llama2vocab/image1.png"),
+            "--model", _dir, "--image", Fixtures.Path("oracle/hf_llama2vocab/image1.png"), "--device", "auto", "--dump-inputs", inputs,
             "--max-new-tokens", "6", "--batch", "2", "--threads", "1", "--warmup-tokens", "1", "--bandwidth-mib", "8", "--repeat", "2", "--json",
         }) with { FmaSeconds = 0.01 };
-        var result = BenchRunner.Run(options, TextWriter.Null);
+        var log = new StringWriter();
+        var result = BenchRunner.Run(options, log, NoCuda("no CUDA driver in this test"));
         using var doc = JsonDocument.Parse(result.ToJsonLine());
         var root = doc.RootElement;
+        Assert.Equal("cpu", root.GetProperty("device").GetString());
+        Assert.Equal("fp32", root.GetProperty("dtype").GetString());
+        Assert.Contains("CPU fallback", root.GetProperty("placement").GetString());
+        Assert.Contains("no CUDA driver in this test", log.ToString()); // the fallback is logged as a warning
+        Assert.Contains("libtorch", root.GetProperty("libtorch").GetString());
 
         string[] positive =
         {
             "load_s", "preprocess_ms", "vision_ms", "prefill_ms", "prefill_tokens_per_s", "ttft_ms", "decode_tokens_per_s",
             "decode_step_ms_median", "peak_rss_mb", "weights_mb", "kv_cache_mb", "rss_end_mb", "bandwidth_gbs", "fma_peak_gflops",
             "gemm_gflops", "matvec_gbs", "decode_bytes_per_token", "decode_bandwidth_ratio", "vision_gflop", "vision_gflops", "vision_fma_ratio",
-            "prefill_gflop", "prefill_gflops", "prefill_fma_ratio", "peak_rss_over_weights_kv",
+            "prefill_gflop", "prefill_gflops", "prefill_fma_ratio", "peak_rss_over_weights_kv", "decode_roofline_tokens_per_s",
         };
         foreach (var name in positive)
         {
@@ -115,7 +126,67 @@ public sealed class BenchSmokeTests : IDisposable
         Assert.True(root.GetProperty("ttft_ms").GetDouble() >= root.GetProperty("prefill_ms").GetDouble());
         Assert.True(root.GetProperty("peak_rss_mb").GetDouble() >= root.GetProperty("rss_end_mb").GetDouble() * 0.99);
         Assert.Equal(JsonValueKind.Null, root.GetProperty("rss_token100_mb").ValueKind); // fewer than 100 tokens
+        foreach (var gpuOnly in new[] { "device_mem_before_mb", "device_mem_peak_mb", "device_peak_over_weights_kv" })
+            Assert.Equal(JsonValueKind.Null, root.GetProperty(gpuOnly).ValueKind);
+        // The roofline is the measured bandwidth over the bytes of a step, for both rows: the ratio is its reciprocal share.
+        Assert.Equal(root.GetProperty("decode_tokens_per_s").GetDouble() / root.GetProperty("decode_roofline_tokens_per_s").GetDouble(),
+            root.GetProperty("decode_bandwidth_ratio").GetDouble(), 9);
+        var ids = root.GetProperty("token_ids").EnumerateArray().Select(x => x.GetInt64()).ToArray();
+        Assert.Equal(6, ids.Length);
+        Assert.All(ids, id => Assert.InRange(id, 0, Tiny.Text.VocabSize - 1));
         Assert.Contains("decode", result.ToTable());
+
+        // The inputs for transformers: one row, the image token expanded to one id per image position, and its pixels.
+        using var dumped = SafeTensorsFile.Open(inputs);
+        using var inputIds = dumped.Load("input_ids");
+        using var pixels = dumped.Load("pixel_values");
+        Assert.Equal(new long[] { 1, 16 + 49 }, inputIds.shape);
+        Assert.Equal(16, inputIds.data<long>().ToArray().Count(id => id == 32000));
+        Assert.Equal(new long[] { 1, 3, 56, 56 }, pixels.shape);
+    }
+
+    private static CudaDeviceProvider NoCuda(string problem) => new(new CudaOptions { Probe = FakeProbe.Unavailable(problem) });
+
+    [Fact]
+    public void CudaIsRefusedBeforeAnyWeightIsRead()
+    {
+        var options = BenchOptions.Parse(new[] { "--model", Fixtures.Path("oracle/hf_llama2vocab"), "--image", Fixtures.Path("oracle/hf_llama2vocab/image1.png"), "--device", "cuda:0" });
+        var e = Assert.Throws<DeviceException>(() => BenchRunner.Run(options, TextWriter.Null, NoCuda("the NVIDIA driver's libcuda.so.1 could not be loaded")));
+        Assert.Contains("Device 'cuda:0' was requested but CUDA cannot be used", e.Message);
+        Assert.Contains("libcuda.so.1", e.Message);
+    }
+
+    [Fact]
+    public void ADeviceTooSmallForTheRunIsRefusedWithTheFigures()
+    {
+        // The fit check sees the weights and this run's KV cache (batch x (prompt + new tokens + 1) positions).
+        var options = BenchOptions.Parse(new[]
+        {
+            "--model", Fixtures.Path("oracle/hf_llama2vocab"), "--image", Fixtures.Path("oracle/hf_llama2vocab/image1.png"),
+            "--device", "cuda", "--batch", "8", "--max-new-tokens", "100",
+        });
+        var provider = new CudaDeviceProvider(new CudaOptions { Probe = FakeProbe.With(FakeProbe.Gpu(0, freeGib: 0.5, name: "Small GPU")) });
+        var e = Assert.Throws<DeviceException>(() => BenchRunner.Run(options, TextWriter.Null, provider));
+        Assert.Contains("will not fit on cuda:0 (Small GPU)", e.Message);
+        Assert.Contains("batch 8 x", e.Message);
+    }
+
+    [Fact]
+    public void OptionsDefaultToTheCpuAndKeepTheDeviceSettings()
+    {
+        var d = BenchOptions.Parse(new[] { "--model", "m", "--image", "x.png" });
+        Assert.Equal("cpu", d.Device);
+        Assert.Equal("auto", d.DType);
+        Assert.Null(d.RequestedDType);
+        Assert.Null(d.LibTorchDir);
+        Assert.Null(d.DumpInputs);
+
+        var o = BenchOptions.Parse(new[] { "--model", "m", "--image", "x.png", "--device", "cuda:1", "--dtype", "bf16", "--libtorch-dir", "/opt/torch/lib", "--dump-inputs", "in.safetensors" });
+        Assert.Equal("cuda:1", o.Device);
+        Assert.Equal(torch.ScalarType.BFloat16, o.RequestedDType);
+        Assert.Equal("/opt/torch/lib", o.LibTorchDir);
+        Assert.Equal("in.safetensors", o.DumpInputs);
+        Assert.Equal("/opt/torch/lib", MakeCheckpointOptions.Parse(new[] { "--out", "o", "--libtorch-dir", "/opt/torch/lib" }).LibTorchDir);
     }
 
     [Theory]
@@ -124,9 +195,11 @@ public sealed class BenchSmokeTests : IDisposable
     [InlineData(new[] { "--model", "m", "--image", "x.png", "--threads", "0" }, "--threads")]
     [InlineData(new[] { "--model", "m", "--image", "x.png", "--batch" }, "--batch")]
     [InlineData(new[] { "--model", "m", "--image", "x.png", "--fast" }, "--fast")]
+    [InlineData(new[] { "--model", "m", "--image", "x.png", "--device", "gpu0" }, "--device")]
+    [InlineData(new[] { "--model", "m", "--image", "x.png", "--device", "cuda:x" }, "--device")]
     public void BadOptionsNameTheOption(string[] args, string option)
     {
-        var e = Assert.Throws<ModelConfigurationException>(() => BenchOptions.Parse(args));
+        var e = Assert.ThrowsAny<ShareGPT4VException>(() => BenchOptions.Parse(args));
         Assert.Contains(option, e.Message);
     }
 }

@@ -21,6 +21,7 @@ public sealed class CliTests : IDisposable
         {
             RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true, UseShellExecute = false,
         };
+        psi.Environment.Remove("SHAREGPT4V_LIBTORCH_DIR"); // the CLI's default --libtorch-dir: the tests run on the app's own libtorch
         psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "sharegpt4v.dll"));
         foreach (var a in args) psi.ArgumentList.Add(a);
         using var p = Process.Start(psi)!;
@@ -119,15 +120,23 @@ public sealed class CliTests : IDisposable
     [InlineData(1, "Configuration file not found", "caption", "--model", "EMPTY", "--image", "I")]
     [InlineData(1, "exceeds the context window of 2048", "caption", "--model", "M", "--image", "I", "--max-new-tokens", "5000")]
     [InlineData(2, "--layout must be same, llava-hf or original", "convert", "--model", "M", "--output", "OUT", "--layout", "gguf")]
+    // CUDA goes through ShareGPT4V.Cuda's provider: without a CUDA libtorch and driver it is refused, saying why.
+    [InlineData(1, "Device 'cuda:0' was requested but CUDA cannot be used: the CUDA build of libtorch", "caption", "--model", "M", "--image", "I", "--device", "cuda:0")]
+    [InlineData(1, "Device 'gpu' is not a device this library knows", "caption", "--model", "M", "--image", "I", "--device", "gpu")]
+    // This CLI carries the CPU libtorch package: another libtorch next to it would abort the process, so it is refused.
+    [InlineData(1, "the app carries its own libtorch", "caption", "--model", "M", "--image", "I", "--libtorch-dir", "LIBTORCH")]
     public void BadCommandLinesFailWithAClearMessage(int exitCode, string message, params string[] args)
     {
         Directory.CreateDirectory(Path.Combine(_dir, "empty"));
+        var libtorch = Directory.CreateDirectory(Path.Combine(_dir, "libtorch")).FullName;
+        foreach (var lib in new[] { "libc10.so", "libtorch_cpu.so" }) File.WriteAllBytes(Path.Combine(libtorch, lib), Array.Empty<byte>());
         var resolved = args.Select(a => a switch
         {
             "M" => _case.ModelPath,
             "I" => Image("image1"),
             "EMPTY" => Path.Combine(_dir, "empty"),
             "OUT" => Path.Combine(_dir, "out"),
+            "LIBTORCH" => libtorch,
             _ => a,
         }).ToArray();
         var r = Cli(null, resolved);
@@ -140,7 +149,7 @@ public sealed class CliTests : IDisposable
     {
         var r = Cli(null, "caption", "--help");
         Assert.Equal(0, r.ExitCode);
-        foreach (var option in new[] { "--model", "--vision-tower", "--image", "--prompt", "--template", "--max-new-tokens", "--temperature", "--json" })
+        foreach (var option in new[] { "--model", "--vision-tower", "--image", "--prompt", "--template", "--max-new-tokens", "--temperature", "--json", "--device", "--libtorch-dir" })
             Assert.Contains(option, r.Out);
     }
 }
