@@ -74,48 +74,9 @@ public static class CheckpointMaker
             torch.ScalarType.Float16 => "float16",
             _ => "float32",
         };
-        var config = new JsonObject
-        {
-            ["architectures"] = new JsonArray("LlavaForConditionalGeneration"),
-            ["ignore_index"] = -100,
-            ["image_token_index"] = 32000,
-            ["model_type"] = "llava",
-            ["pad_token_id"] = 32001,
-            ["projector_hidden_act"] = "gelu",
-            ["text_config"] = new JsonObject
-            {
-                ["architectures"] = new JsonArray("LlamaForCausalLM"),
-                ["model_type"] = "llama",
-                ["hidden_size"] = t.HiddenSize,
-                ["intermediate_size"] = t.IntermediateSize,
-                ["num_hidden_layers"] = t.NumHiddenLayers,
-                ["num_attention_heads"] = t.NumAttentionHeads,
-                ["num_key_value_heads"] = t.NumKeyValueHeads,
-                ["head_dim"] = t.HeadDim,
-                ["max_position_embeddings"] = t.MaxPositionEmbeddings,
-                ["rms_norm_eps"] = t.RmsNormEps,
-                ["rope_theta"] = t.RopeTheta,
-                ["vocab_size"] = t.VocabSize,
-                ["torch_dtype"] = dtypeName,
-            },
-            ["tie_word_embeddings"] = false,
-            ["torch_dtype"] = dtypeName,
-            ["vision_config"] = new JsonObject
-            {
-                ["model_type"] = "clip_vision_model",
-                ["hidden_act"] = v.HiddenAct,
-                ["hidden_size"] = v.HiddenSize,
-                ["image_size"] = v.ImageSize,
-                ["intermediate_size"] = v.IntermediateSize,
-                ["num_attention_heads"] = v.NumAttentionHeads,
-                ["num_hidden_layers"] = v.NumHiddenLayers,
-                ["patch_size"] = v.PatchSize,
-                ["layer_norm_eps"] = v.LayerNormEps,
-            },
-            ["vision_feature_layer"] = -2,
-            ["vision_feature_select_strategy"] = "default",
-            ["vocab_size"] = t.VocabSize,
-        };
+        var config = ConfigJson.LlavaHf(new LlavaConfig { Vision = v, Text = t, Layout = CheckpointLayout.LlavaHf }, imageTokenIndex: 32000);
+        config["torch_dtype"] = dtypeName;
+        config["text_config"]!["torch_dtype"] = dtypeName;
         WriteJson(dir, "config.json", config);
         WriteJson(dir, "generation_config.json", new JsonObject { ["bos_token_id"] = 1, ["eos_token_id"] = 2, ["pad_token_id"] = 32001 });
         WriteJson(dir, "preprocessor_config.json", new JsonObject

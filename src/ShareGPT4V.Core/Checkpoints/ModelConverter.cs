@@ -112,7 +112,7 @@ public static class ModelConverter
         {
             // The placeholder becomes a token id just past the vocabulary (llava-hf needs a non-negative id); it is
             // replaced by image features before any embedding lookup, so the weights need no new row.
-            config = LlavaHfConfig(cfg, imageTokenIndex: cfg.Text.VocabSize);
+            config = ConfigJson.LlavaHf(cfg, imageTokenIndex: cfg.Text.VocabSize);
         }
         WriteJson(Path.Combine(outDir, "config.json"), config);
         CopyTokenizerFiles(folder.ModelPath, outDir);
@@ -149,12 +149,12 @@ public static class ModelConverter
             llmConfig = ReadJson(Path.Combine(folder.ModelPath, "config.json"));
             towerConfig = ReadJson(Path.Combine(folder.VisionTowerPath, "config.json"));
             if (towerConfig["model_type"]?.GetValue<string>() == "clip")
-                towerConfig = ClipVisionJson(cfg.Vision); // a full CLIPModel's text tower is not written
+                towerConfig = ConfigJson.ClipVision(cfg.Vision); // a full CLIPModel's text tower is not written
         }
         else
         {
-            llmConfig = OriginalLanguageModelConfig(cfg);
-            towerConfig = ClipVisionJson(cfg.Vision);
+            llmConfig = ConfigJson.OriginalLanguageModel(cfg);
+            towerConfig = ConfigJson.ClipVision(cfg.Vision);
         }
         llmConfig["mm_vision_tower"] = towerName; // resolved against the LLM folder's parent, i.e. outDir
         WriteJson(Path.Combine(llmDir, "config.json"), llmConfig);
@@ -186,101 +186,6 @@ public static class ModelConverter
         if (string.IsNullOrWhiteSpace(name) || name is "." or ".." || name.IndexOfAny(new[] { '/', '\\' }) >= 0)
             throw new ModelConfigurationException($"'{name}' is not a valid folder name", null, option);
         return name;
-    }
-
-    // ------------------------------------------------------------------ configs
-
-    private static JsonObject LlamaJson(LlamaConfig t)
-    {
-        var o = new JsonObject
-        {
-            ["vocab_size"] = t.VocabSize,
-            ["hidden_size"] = t.HiddenSize,
-            ["intermediate_size"] = t.IntermediateSize,
-            ["num_hidden_layers"] = t.NumHiddenLayers,
-            ["num_attention_heads"] = t.NumAttentionHeads,
-            ["num_key_value_heads"] = t.NumKeyValueHeads,
-            ["head_dim"] = t.HeadDim,
-            ["hidden_act"] = t.HiddenAct,
-            ["max_position_embeddings"] = t.MaxPositionEmbeddings,
-            ["rms_norm_eps"] = t.RmsNormEps,
-            ["rope_theta"] = t.RopeTheta,
-            ["rope_scaling"] = t.RopeScaling is { } rs ? RopeJson(rs) : null,
-            ["attention_bias"] = t.AttentionBias,
-            ["mlp_bias"] = t.MlpBias,
-            ["tie_word_embeddings"] = t.TieWordEmbeddings,
-            ["bos_token_id"] = t.BosTokenId,
-            ["eos_token_id"] = t.EosTokenId,
-        };
-        if (t.PadTokenId is int pad) o["pad_token_id"] = pad;
-        return o;
-    }
-
-    private static JsonObject RopeJson(RopeScaling s)
-    {
-        var o = new JsonObject { ["rope_type"] = s.Type, ["factor"] = s.Factor };
-        if (s.Type == "llama3")
-        {
-            o["low_freq_factor"] = s.LowFreqFactor;
-            o["high_freq_factor"] = s.HighFreqFactor;
-            o["original_max_position_embeddings"] = s.OriginalMaxPositionEmbeddings;
-        }
-        return o;
-    }
-
-    private static JsonObject ClipVisionJson(ClipVisionConfig v) => new()
-    {
-        ["architectures"] = new JsonArray("CLIPVisionModel"),
-        ["model_type"] = "clip_vision_model",
-        ["hidden_size"] = v.HiddenSize,
-        ["intermediate_size"] = v.IntermediateSize,
-        ["num_hidden_layers"] = v.NumHiddenLayers,
-        ["num_attention_heads"] = v.NumAttentionHeads,
-        ["num_channels"] = v.NumChannels,
-        ["image_size"] = v.ImageSize,
-        ["patch_size"] = v.PatchSize,
-        ["hidden_act"] = v.HiddenAct,
-        ["layer_norm_eps"] = v.LayerNormEps,
-    };
-
-    private static JsonObject LlavaHfConfig(LlavaConfig c, int imageTokenIndex)
-    {
-        if (c.ProjectorDepth != 2)
-            throw new ModelConfigurationException($"llava-hf has a 2-layer projector; this model's '{c.ProjectorType}' cannot be written in that layout (keep the original layout)", null, "mm_projector_type");
-        var text = LlamaJson(c.Text);
-        text["model_type"] = "llama";
-        var vision = ClipVisionJson(c.Vision);
-        vision.Remove("architectures");
-        var o = new JsonObject
-        {
-            ["architectures"] = new JsonArray("LlavaForConditionalGeneration"),
-            ["model_type"] = "llava",
-            ["image_token_index"] = imageTokenIndex,
-            ["projector_hidden_act"] = "gelu",
-            ["vision_feature_layer"] = c.VisionFeatureLayer,
-            ["vision_feature_select_strategy"] = c.KeepClsToken ? "full" : "default",
-            ["tie_word_embeddings"] = c.Text.TieWordEmbeddings,
-            ["image_aspect_ratio"] = c.ImageAspectRatio,
-            ["text_config"] = text,
-            ["vision_config"] = vision,
-        };
-        if (c.Text.PadTokenId is int pad) o["pad_token_id"] = pad;
-        return o;
-    }
-
-    private static JsonObject OriginalLanguageModelConfig(LlavaConfig c)
-    {
-        var o = LlamaJson(c.Text);
-        o["architectures"] = new JsonArray("LlavaLlamaForCausalLM");
-        o["model_type"] = "llava";
-        o["mm_projector_type"] = c.ProjectorType;
-        o["mm_hidden_size"] = c.Vision.HiddenSize;
-        o["mm_vision_select_layer"] = c.VisionFeatureLayer;
-        o["mm_vision_select_feature"] = c.KeepClsToken ? "cls_patch" : "patch";
-        o["mm_use_im_start_end"] = false;
-        o["mm_use_im_patch_token"] = false;
-        o["image_aspect_ratio"] = c.ImageAspectRatio;
-        return o;
     }
 
     /// <summary>Registers &lt;image&gt; at <paramref name="id"/> in a tokenizer_config.json, as llava-hf folders have it.</summary>
