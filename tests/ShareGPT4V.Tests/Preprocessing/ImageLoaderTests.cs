@@ -260,27 +260,7 @@ public sealed class ImageLoaderTests : IDisposable
         return ms.ToArray();
     }
 
-    private static void WriteChunk(Stream s, string type, byte[] data)
-    {
-        Span<byte> buf = stackalloc byte[4];
-        BinaryPrimitives.WriteInt32BigEndian(buf, data.Length);
-        s.Write(buf);
-        var typed = System.Text.Encoding.ASCII.GetBytes(type).Concat(data).ToArray();
-        s.Write(typed);
-        BinaryPrimitives.WriteUInt32BigEndian(buf, Crc32(typed));
-        s.Write(buf);
-    }
-
-    private static uint Crc32(byte[] data)
-    {
-        uint crc = 0xFFFFFFFF;
-        foreach (var b in data)
-        {
-            crc ^= b;
-            for (int k = 0; k < 8; k++) crc = (crc & 1) != 0 ? (crc >> 1) ^ 0xEDB88320u : crc >> 1;
-        }
-        return ~crc;
-    }
+    private static void WriteChunk(Stream s, string type, byte[] data) => PngChunks.Write(s, type, data);
 
     private sealed class NonSeekableStream(byte[] data) : MemoryStream(data)
     {

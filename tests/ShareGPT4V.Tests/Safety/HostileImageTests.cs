@@ -280,26 +280,9 @@ public sealed class HostileImageTests
         int iend = png.Length - 12;
         using var ms = new MemoryStream();
         ms.Write(png.AsSpan(0, iend));
-        Span<byte> buf = stackalloc byte[4];
-        BinaryPrimitives.WriteInt32BigEndian(buf, data.Length);
-        ms.Write(buf);
-        var typed = System.Text.Encoding.ASCII.GetBytes(type).Concat(data).ToArray();
-        ms.Write(typed);
-        BinaryPrimitives.WriteUInt32BigEndian(buf, Crc32(typed));
-        ms.Write(buf);
+        ShareGPT4V.Tests.Preprocessing.PngChunks.Write(ms, type, data);
         ms.Write(png.AsSpan(iend));
         return ms.ToArray();
-    }
-
-    private static uint Crc32(byte[] data)
-    {
-        uint crc = 0xFFFFFFFF;
-        foreach (var b in data)
-        {
-            crc ^= b;
-            for (int k = 0; k < 8; k++) crc = (crc & 1) != 0 ? (crc >> 1) ^ 0xEDB88320u : crc >> 1;
-        }
-        return ~crc;
     }
 
     private static byte[] Riff(params (string Type, byte[] Data)[] chunks)
