@@ -10,17 +10,20 @@ namespace ShareGPT4V.Cli;
 /// <summary>What caption and chat share: loading the pipeline, generation options, and JSON answers.</summary>
 internal static class Shared
 {
-    public static readonly string[] ModelOptions = { "model", "vision-tower", "template", "dtype", "device", "libtorch-dir", "threads", "context-length" };
+    public static readonly string[] ModelOptions = { "model", "mmproj", "vision-tower", "template", "dtype", "device", "libtorch-dir", "threads", "context-length" };
     public static readonly string[] GenerationOptionNames = { "max-new-tokens", "temperature", "top-p", "top-k", "repetition-penalty", "seed", "stop" };
 
     public const string ModelHelp = """
-          --model DIR             model folder: llava-hf, or the LLM folder of an original LLaVA / ShareGPT4V checkpoint (required)
+          --model DIR|FILE        model folder: llava-hf, or the LLM folder of an original LLaVA / ShareGPT4V checkpoint;
+                                  or a llama.cpp LLM .gguf file (then --mmproj is required) (required)
+          --mmproj FILE           the mmproj .gguf (CLIP tower and projector) of a GGUF model
           --vision-tower DIR      CLIP tower folder, when mm_vision_tower cannot be found next to the model
           --template NAME         conversation template (default: the checkpoint's own); raw = the prompt as written,
                                   <image> marking where the image goes. Others: vicuna_v1, llava_v1, share4v_v1,
                                   share4v_v0, llava_llama_2, plain, llava_hf
           --dtype NAME            auto (default: float32 on the CPU, where it is fastest; bfloat16 on a GPU that has it,
-                                  else float16), float32, bfloat16 or float16
+                                  else float16; a GGUF model keeps its tensors as stored), float32, bfloat16 or
+                                  float16; q8_0 or q4_0 block-quantize the language model at load (CPU)
           --device NAME           cpu (default), cuda:N, cuda (the GPU with the most free memory) or auto (a GPU when
                                   CUDA works, else the CPU)
           --libtorch-dir DIR      run on this libtorch, e.g. a PyTorch install's site-packages/torch/lib for CUDA
@@ -50,6 +53,7 @@ internal static class Shared
         {
             ModelPath = cl.Required("model"),
             VisionTowerPath = cl.Value("vision-tower"),
+            MmprojPath = cl.Value("mmproj"),
             Template = cl.Value("template"),
             DType = cl.Value("dtype") ?? "auto",
             Device = cl.Value("device") ?? "cpu",

@@ -11,9 +11,11 @@ public sealed class ShareGPT4VOptions
 {
     public string ModelPath { get; set; } = "";
     public string? VisionTowerPath { get; set; }
+    /// <summary>The mmproj GGUF (CLIP tower and projector) when <see cref="ModelPath"/> is an LLM GGUF file.</summary>
+    public string? MmprojPath { get; set; }
     /// <summary><c>cpu</c>, <c>cuda:N</c>, <c>cuda</c> or <c>auto</c>; CUDA needs <c>services.AddShareGPT4VCuda()</c>.</summary>
     public string Device { get; set; } = "cpu";
-    /// <summary><c>auto</c> (the device's policy), <c>float32</c>, <c>bfloat16</c> or <c>float16</c>.</summary>
+    /// <summary><c>auto</c> (the device's policy), <c>float32</c>, <c>bfloat16</c>, <c>float16</c>, or <c>q8_0</c> / <c>q4_0</c> (CPU, quantized at load).</summary>
     public string DType { get; set; } = "auto";
     /// <summary>Run on the CPU (logged) when CUDA was asked for but cannot be used; otherwise the load fails.</summary>
     public bool AllowCpuFallback { get; set; }
@@ -33,6 +35,7 @@ public sealed class ShareGPT4VOptions
     {
         ModelPath = ModelPath,
         VisionTowerPath = VisionTowerPath,
+        MmprojPath = MmprojPath,
         Device = Device,
         DType = DType,
         AllowCpuFallback = AllowCpuFallback,
@@ -57,6 +60,12 @@ public sealed class ShareGPT4VOptionsValidator : IValidateOptions<ShareGPT4VOpti
         try
         {
             options.ToPipelineOptions().Validate();
+            if (options.MmprojPath is { } mm)
+            {
+                if (!File.Exists(options.ModelPath)) return ValidateOptionsResult.Fail($"ShareGPT4V: ModelPath '{options.ModelPath}' does not exist");
+                if (!File.Exists(mm)) return ValidateOptionsResult.Fail($"ShareGPT4V: MmprojPath '{mm}' does not exist");
+                return ValidateOptionsResult.Success;
+            }
             if (!Directory.Exists(options.ModelPath))
                 return ValidateOptionsResult.Fail($"ShareGPT4V: ModelPath '{options.ModelPath}' does not exist");
             if (options.VisionTowerPath is { } t && !Directory.Exists(t))
