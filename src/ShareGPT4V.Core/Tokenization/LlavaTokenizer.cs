@@ -145,6 +145,13 @@ public sealed class LlavaTokenizer
     /// byte fallback. As llama.cpp does, every text segment (also after a special token) gets the ▁ prefix unless
     /// <c>tokenizer.ggml.add_space_prefix</c> is false.
     /// </summary>
+    /// <summary>Loads the tokenizer a GGUF file carries in its metadata (see <see cref="FromGguf"/>).</summary>
+    public static LlavaTokenizer LoadGguf(string ggufPath)
+    {
+        using var f = Checkpoints.Gguf.GgufFile.Open(ggufPath);
+        return FromGguf(f);
+    }
+
     internal static LlavaTokenizer FromGguf(Checkpoints.Gguf.GgufFile f)
     {
         string file = f.FilePath;

@@ -38,7 +38,7 @@ internal static class GgufModel
         return cfg;
     }
 
-    private static LlamaConfig ReadLlama(GgufFile f)
+    internal static LlamaConfig ReadLlama(GgufFile f)
     {
         var arch = f.String("general.architecture") ?? throw new ModelConfigurationException("Required key is missing", f.FilePath, "general.architecture");
         if (arch != "llama")
@@ -87,7 +87,7 @@ internal static class GgufModel
         return cfg;
     }
 
-    private static (ClipVisionConfig Vision, int FeatureLayer) ReadClip(GgufFile f)
+    internal static (ClipVisionConfig Vision, int FeatureLayer) ReadClip(GgufFile f)
     {
         var arch = f.String("general.architecture") ?? throw new ModelConfigurationException("Required key is missing", f.FilePath, "general.architecture");
         if (arch != "clip")
