@@ -11,10 +11,13 @@ namespace ShareGPT4V.Modeling;
 /// [rows, row bytes] (its own memory, or a view of a memory-mapped file). It is a parameter like any other weight, so
 /// modules, residency and disposal treat it as one; the layers that read weights dispatch on this type.
 /// </summary>
-internal sealed class QuantizedWeight : Parameter
+public sealed class QuantizedWeight : Parameter
 {
+    /// <summary>The block format.</summary>
     public QuantizationFormat Format { get; }
+    /// <summary>Rows of the matrix (output features of a linear layer).</summary>
     public long Rows { get; }
+    /// <summary>Columns of the matrix (input features), a multiple of 32.</summary>
     public long Columns { get; }
 
     /// <summary>Wraps <paramref name="blocks"/>, a contiguous uint8 [rows, row bytes] tensor; the weight takes ownership.</summary>
@@ -37,6 +40,7 @@ internal sealed class QuantizedWeight : Parameter
     /// <summary>Can a rows × columns matrix be stored in a block format (rows of whole blocks)?</summary>
     public static bool Fits(long columns) => columns > 0 && columns % QuantizationFormats.BlockSize == 0;
 
+    /// <summary>Bytes of one row of blocks.</summary>
     public long RowBytes => QuantizationFormats.RowBytes(Format, Columns);
 
     internal unsafe byte* Pointer => (byte*)Unsafe.AsPointer(ref MemoryMarshal.GetReference(bytes));
