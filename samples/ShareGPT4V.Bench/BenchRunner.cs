@@ -36,7 +36,7 @@ public static class BenchRunner
         int expected = promptIds.Count(x => x != cfg.ImageTokenIndex) + promptIds.Count(x => x == cfg.ImageTokenIndex) * cfg.ImageSeqLength;
         var placement = provider.Resolve(new DeviceResolutionRequest
         {
-            Device = o.Device, DType = o.DType, Config = cfg, Positions = expected + o.MaxNewTokens + 1, Batch = o.Batch,
+            Device = o.Device, DType = o.Quantization is null ? o.DType : "float32", Config = cfg, Positions = expected + o.MaxNewTokens + 1, Batch = o.Batch,
         }, new TextWriterLogger(log));
         var device = placement.Device;
         var dtype = placement.DType;
@@ -59,9 +59,10 @@ public static class BenchRunner
             ? PreprocessorConfig.Load(p)
             : new PreprocessorConfig { ShortestEdge = folder.Config.Vision.ImageSize, CropHeight = folder.Config.Vision.ImageSize, CropWidth = folder.Config.Vision.ImageSize };
         var processor = new ClipImageProcessor(pre, ImageAspectModes.FromConfigValue(folder.Config.ImageAspectRatio));
-        using var model = ModelLoader.Load(folder, new LoadOptions { DType = dtype, Device = device });
+        using var model = ModelLoader.Load(folder, new LoadOptions { DType = dtype, Device = device, Quantization = o.Quantization });
         Sync(device);
         double loadSeconds = sw.Elapsed.TotalSeconds;
+        if (o.Quantization is not null) log.WriteLine($"weight storage: {ShareGPT4V.Modeling.WeightStorage.Describe(model)}");
         double rssLoad = ProcessStats.RssBytes() / Mib;
         log.WriteLine($"loaded {folder.ModelPath} in {loadSeconds:F2} s");
 
@@ -171,7 +172,7 @@ public static class BenchRunner
             Device = cuda ? $"cuda:{Math.Max(0, device.index)}" : "cpu",
             Placement = placement.Description,
             LibTorch = ShareGPT4V.Cuda.NativeLibTorchReport.Current().Summary,
-            DType = BenchOptions.ShortName(dtype),
+            DType = o.Quantization is { } q ? ShareGPT4V.Modeling.QuantizationFormats.Name(q) : BenchOptions.ShortName(dtype),
             Threads = o.Threads,
             Batch = o.Batch,
             PromptTokens = promptTokens,
