@@ -8,6 +8,11 @@ THREADS=${THREADS:-2}; TOKENS=${TOKENS:-64}
 mkdir -p "$OUT"
 dotnet build samples/ShareGPT4V.Bench -c Release -v q -nologo >/dev/null
 B=samples/ShareGPT4V.Bench/bin/Release/net10.0/sharegpt4v-bench
+echo "== decode kernel alone (widening in registers, then int8 dot products)" >&2
+uptime > "$OUT/kernels.txt"
+$B kernels --threads $THREADS >> "$OUT/kernels.txt"
+SHAREGPT4V_QUANT_INT8=1 $B kernels --threads $THREADS >> "$OUT/kernels.txt"
+uptime >> "$OUT/kernels.txt"
 for d in fp32 q8_0 q4_0; do
   echo "== run $d" >&2
   $B run --model "$MODEL" --image "$IMAGE" --dtype $d --threads $THREADS --max-new-tokens $TOKENS --repeat 2 --json \
@@ -17,6 +22,7 @@ for d in q8_0 q4_0; do
   echo "== quality $d" >&2
   $B quality --model "$MODEL" --dtype $d --tokens 512 --threads $THREADS 2> "$OUT/quality-$d.log" | tail -1 > "$OUT/quality-$d.json"
 done
+cat "$OUT/kernels.txt"
 python3 - "$OUT" <<'PY'
 import json, sys, os
 out = sys.argv[1]

@@ -74,6 +74,7 @@ public sealed record BenchOptions
         sharegpt4v-bench make-checkpoint --out DIR [--llm-layers N] [--seed S] [--dtype fp32|bf16|fp16] [--overwrite]
                              [--libtorch-dir DIR]
         sharegpt4v-bench limits [--threads N] [--bandwidth-mib N] [--libtorch-dir DIR]
+        sharegpt4v-bench kernels [--threads N]   (the decode mat-vec kernel per weight storage)
         sharegpt4v-bench quality --model DIR [--dtype q8_0|q4_0|bf16|fp16] [--tokens N] [--threads N]
                              (top-1 agreement and mean KL against float32 on the same weights, teacher-forced)
         --libtorch-dir (default: the SHAREGPT4V_LIBTORCH_DIR variable) runs on another libtorch, e.g. PyTorch's torch/lib.

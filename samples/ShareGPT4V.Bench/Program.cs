@@ -26,6 +26,14 @@ try
             Console.WriteLine(result.ToJsonLine());
             return 0;
         }
+        case "kernels":
+        {
+            var a = new ArgReader(rest, flags: Array.Empty<string>());
+            int threads = a.Int("--threads", Environment.ProcessorCount, 1, 1024);
+            a.EnsureAllUsed();
+            KernelBench.Run(threads, Console.Out);
+            return 0;
+        }
         case "quality":
         {
             var options = QualityOptions.Parse(rest);

@@ -105,3 +105,40 @@ public sealed class QuantKernelTests
         Assert.Throws<ArgumentException>(() => QuantizedWeight.Quantize(torch.zeros(4, 40), QuantizationFormat.Q4_0));
     }
 }
+
+/// <summary>The int8-dot decode path (activations as Q8_0 blocks, llama.cpp's scheme) against its exact reference.</summary>
+public sealed class QuantInt8KernelTests
+{
+    [Theory]
+    [InlineData(QuantizationFormat.Q8_0, 1)]
+    [InlineData(QuantizationFormat.Q4_0, 3)]
+    public void Int8DotsEqualTheMatmulOfDequantizedWeightsAndQuantizedActivations(QuantizationFormat format, int xRows)
+    {
+        using var scope = NewDisposeScope();
+        var w = QuantizedWeight.Quantize(torch.randn(45, 128, generator: new Generator(3)), format);
+        var x = torch.randn(xRows, 128, generator: new Generator(4));
+        // Reference: x rounded to Q8_0 blocks by llama.cpp's formula, then an exact float64 matmul.
+        var xq = new byte[xRows * 4 * 34];
+        var xs = x.data<float>().ToArray();
+        for (int r = 0; r < xRows; r++) BlockQuantizer.QuantizeRow(xs.AsSpan(r * 128, 128), xq.AsSpan(r * 4 * 34, 4 * 34), QuantizationFormat.Q8_0);
+        var xr = new QuantizedWeight(torch.tensor(xq, new long[] { xRows, 4 * 34 }), QuantizationFormat.Q8_0, xRows, 128).Dequantize();
+        var reference = torch.nn.functional.linear(xr.to(ScalarType.Float64), w.Dequantize().to(ScalarType.Float64)).to(ScalarType.Float32);
+        bool saved = QuantKernels.Int8Activations;
+        QuantKernels.Int8Activations = true;
+        try
+        {
+            foreach (bool scalar in new[] { false, true })
+            {
+                QuantKernels.ForceScalar = scalar;
+                var y = Linear.Apply(x, w, null);
+                double err = (y - reference).abs().max().item<float>() / reference.abs().max().item<float>();
+                Assert.True(err < 1e-5, $"scalar={scalar}: error {err:E2}");
+            }
+        }
+        finally
+        {
+            QuantKernels.Int8Activations = saved;
+            QuantKernels.ForceScalar = false;
+        }
+    }
+}
