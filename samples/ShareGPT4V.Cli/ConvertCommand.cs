@@ -20,6 +20,8 @@ internal static class ConvertCommand
           --max-shard-size SIZE   largest shard, e.g. 2GB or 500MB (default 5GB)
           --llm-folder NAME       original layout: name of the LLM folder (default: the source's)
           --tower-folder NAME     original layout: name of the tower folder (default: the source's, or clip-vision-tower)
+          --format NAME           safetensors (default), or gguf: llama.cpp's LLaVA pair, llm-TYPE.gguf and
+                                  mmproj-f32|f16.gguf, written into --output (--dtype f32, f16, q8_0 or q4_0; default f32)
           --dtype q8_0|q4_0       write the language model's matrices block-quantized (llama.cpp's Q8_0 / Q4_0 blocks;
                                   the LM head Q8_0), llava-hf layout; the folder loads with the blocks memory-mapped
         """;
@@ -27,7 +29,24 @@ internal static class ConvertCommand
     public static int Run(IReadOnlyList<string> args)
     {
         var cl = CommandLine.Parse("convert", args,
-            new[] { "model", "vision-tower", "output", "layout", "max-shard-size", "llm-folder", "tower-folder", "dtype" }, Array.Empty<string>());
+            new[] { "model", "vision-tower", "output", "layout", "max-shard-size", "llm-folder", "tower-folder", "dtype", "format" }, Array.Empty<string>());
+        if ((cl.Value("format") ?? "safetensors") is var format && format != "safetensors")
+        {
+            if (format != "gguf") throw new UsageException($"--format must be safetensors or gguf, got '{format}'");
+            var type = (cl.Value("dtype") ?? "f32").ToLowerInvariant() switch
+            {
+                "f32" or "fp32" or "float32" => Checkpoints.Gguf.GgufTensorType.F32,
+                "f16" or "fp16" or "float16" => Checkpoints.Gguf.GgufTensorType.F16,
+                "q8_0" => Checkpoints.Gguf.GgufTensorType.Q8_0,
+                "q4_0" => Checkpoints.Gguf.GgufTensorType.Q4_0,
+                var other => throw new UsageException($"--dtype for gguf must be f32, f16, q8_0 or q4_0, got '{other}'"),
+            };
+            var sw = System.Diagnostics.Stopwatch.StartNew();
+            var r = Checkpoints.Gguf.GgufExporter.Export(cl.Required("model"), cl.Required("output"), type, cl.Value("vision-tower"));
+            Console.WriteLine($"Wrote {r.LlmPath} and {r.MmprojPath} in {sw.Elapsed.TotalSeconds:F1} s.");
+            Console.WriteLine($"Load it with --model {r.LlmPath} --mmproj {r.MmprojPath}.");
+            return 0;
+        }
         var layout = (cl.Value("layout") ?? "same") switch
         {
             "same" => TargetLayout.Same,

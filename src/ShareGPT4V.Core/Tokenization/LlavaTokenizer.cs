@@ -194,6 +194,9 @@ public sealed class LlavaTokenizer
             prefixFirst: prefix, prefixAfterSpecial: prefix, splitOnWhitespaceSymbol: false);
     }
 
+    /// <summary>The SentencePiece pieces, scores and kinds (without added tokens).</summary>
+    internal SentencePieceVocabulary Vocabulary => _bpe.Vocabulary;
+
     /// <summary>Id of a piece or added token, or null.</summary>
     public int? TokenToId(string token)
     {
