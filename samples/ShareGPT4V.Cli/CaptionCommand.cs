@@ -27,7 +27,7 @@ internal static class CaptionCommand
     {
         var cl = CommandLine.Parse("caption", args,
             new[] { "image", "prompt", "output", "batch-size" }.Concat(Shared.ModelOptions).Concat(Shared.GenerationOptionNames).ToArray(),
-            new[] { "json" });
+            new[] { "json" }.Concat(Shared.GenerationFlags).ToArray());
         var generation = Shared.Generation(cl);
         var (images, fromFolder) = CollectImages(cl.All("image"));
         string? prompt = cl.Value("prompt");
