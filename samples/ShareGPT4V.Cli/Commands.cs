@@ -39,7 +39,7 @@ internal static class Shared
           --stop TEXT             stop when TEXT is generated (repeatable)
         """;
 
-    public static MultimodalPipeline Load(CommandLine cl, GenerationOptions generation, int? maxBatchSize = null)
+    public static MultimodalPipeline Load(CommandLine cl, GenerationOptions generation, int? maxBatchSize = null, Preprocessing.ImageAspectMode? aspect = null)
     {
         // An external libtorch goes in before anything touches TorchSharp; the CUDA provider resolves cuda, cuda:N and
         // auto (and refuses, saying why, when CUDA cannot be used); cpu never probes for a GPU.
@@ -58,6 +58,7 @@ internal static class Shared
             ContextLength = cl.Int("context-length", 1, 1 << 24),
             Generation = generation,
             MaxBatchSize = maxBatchSize ?? new PipelineOptions().MaxBatchSize,
+            ImageAspect = aspect,
         };
         var bar = new ConsoleProgress("loading");
         var pipeline = MultimodalPipeline.Load(options, new SyncProgress<LoadProgress>(p =>
