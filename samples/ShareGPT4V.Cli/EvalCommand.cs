@@ -12,6 +12,8 @@ internal static class EvalCommand
                sharegpt4v eval run --benchmark NAME --model DIR --questions PATH --image-folder DIR --answers OUT [options]
                sharegpt4v eval merge --answers OUT --input FILE [--input FILE ...] [--questions PATH --benchmark NAME]
                sharegpt4v eval summary --report FILE [--report FILE ...] [--json]
+               sharegpt4v eval judge --benchmark llava-bench|mm-vet --answers FILE --reviews OUT --endpoint URL [options]
+               sharegpt4v eval submission --benchmark vqav2|vizwiz --answers FILE --questions SPLIT.jsonl --output FILE
 
         score     scores a LLaVA answer file exactly as the benchmark's official script does.
                   --annotations is the path the official script takes (a file or a folder; see docs/evaluation.md).
@@ -22,8 +24,20 @@ internal static class EvalCommand
         merge     concatenates shard answer files in order (in question order when --questions is given),
                   dropping repeated ids.
         summary   the paper's table (Markdown, or JSON with --json) from score reports.
+        judge     has a judge model review the answers of LLaVA-Bench (reviews jsonl, as eval_gpt_review_bench.py)
+                  or grade MM-Vet (grade json, as the MM-Vet grader); then 'score' the reviews / grades.
+                  --endpoint URL         OpenAI-compatible endpoint (e.g. https://host/v1)
+                  --judge-model NAME     default: gpt-4-0314 (LLaVA-Bench) / gpt-4-0613 (MM-Vet)
+                  --api-key-env VAR      environment variable holding the key (default OPENAI_API_KEY)
+                  --questions FILE       LLaVA-Bench questions.jsonl, or MM-Vet's mm-vet.json
+                  --context FILE         LLaVA-Bench context.jsonl (image captions)
+                  --reference FILE       LLaVA-Bench reference answers (answers_gpt4.jsonl)
+                  --runs N               MM-Vet grading runs (default 1; the paper used 5)
+        submission  writes the EvalAI upload file for VQAv2 / VizWiz (answers normalised as EvalAI's processor).
 
-        benchmarks (score): pope, sqa, textvqa, mme, seed, gqa, mmbench, mmbench-cn
+        benchmarks (score): pope, sqa, textvqa, mme, seed, gqa, mmbench, mmbench-cn, qbench, vqav2, vizwiz
+                            (VQA accuracy with val annotations), llava-bench (--answers = reviews; no
+                            --annotations), mm-vet (--answers = grades, --annotations = mm-vet.json)
         """;
 
     public static async Task<int> RunAsync(IReadOnlyList<string> args, CancellationToken ct)
@@ -36,7 +50,9 @@ internal static class EvalCommand
             "run" => await EvalRunCommand.RunAsync(rest, ct),
             "merge" => Merge(rest),
             "summary" => Summary(rest),
-            _ => throw new UsageException($"Unknown eval sub-command '{args[0]}' (score, run, merge, summary)"),
+            "judge" => await EvalJudgeCommand.RunAsync(rest, ct),
+            "submission" => Submission(rest),
+            _ => throw new UsageException($"Unknown eval sub-command '{args[0]}' (score, run, merge, summary, judge, submission)"),
         };
     }
 
@@ -52,7 +68,7 @@ internal static class EvalCommand
         var cl = CommandLine.Parse("eval score", args, new[] { "benchmark", "answers", "annotations", "report" }, new[] { "json" });
         var benchmark = Benchmark(cl);
         var answers = cl.Required("answers");
-        var annotations = cl.Required("annotations");
+        var annotations = benchmark is ShareGPT4V.Evaluation.Judging.LlavaBenchJudge ? cl.Value("annotations") ?? "" : cl.Required("annotations");
         if (!benchmark.CanScoreLocally) throw new UsageException($"'{benchmark.Name}' is not scored locally (see docs/evaluation.md)");
         var report = benchmark.Score(answers, annotations);
         foreach (var issue in report.Issues.Take(20))
@@ -96,6 +112,15 @@ internal static class EvalCommand
         Console.Error.WriteLine($"merged {result.Written} answer(s) from {inputs.Count} file(s) into {output}" +
             (result.Duplicates > 0 ? $"; {result.Duplicates} repeated id(s) dropped" : "") +
             (result.Missing > 0 ? $"; {result.Missing} question(s) not answered yet" : ""));
+        return 0;
+    }
+
+    private static int Submission(IReadOnlyList<string> args)
+    {
+        var cl = CommandLine.Parse("eval submission", args, new[] { "benchmark", "answers", "questions", "output" }, Array.Empty<string>());
+        if (Benchmark(cl) is not ShareGPT4V.Evaluation.Scorers.VqaBenchmark vqa) throw new UsageException("submission is for vqav2 and vizwiz");
+        var (written, unanswered, bad) = vqa.WriteSubmission(cl.Required("answers"), cl.Required("questions"), cl.Required("output"));
+        Console.Error.WriteLine($"wrote {written} answer(s) to {cl.Required("output")}" + (unanswered > 0 ? $"; {unanswered} unanswered (empty)" : "") + (bad > 0 ? $"; {bad} unreadable answer line(s) skipped" : ""));
         return 0;
     }
 

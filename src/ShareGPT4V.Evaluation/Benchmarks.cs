@@ -15,6 +15,12 @@ public static class Benchmarks
         () => new GqaBenchmark(),
         () => new MmBenchBenchmark(),
         () => new MmBenchBenchmark(chinese: true),
+        () => new QBenchBenchmark(),
+        () => new QBenchBenchmark(chinese: true),
+        () => new VqaBenchmark(),
+        () => new VqaBenchmark(vizWiz: true),
+        () => new Judging.LlavaBenchJudge(),
+        () => new Judging.MmVetJudge(),
     };
 
     /// <summary>Every benchmark, one instance each.</summary>
