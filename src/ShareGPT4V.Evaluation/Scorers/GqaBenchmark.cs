@@ -50,12 +50,12 @@ public sealed class GqaBenchmark : IBenchmark
         foreach (var qp in questions.EnumerateObject())
         {
             var q = qp.Value;
+            used.Add(QuestionKey.String(qp.Name)); // answers to unbalanced questions are legitimately ignored
             var balanced = JsonLines.Property(q, "isBalanced", annotationsPath, null);
             if (balanced.ValueKind != JsonValueKind.True) continue;
             var key = QuestionKey.String(qp.Name);
             if (!answers.TryGetValue(key, out var answer))
                 throw new EvaluationDataException($"balanced question '{qp.Name}' has no answer (the official script needs one for every balanced question)", answersPath);
-            used.Add(key);
             var goldAnswer = JsonLines.String(q, "answer", annotationsPath, null);
             var prediction = Prediction(answer.Text);
             double score = prediction == goldAnswer ? 1.0 : 0.0;
@@ -87,7 +87,7 @@ public sealed class GqaBenchmark : IBenchmark
             }
         }
         foreach (var id in answers.Keys.Where(k => !used.Contains(k)))
-            issues.Add("unknown_id", $"question_id {id} is not a balanced question (ignored, as the official script does)", answersPath, answers[id].Line, skipped: true);
+            issues.Add("unknown_id", $"question_id {id} is not a question of the file (ignored, as the official script does)", answersPath, answers[id].Line, skipped: true);
 
         double sumScore = 0, sumOverall = 0;
         foreach (var (group, dist) in gold)
