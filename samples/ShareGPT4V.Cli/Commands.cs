@@ -48,7 +48,7 @@ internal static class Shared
           --stop TEXT             stop when TEXT is generated (repeatable)
         """;
 
-    public static MultimodalPipeline Load(CommandLine cl, GenerationOptions generation, int? maxBatchSize = null)
+    public static MultimodalPipeline Load(CommandLine cl, GenerationOptions generation, int? maxBatchSize = null, Preprocessing.ImageAspectMode? aspect = null)
     {
         // An external libtorch goes in before anything touches TorchSharp; the CUDA provider resolves cuda, cuda:N and
         // auto (and refuses, saying why, when CUDA cannot be used); cpu never probes for a GPU.
@@ -68,6 +68,7 @@ internal static class Shared
             Generation = generation,
             // Beam search keeps one cache row per beam: room for them is part of the memory the device is checked for.
             MaxBatchSize = Math.Max(maxBatchSize ?? new PipelineOptions().MaxBatchSize, generation.NumBeams),
+            ImageAspect = aspect,
         };
         var bar = new ConsoleProgress("loading");
         var pipeline = MultimodalPipeline.Load(options, new SyncProgress<LoadProgress>(p =>

@@ -100,7 +100,7 @@ public sealed class MultimodalPipeline : IDisposable
         var pre = folder.PreprocessorConfigPath is { } p
             ? PreprocessorConfig.Load(p)
             : new PreprocessorConfig { ShortestEdge = folder.Config.Vision.ImageSize, CropHeight = folder.Config.Vision.ImageSize, CropWidth = folder.Config.Vision.ImageSize };
-        var aspect = ImageAspectModes.FromConfigValue(folder.Config.ImageAspectRatio);
+        var aspect = options.ImageAspect ?? ImageAspectModes.FromConfigValue(folder.Config.ImageAspectRatio);
         var processor = new ClipImageProcessor(pre, aspect);
         CheckProcessorMatchesTower(processor, folder.Config.Vision, folder.PreprocessorConfigPath); // before any weight is read
         var template = options.Template is { } name

@@ -38,6 +38,11 @@ public sealed record PipelineOptions
     public string? Template { get; init; }
     /// <summary>Defaults for requests that pass no generation options.</summary>
     public GenerationOptions Generation { get; init; } = new();
+    /// <summary>
+    /// How non-square images are made square; null (default) follows the checkpoint's <c>image_aspect_ratio</c>.
+    /// Evaluation sets it per benchmark: some reference scripts pad, others resize and crop whatever the config says.
+    /// </summary>
+    public Preprocessing.ImageAspectMode? ImageAspect { get; init; }
     /// <summary>Limits applied when decoding images.</summary>
     public ImageLoadOptions ImageLimits { get; init; } = ImageLoadOptions.Default;
     /// <summary>Context window in tokens (prompt, image tokens and output); null = the model's max_position_embeddings.</summary>
