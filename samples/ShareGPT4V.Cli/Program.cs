@@ -10,14 +10,23 @@ const string Usage = """
       caption   caption one image, several, or a folder of images (JSON lines)
       chat      ask about images, once (--prompt) or as an interactive conversation
       convert   rewrite a checkpoint (PyTorch .bin or safetensors) as safetensors, in either layout
+      download  fetch a Hugging Face hub repository into the hub cache (or a folder), with its vision tower
 
-    Each command's options: sharegpt4v <command> --help
+    Each command's options: sharegpt4v <command> --help. sharegpt4v --version prints the version.
     """;
 
 if (args.Length == 0 || args[0] is "--help" or "-h" or "help")
 {
     Console.WriteLine(Usage);
     return args.Length == 0 ? 2 : 0;
+}
+
+if (args[0] is "--version")
+{
+    Console.WriteLine(typeof(MultimodalPipeline).Assembly
+        .GetCustomAttributes(typeof(System.Reflection.AssemblyInformationalVersionAttribute), false)
+        .OfType<System.Reflection.AssemblyInformationalVersionAttribute>().FirstOrDefault()?.InformationalVersion.Split('+')[0] ?? "unknown");
+    return 0;
 }
 
 var command = args[0];
@@ -27,6 +36,7 @@ string? help = command switch
     "caption" => CaptionCommand.Help,
     "chat" => ChatCommand.Help,
     "convert" => ConvertCommand.Help,
+    "download" => DownloadCommand.Help,
     _ => null,
 };
 if (help is null)
@@ -47,6 +57,7 @@ try
     {
         "caption" => await CaptionCommand.RunAsync(rest, interrupts.Process),
         "chat" => await ChatCommand.RunAsync(rest, interrupts),
+        "download" => await DownloadCommand.RunAsync(rest, interrupts.Process),
         _ => ConvertCommand.Run(rest),
     };
 }

@@ -1,5 +1,6 @@
 using Microsoft.Extensions.Options;
 using ShareGPT4V.Generation;
+using ShareGPT4V.Hub;
 
 namespace ShareGPT4V.Hosting;
 
@@ -57,10 +58,11 @@ public sealed class ShareGPT4VOptionsValidator : IValidateOptions<ShareGPT4VOpti
         try
         {
             options.ToPipelineOptions().Validate();
-            if (!Directory.Exists(options.ModelPath))
-                return ValidateOptionsResult.Fail($"ShareGPT4V: ModelPath '{options.ModelPath}' does not exist");
-            if (options.VisionTowerPath is { } t && !Directory.Exists(t))
-                return ValidateOptionsResult.Fail($"ShareGPT4V: VisionTowerPath '{t}' does not exist");
+            // A hub id (owner/name) that is not a folder is fetched at load.
+            if (!Directory.Exists(options.ModelPath) && !HuggingFaceHub.IsRepoId(options.ModelPath))
+                return ValidateOptionsResult.Fail($"ShareGPT4V: ModelPath '{options.ModelPath}' is neither a folder nor a hub id (owner/name)");
+            if (options.VisionTowerPath is { } t && !Directory.Exists(t) && !HuggingFaceHub.IsRepoId(t))
+                return ValidateOptionsResult.Fail($"ShareGPT4V: VisionTowerPath '{t}' is neither a folder nor a hub id (owner/name)");
             return ValidateOptionsResult.Success;
         }
         catch (ShareGPT4VException e)

@@ -62,8 +62,12 @@ public sealed partial class HuggingFaceHub : IDisposable
         SnapshotAsync(repoId, names => include is { Count: > 0 } ? names.Where(n => Glob.MatchesAny(include, n)).ToList() : names,
             revision, cancellationToken);
 
-    internal async Task<string> SnapshotAsync(string repoId, Func<IReadOnlyList<string>, IReadOnlyList<string>> select, string? revision,
-        CancellationToken cancellationToken)
+    /// <summary>
+    /// As <see cref="SnapshotAsync(string, IReadOnlyList{string}?, string?, CancellationToken)"/>, with the files chosen by
+    /// <paramref name="select"/> from the repository's file list (e.g. <see cref="SelectModelFiles"/>).
+    /// </summary>
+    public async Task<string> SnapshotAsync(string repoId, Func<IReadOnlyList<string>, IReadOnlyList<string>> select, string? revision = null,
+        CancellationToken cancellationToken = default)
     {
         CheckRepoId(repoId);
         revision ??= _o.Revision;
@@ -114,7 +118,13 @@ public sealed partial class HuggingFaceHub : IDisposable
     /// cache), keeping each file's commit and etag in <c>.cache/huggingface/download/</c> so a second run skips what is
     /// current and resumes what is partial. Returns the folder.
     /// </summary>
-    public async Task<string> DownloadToFolderAsync(string repoId, string localDir, IReadOnlyList<string>? include = null,
+    public Task<string> DownloadToFolderAsync(string repoId, string localDir, IReadOnlyList<string>? include = null,
+        string? revision = null, CancellationToken cancellationToken = default) =>
+        DownloadToFolderAsync(repoId, localDir, names => include is { Count: > 0 } ? names.Where(n => Glob.MatchesAny(include, n)).ToList() : names,
+            revision, cancellationToken);
+
+    /// <summary>As <see cref="DownloadToFolderAsync(string, string, IReadOnlyList{string}?, string?, CancellationToken)"/>, with the files chosen by <paramref name="select"/>.</summary>
+    public async Task<string> DownloadToFolderAsync(string repoId, string localDir, Func<IReadOnlyList<string>, IReadOnlyList<string>> select,
         string? revision = null, CancellationToken cancellationToken = default)
     {
         CheckRepoId(repoId);
@@ -123,7 +133,8 @@ public sealed partial class HuggingFaceHub : IDisposable
         if (_o.Offline)
             return Directory.Exists(dir) ? dir : throw new HubException($"Folder '{dir}' does not exist and offline mode is on (HF_HUB_OFFLINE)", repoId);
         var info = await GetRepoInfoAsync(repoId, revision, cancellationToken).ConfigureAwait(false);
-        var files = info.Files.Where(f => include is not { Count: > 0 } || Glob.MatchesAny(include, f.Path)).ToList();
+        var chosen = select(info.Files.Select(f => f.Path).ToList()).ToHashSet(StringComparer.Ordinal);
+        var files = info.Files.Where(f => chosen.Contains(f.Path)).ToList();
         var meta = Path.Combine(dir, ".cache", "huggingface", "download");
         for (int i = 0; i < files.Count; i++)
         {
@@ -141,6 +152,18 @@ public sealed partial class HuggingFaceHub : IDisposable
         }
         return dir;
     }
+
+    /// <summary>
+    /// The files a model load needs out of a repository's file list: configs, tokenizer files and one weight format
+    /// (safetensors when the repository has them, else PyTorch .bin), at the repository's top level.
+    /// </summary>
+    public static IReadOnlyList<string> SelectModelFiles(IReadOnlyList<string> fileNames) => ModelSource.SelectModelFiles(fileNames);
+
+    /// <summary>
+    /// The hub id of the CLIP tower that an original LLaVA / ShareGPT4V model folder names in <c>mm_vision_tower</c>, when
+    /// it is a hub id and no folder of that name lies beside the model; otherwise null.
+    /// </summary>
+    public static string? VisionTowerRepoOf(string modelFolder) => ModelSource.TowerToFetch(modelFolder);
 
     private static void CheckRepoId(string repoId)
     {
