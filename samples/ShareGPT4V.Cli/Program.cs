@@ -57,8 +57,9 @@ try
     {
         "caption" => await CaptionCommand.RunAsync(rest, interrupts.Process),
         "chat" => await ChatCommand.RunAsync(rest, interrupts),
+        "convert" => await ConvertCommand.RunAsync(rest, interrupts.Process),
         "download" => await DownloadCommand.RunAsync(rest, interrupts.Process),
-        _ => ConvertCommand.Run(rest),
+        _ => throw new InvalidOperationException($"no handler for '{command}'"), // every command with a Help has a line here
     };
 }
 catch (UsageException e)

@@ -165,6 +165,15 @@ public sealed partial class HuggingFaceHub : IDisposable
     /// </summary>
     public static string? VisionTowerRepoOf(string modelFolder) => ModelSource.TowerToFetch(modelFolder);
 
+    /// <summary>
+    /// Resolves a model reference as <see cref="MultimodalPipeline.Load"/> does: folders stay folders; hub ids are fetched
+    /// (model files only) into the cache, and so is the CLIP tower repository an original-layout config names when no
+    /// folder of that name lies beside the model. Returns the local model folder and tower folder (null: found by the loader).
+    /// </summary>
+    public static async Task<(string ModelPath, string? VisionTowerPath)> ResolveModelAsync(string modelPath, string? visionTowerPath = null,
+        HubOptions? options = null, CancellationToken cancellationToken = default) =>
+        await ModelSource.ResolveAsync(modelPath, visionTowerPath, options, cancellationToken).ConfigureAwait(false);
+
     private static void CheckRepoId(string repoId)
     {
         if (!IsRepoId(repoId))
