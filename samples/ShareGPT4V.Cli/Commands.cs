@@ -4,20 +4,24 @@ using Microsoft.Extensions.Logging;
 using ShareGPT4V.Checkpoints;
 using ShareGPT4V.Cuda;
 using ShareGPT4V.Generation;
+using ShareGPT4V.Hub;
 
 namespace ShareGPT4V.Cli;
 
 /// <summary>What caption and chat share: loading the pipeline, generation options, and JSON answers.</summary>
 internal static class Shared
 {
-    public static readonly string[] ModelOptions = { "model", "vision-tower", "template", "dtype", "device", "libtorch-dir", "threads", "context-length" };
+    public static readonly string[] ModelOptions = { "model", "revision", "vision-tower", "template", "dtype", "device", "libtorch-dir", "threads", "context-length" };
     public static readonly string[] GenerationOptionNames = { "max-new-tokens", "temperature", "top-p", "top-k", "min-p", "repetition-penalty",
         "no-repeat-ngram-size", "num-beams", "length-penalty", "seed", "stop" };
     public static readonly string[] GenerationFlags = { "early-stopping" };
 
     public const string ModelHelp = """
-          --model DIR             model folder: llava-hf, or the LLM folder of an original LLaVA / ShareGPT4V checkpoint (required)
-          --vision-tower DIR      CLIP tower folder, when mm_vision_tower cannot be found next to the model
+          --model DIR|REPO        model folder: llava-hf, or the LLM folder of an original LLaVA / ShareGPT4V checkpoint;
+                                  or a hub id (e.g. Lin-Chen/ShareGPT4V-7B), fetched into the hub cache with its vision
+                                  tower (HF_ENDPOINT, HF_TOKEN, HF_HOME, HF_HUB_OFFLINE apply) (required)
+          --revision R            hub branch, tag or commit for a hub id (default main)
+          --vision-tower DIR|REPO CLIP tower folder or hub id, when mm_vision_tower cannot be found next to the model
           --template NAME         conversation template (default: the checkpoint's own); raw = the prompt as written,
                                   <image> marking where the image goes. Others: vicuna_v1, llava_v1, share4v_v1,
                                   share4v_v0, llava_llama_2, plain, llava_hf
@@ -69,6 +73,7 @@ internal static class Shared
             // Beam search keeps one cache row per beam: room for them is part of the memory the device is checked for.
             MaxBatchSize = Math.Max(maxBatchSize ?? new PipelineOptions().MaxBatchSize, generation.NumBeams),
             ImageAspect = aspect,
+            Hub = new HubOptions { Revision = cl.Value("revision"), Progress = DownloadCommand.ProgressBar() },
         };
         var bar = new ConsoleProgress("loading");
         var pipeline = MultimodalPipeline.Load(options, new SyncProgress<LoadProgress>(p =>

@@ -9,6 +9,7 @@ using ShareGPT4V.Configuration;
 using ShareGPT4V.Conversation;
 using ShareGPT4V.Devices;
 using ShareGPT4V.Generation;
+using ShareGPT4V.Hub;
 using ShareGPT4V.Preprocessing;
 using ShareGPT4V.Tokenization;
 using TorchSharp;
@@ -92,9 +93,18 @@ public sealed class MultimodalPipeline : IDisposable
         options.Validate();
         logger ??= NullLogger.Instance;
         var sw = Stopwatch.StartNew();
-        var folder = ModelFolder.Open(options.ModelPath, options.VisionTowerPath);
+        // A hub id (owner/name) that is not a local folder is fetched into the hub cache, its CLIP tower repository too.
+        var (modelPath, towerPath) = Task.Run(() => ModelSource.ResolveAsync(options.ModelPath, options.VisionTowerPath, options.Hub, cancellationToken),
+            cancellationToken).GetAwaiter().GetResult();
+        var folder = ModelFolder.Open(modelPath, towerPath);
         // The device is decided before anything touches libtorch: a CUDA provider may have to load it from elsewhere.
-        var placement = ResolvePlacement(options, folder.Config, logger);
+        DevicePlacement placement;
+        try
+        {
+            placement = ResolvePlacement(options, folder.Config, logger);
+            LibTorchRuntime.EnsureLoaded(placement.Device.type); // a missing runtime package is named here, not deep inside
+        }
+        catch (TypeInitializationException e) { throw LibTorchRuntime.Missing(e); }
         if (options.Threads is int threads) torch.set_num_threads(threads);
         var tokenizer = LlavaTokenizer.Load(folder.ModelPath);
         var pre = folder.PreprocessorConfigPath is { } p
@@ -106,7 +116,7 @@ public sealed class MultimodalPipeline : IDisposable
         var template = options.Template is { } name
             ? ConversationTemplates.Get(name)
             : ConversationTemplates.ChooseDefault(folder.Config.ModelType, folder.Config.Layout == CheckpointLayout.LlavaHf, Path.GetFileName(folder.ModelPath));
-        var model = ModelLoader.Load(folder, new LoadOptions { DType = placement.DType, Device = placement.Device, VisionTowerPath = options.VisionTowerPath },
+        var model = ModelLoader.Load(folder, new LoadOptions { DType = placement.DType, Device = placement.Device, VisionTowerPath = towerPath },
             progress, cancellationToken);
         logger.LogInformation("Loaded {Model} ({Layout}, {Layers} layers, template {Template}) on {Placement} in {Seconds:F2} s",
             folder.ModelPath, folder.Config.Layout, folder.Config.Text.NumHiddenLayers, template.Name, placement.Description, sw.Elapsed.TotalSeconds);

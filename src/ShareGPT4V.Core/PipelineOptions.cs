@@ -16,10 +16,15 @@ public enum PromptOverflow
 /// <summary>Options of a <see cref="MultimodalPipeline"/>: where the model is and how to run it.</summary>
 public sealed record PipelineOptions
 {
-    /// <summary>Folder of the model (llava-hf folder, or the LLM folder of an original LLaVA / ShareGPT4V checkpoint).</summary>
+    /// <summary>
+    /// Folder of the model (llava-hf folder, or the LLM folder of an original LLaVA / ShareGPT4V checkpoint), or a Hugging
+    /// Face hub id such as <c>Lin-Chen/ShareGPT4V-7B</c>, fetched into the hub cache as from_pretrained does (see <see cref="Hub"/>).
+    /// </summary>
     public string ModelPath { get; init; } = "";
-    /// <summary>CLIP tower folder; overrides <c>mm_vision_tower</c> of an original-layout config.</summary>
+    /// <summary>CLIP tower folder or hub id; overrides <c>mm_vision_tower</c> of an original-layout config.</summary>
     public string? VisionTowerPath { get; init; }
+    /// <summary>Hub settings for hub ids (revision, cache, token, offline, download progress); null = the HF_* environment.</summary>
+    public ShareGPT4V.Hub.HubOptions? Hub { get; init; }
     /// <summary>
     /// <c>cpu</c> (default), <c>cuda:N</c>, <c>cuda</c> (the CUDA device with the most free memory) or <c>auto</c> (CUDA
     /// when it works, else the CPU). CUDA needs <see cref="DeviceProvider"/> from the ShareGPT4V.Cuda package.

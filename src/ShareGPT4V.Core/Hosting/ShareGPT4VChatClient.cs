@@ -17,21 +17,41 @@ namespace ShareGPT4V.Hosting;
 /// </summary>
 public sealed class ShareGPT4VChatClient : IChatClient
 {
-    private readonly MultimodalPipeline _pipeline;
+    private readonly MultimodalPipeline? _pipeline;
+    private readonly ShareGPT4VModelLoader? _loader;
     private readonly bool _ownsPipeline;
     private readonly ChatClientMetadata _metadata;
 
+    /// <summary>A client over a loaded pipeline; <paramref name="ownsPipeline"/> makes <see cref="Dispose"/> dispose it.</summary>
     public ShareGPT4VChatClient(MultimodalPipeline pipeline, bool ownsPipeline = false)
     {
+        ArgumentNullException.ThrowIfNull(pipeline);
         _pipeline = pipeline;
         _ownsPipeline = ownsPipeline;
-        _metadata = new ChatClientMetadata("ShareGPT4V", null, Path.GetFileName(pipeline.Folder.ModelPath));
+        _metadata = new ChatClientMetadata("ShareGPT4V", null, ModelId(pipeline.Options.ModelPath));
     }
 
+    /// <summary>A client over a model that may still be loading: each request waits (asynchronously) for the load.</summary>
+    public ShareGPT4VChatClient(ShareGPT4VModelLoader loader)
+    {
+        ArgumentNullException.ThrowIfNull(loader);
+        _loader = loader;
+        _metadata = new ChatClientMetadata("ShareGPT4V", null, ModelId(loader.ModelPath));
+    }
+
+    /// <summary>A hub id as it is; a folder by its name.</summary>
+    private static string ModelId(string modelPath) =>
+        !Directory.Exists(modelPath) && ShareGPT4V.Hub.HuggingFaceHub.IsRepoId(modelPath) ? modelPath : Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(modelPath)));
+
+    private ValueTask<MultimodalPipeline> PipelineAsync(CancellationToken cancellationToken) =>
+        _pipeline is not null ? ValueTask.FromResult(_pipeline) : new ValueTask<MultimodalPipeline>(_loader!.GetPipelineAsync(cancellationToken));
+
+    /// <inheritdoc />
     public async Task<ChatResponse> GetResponseAsync(IEnumerable<ChatMessage> messages, ChatOptions? options = null, CancellationToken cancellationToken = default)
     {
-        var (request, generation) = Translate(messages, options);
-        var results = await _pipeline.GenerateBatchAsync(new[] { request }, generation, null, cancellationToken).ConfigureAwait(false);
+        var pipeline = await PipelineAsync(cancellationToken).ConfigureAwait(false);
+        var (request, generation) = Translate(pipeline, messages, options);
+        var results = await pipeline.GenerateBatchAsync(new[] { request }, generation, null, cancellationToken).ConfigureAwait(false);
         var r = results[0];
         return new ChatResponse(new ChatMessage(ChatRole.Assistant, r.Text))
         {
@@ -41,12 +61,14 @@ public sealed class ShareGPT4VChatClient : IChatClient
         };
     }
 
+    /// <inheritdoc />
     public async IAsyncEnumerable<ChatResponseUpdate> GetStreamingResponseAsync(IEnumerable<ChatMessage> messages, ChatOptions? options = null,
         [EnumeratorCancellation] CancellationToken cancellationToken = default)
     {
-        var (request, generation) = Translate(messages, options);
+        var pipeline = await PipelineAsync(cancellationToken).ConfigureAwait(false);
+        var (request, generation) = Translate(pipeline, messages, options);
         var channel = Channel.CreateUnbounded<string>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
-        var task = _pipeline.GenerateBatchAsync(new[] { request }, generation, (_, piece) => channel.Writer.TryWrite(piece), cancellationToken);
+        var task = pipeline.GenerateBatchAsync(new[] { request }, generation, (_, piece) => channel.Writer.TryWrite(piece), cancellationToken);
         _ = task.ContinueWith(t => channel.Writer.TryComplete(t.Exception?.InnerException), CancellationToken.None,
             TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
         var responseId = Guid.NewGuid().ToString("N");
@@ -63,7 +85,7 @@ public sealed class ShareGPT4VChatClient : IChatClient
         };
     }
 
-    private (PromptRequest, GenerationOptions) Translate(IEnumerable<ChatMessage> messages, ChatOptions? options)
+    private static (PromptRequest, GenerationOptions) Translate(MultimodalPipeline pipeline, IEnumerable<ChatMessage> messages, ChatOptions? options)
     {
         RefuseUnsupportedOptions(options);
         string? system = null;
@@ -102,7 +124,7 @@ public sealed class ShareGPT4VChatClient : IChatClient
             else if (m.Role == ChatRole.User) turns.Add(new OurMessage(OurRole.User, text.ToString(), pictures));
             else turns.Add(new OurMessage(OurRole.Assistant, text.ToString()));
         }
-        var d0 = _pipeline.Options.Generation;
+        var d0 = pipeline.Options.Generation;
         var generation = d0 with
         {
             MaxNewTokens = options?.MaxOutputTokens ?? d0.MaxNewTokens,
@@ -112,7 +134,7 @@ public sealed class ShareGPT4VChatClient : IChatClient
             Seed = options?.Seed is long s ? unchecked((int)s) : d0.Seed,
             StopStrings = options?.StopSequences is { Count: > 0 } stops ? d0.StopStrings.Concat(stops).ToList() : d0.StopStrings,
         };
-        return (new PromptRequest(_pipeline.BuildPrompt(turns, system), images), generation);
+        return (new PromptRequest(pipeline.BuildPrompt(turns, system), images), generation);
     }
 
     /// <summary>Options this model cannot honour are refused rather than silently ignored.</summary>
@@ -157,15 +179,20 @@ public sealed class ShareGPT4VChatClient : IChatClient
     private static ChatFinishReason Map(FinishReason r) =>
         r is FinishReason.Length or FinishReason.ContextFull ? ChatFinishReason.Length : ChatFinishReason.Stop;
 
-    public object? GetService(Type serviceType, object? serviceKey = null) =>
-        serviceKey is not null ? null
-        : serviceType == typeof(ChatClientMetadata) ? _metadata
-        : serviceType.IsInstanceOfType(_pipeline) ? _pipeline
-        : serviceType.IsInstanceOfType(this) ? this
-        : null;
+    /// <summary>Answers <see cref="ChatClientMetadata"/>, the <see cref="MultimodalPipeline"/> (once loaded), the <see cref="ShareGPT4VModelLoader"/> and this client.</summary>
+    public object? GetService(Type serviceType, object? serviceKey = null)
+    {
+        if (serviceKey is not null) return null;
+        if (serviceType == typeof(ChatClientMetadata)) return _metadata;
+        var pipeline = _pipeline ?? _loader?.TryGetPipeline();
+        if (pipeline is not null && serviceType.IsInstanceOfType(pipeline)) return pipeline;
+        if (_loader is not null && serviceType.IsInstanceOfType(_loader)) return _loader;
+        return serviceType.IsInstanceOfType(this) ? this : null;
+    }
 
+    /// <summary>Disposes the pipeline when this client owns it; a loader's pipeline belongs to the container.</summary>
     public void Dispose()
     {
-        if (_ownsPipeline) _pipeline.Dispose();
+        if (_ownsPipeline) _pipeline?.Dispose();
     }
 }

@@ -1,5 +1,6 @@
 using Microsoft.Extensions.Options;
 using ShareGPT4V.Generation;
+using ShareGPT4V.Hub;
 
 namespace ShareGPT4V.Hosting;
 
@@ -9,8 +10,12 @@ namespace ShareGPT4V.Hosting;
 /// </summary>
 public sealed class ShareGPT4VOptions
 {
+    /// <summary>Model folder, or a hub id such as <c>Lin-Chen/ShareGPT4V-7B</c> (fetched into the hub cache at start).</summary>
     public string ModelPath { get; set; } = "";
+    /// <summary>CLIP tower folder or hub id, when <c>mm_vision_tower</c> cannot be found or fetched.</summary>
     public string? VisionTowerPath { get; set; }
+    /// <summary>Hub branch, tag or commit for a hub id (default main); the other hub settings come from HF_* variables.</summary>
+    public string? Revision { get; set; }
     /// <summary><c>cpu</c>, <c>cuda:N</c>, <c>cuda</c> or <c>auto</c>; CUDA needs <c>services.AddShareGPT4VCuda()</c>.</summary>
     public string Device { get; set; } = "cpu";
     /// <summary><c>auto</c> (the device's policy), <c>float32</c>, <c>bfloat16</c> or <c>float16</c>.</summary>
@@ -33,6 +38,7 @@ public sealed class ShareGPT4VOptions
     {
         ModelPath = ModelPath,
         VisionTowerPath = VisionTowerPath,
+        Hub = Revision is null ? null : new HubOptions { Revision = Revision },
         Device = Device,
         DType = DType,
         AllowCpuFallback = AllowCpuFallback,
@@ -57,10 +63,11 @@ public sealed class ShareGPT4VOptionsValidator : IValidateOptions<ShareGPT4VOpti
         try
         {
             options.ToPipelineOptions().Validate();
-            if (!Directory.Exists(options.ModelPath))
-                return ValidateOptionsResult.Fail($"ShareGPT4V: ModelPath '{options.ModelPath}' does not exist");
-            if (options.VisionTowerPath is { } t && !Directory.Exists(t))
-                return ValidateOptionsResult.Fail($"ShareGPT4V: VisionTowerPath '{t}' does not exist");
+            // A hub id (owner/name) that is not a folder is fetched at load.
+            if (!Directory.Exists(options.ModelPath) && !HuggingFaceHub.IsRepoId(options.ModelPath))
+                return ValidateOptionsResult.Fail($"ShareGPT4V: ModelPath '{options.ModelPath}' is neither a folder nor a hub id (owner/name)");
+            if (options.VisionTowerPath is { } t && !Directory.Exists(t) && !HuggingFaceHub.IsRepoId(t))
+                return ValidateOptionsResult.Fail($"ShareGPT4V: VisionTowerPath '{t}' is neither a folder nor a hub id (owner/name)");
             return ValidateOptionsResult.Success;
         }
         catch (ShareGPT4VException e)
