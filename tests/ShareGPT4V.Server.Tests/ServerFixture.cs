@@ -51,7 +51,9 @@ public sealed class ServerFixture : IAsyncLifetime
 
     public HttpClient Http(bool authorized = true)
     {
-        var http = new HttpClient { BaseAddress = new Uri(BaseUrl), Timeout = TimeSpan.FromMinutes(2) };
+        // No draining of abandoned responses: a client that stops reading must close its connection at once,
+        // as a browser does, rather than read on for seconds to keep the connection.
+        var http = new HttpClient(new SocketsHttpHandler { MaxResponseDrainSize = 0 }) { BaseAddress = new Uri(BaseUrl), Timeout = TimeSpan.FromMinutes(2) };
         if (authorized) http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Bearer", ApiKey);
         return http;
     }
