@@ -10,6 +10,7 @@ const string Usage = """
       caption   caption one image, several, or a folder of images (JSON lines)
       chat      ask about images, once (--prompt) or as an interactive conversation
       convert   rewrite a checkpoint (PyTorch .bin or safetensors) as safetensors, in either layout
+      merge     join the JSON lines of sharded caption runs in input order
 
     Each command's options: sharegpt4v <command> --help
     """;
@@ -27,6 +28,7 @@ string? help = command switch
     "caption" => CaptionCommand.Help,
     "chat" => ChatCommand.Help,
     "convert" => ConvertCommand.Help,
+    "merge" => MergeCommand.Help,
     _ => null,
 };
 if (help is null)
@@ -47,6 +49,7 @@ try
     {
         "caption" => await CaptionCommand.RunAsync(rest, interrupts.Process),
         "chat" => await ChatCommand.RunAsync(rest, interrupts),
+        "merge" => MergeCommand.Run(rest),
         _ => ConvertCommand.Run(rest),
     };
 }
@@ -65,7 +68,7 @@ catch (OperationCanceledException)
     Console.Error.WriteLine("cancelled");
     return 130;
 }
-catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+catch (Exception e) when (e is IOException or UnauthorizedAccessException or InvalidDataException)
 {
     Console.Error.WriteLine($"error: {e.Message}");
     return 1;
