@@ -12,6 +12,7 @@ const string Usage = """
       convert   rewrite a checkpoint (PyTorch .bin or safetensors) as safetensors, in either layout
       eval      run a benchmark (reference prompts), merge shards, score answers exactly as the official scripts
       download  fetch a Hugging Face hub repository into the hub cache (or a folder), with its vision tower
+      merge     join the JSON lines of sharded caption runs in input order
 
     Each command's options: sharegpt4v <command> --help. sharegpt4v --version prints the version.
     """;
@@ -39,6 +40,7 @@ string? help = command switch
     "convert" => ConvertCommand.Help,
     "eval" => rest.Length > 0 && rest[0] == "run" ? EvalRunCommand.Help : EvalCommand.Help,
     "download" => DownloadCommand.Help,
+    "merge" => MergeCommand.Help,
     _ => null,
 };
 if (help is null)
@@ -62,6 +64,7 @@ try
         "eval" => await EvalCommand.RunAsync(rest, interrupts.Process),
         "convert" => await ConvertCommand.RunAsync(rest, interrupts.Process),
         "download" => await DownloadCommand.RunAsync(rest, interrupts.Process),
+        "merge" => MergeCommand.Run(rest),
         _ => throw new InvalidOperationException($"no handler for '{command}'"), // every command with a Help has a line here
     };
 }
@@ -80,7 +83,7 @@ catch (OperationCanceledException)
     Console.Error.WriteLine("cancelled");
     return 130;
 }
-catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+catch (Exception e) when (e is IOException or UnauthorizedAccessException or InvalidDataException)
 {
     Console.Error.WriteLine($"error: {e.Message}");
     return 1;
