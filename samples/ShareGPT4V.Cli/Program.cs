@@ -10,6 +10,7 @@ const string Usage = """
       caption   caption one image, several, or a folder of images (JSON lines)
       chat      ask about images, once (--prompt) or as an interactive conversation
       convert   rewrite a checkpoint (PyTorch .bin or safetensors) as safetensors, in either layout
+      train     fine-tune a model (ShareGPT4V / LLaVA stages, HF Trainer semantics), resumable checkpoints
 
     Each command's options: sharegpt4v <command> --help
     """;
@@ -27,6 +28,7 @@ string? help = command switch
     "caption" => CaptionCommand.Help,
     "chat" => ChatCommand.Help,
     "convert" => ConvertCommand.Help,
+    "train" => TrainCommand.Help,
     _ => null,
 };
 if (help is null)
@@ -47,6 +49,7 @@ try
     {
         "caption" => await CaptionCommand.RunAsync(rest, interrupts.Process),
         "chat" => await ChatCommand.RunAsync(rest, interrupts),
+        "train" => await TrainCommand.RunAsync(rest, interrupts.Process),
         _ => ConvertCommand.Run(rest),
     };
 }

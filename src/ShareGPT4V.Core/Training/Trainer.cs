@@ -226,7 +226,7 @@ public sealed class Trainer
                     trLoss = 0;
                     tokens = 0;
                     stepTimer.Restart();
-                    if (_o.SaveSteps > 0 && globalStep % _o.SaveSteps == 0 && globalStep < maxSteps)
+                    if (_o.SaveSteps > 0 && globalStep % _o.SaveSteps == 0)
                         Save(Path.Combine(output, $"checkpoint-{globalStep}"), atLastStep, checkpoint: true);
                     if (globalStep >= maxSteps) { done = true; break; }
                 }
