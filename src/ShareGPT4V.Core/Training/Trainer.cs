@@ -162,7 +162,7 @@ public sealed class Trainer
         {
             long globalStep = pos.GlobalStep;
             long totalMicro = pos.TotalMicroBatches;
-            double trLoss = 0;
+            float trLoss = 0; // float32, as Trainer sums its tr_loss tensor
             long tokens = 0;
             var stepTimer = Stopwatch.StartNew();
             bool done = globalStep >= maxSteps;
@@ -186,16 +186,11 @@ public sealed class Trainer
                     if (prepared.Batch is { } batch)
                     {
                         using (batch)
-                        using (var scope = NewDisposeScope())
                         {
-                            var (loss, _, tok) = TrainingForward.Loss(model, batch, _o.ModelMaxLength);
-                            double lossValue = loss.item<float>();
+                            var (lossValue, _, tok) = TrainingForward.ForwardBackward(model, batch, _o.ModelMaxLength, ga, _o.GradientCheckpointing);
                             if (!double.IsFinite(lossValue))
                                 throw new TrainingDivergedException($"The loss is {lossValue} (records {string.Join(", ", batch.Examples.Select(e => e.Id))})", globalStep + 1, lastCheckpoint);
-                            using var held = new HeldScalars();
-                            var scaled = loss.div(held.Int(ga));
-                            scaled.backward();
-                            trLoss += scaled.item<float>();
+                            trLoss += (float)lossValue / ga;
                             tokens += tok;
                         }
                     }

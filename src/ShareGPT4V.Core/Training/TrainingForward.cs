@@ -27,6 +27,70 @@ internal static class TrainingForward
     public static (Tensor Loss, long Supervised, long Tokens) Loss(LlavaModel model, TrainingBatch batch, int maxLength)
     {
         using var scope = NewDisposeScope();
+        var (embeds, positions, mask, labels, supervised, tokens) = Inputs(model, batch, maxLength);
+        var logits = model.LanguageModel.Forward(embeds, positions, mask, null, 0, LogitsMode.All);
+        var loss = ShiftedCrossEntropy(logits, labels);
+        return (loss.MoveToOuterDisposeScope(), supervised, tokens);
+    }
+
+    /// <summary>
+    /// Forward and backward of <c>loss / <paramref name="divisor"/></c>, gradients accumulated into the parameters;
+    /// returns the (undivided) loss. With <paramref name="checkpointing"/>, the decoder layers run without keeping
+    /// their activations, and each is run again with autograd during the backward pass, last layer first, its
+    /// output's gradient fed in: the same gradients, with one layer's activations alive at a time instead of all.
+    /// </summary>
+    public static (double Loss, long Supervised, long Tokens) ForwardBackward(LlavaModel model, TrainingBatch batch, int maxLength,
+        long divisor, bool checkpointing)
+    {
+        using var scope = NewDisposeScope();
+        using var held = new HeldScalars();
+        if (!checkpointing)
+        {
+            var (full, sup, tok) = Loss(model, batch, maxLength);
+            var scaled = full.div(held.Int(divisor));
+            double value = full.item<float>();
+            if (double.IsFinite(value)) scaled.backward();
+            return (value, sup, tok);
+        }
+        var lm = model.LanguageModel;
+        var (embeds, positions, mask, labels, supervised, tokens) = Inputs(model, batch, maxLength);
+        long b = embeds.shape[0], t = embeds.shape[1];
+        var (cos, sin, m, causal) = lm.PrepareLayers(positions, mask, b, t, embeds.device);
+        var saved = new List<Tensor>(lm.LayerCount);
+        Tensor h;
+        using (torch.no_grad())
+        {
+            h = embeds.detach();
+            for (int i = 0; i < lm.LayerCount; i++)
+            {
+                saved.Add(h);
+                h = lm.RunLayer(i, h, cos, sin, m, causal);
+            }
+        }
+        var last = h.detach().requires_grad_(true);
+        var loss = ShiftedCrossEntropy(lm.Head(last), labels);
+        double lossValue = loss.item<float>();
+        if (!double.IsFinite(lossValue)) return (lossValue, supervised, tokens);
+        loss.div(held.Int(divisor)).backward();
+        var grad = last.grad!;
+        for (int i = lm.LayerCount - 1; i >= 0; i--)
+        {
+            using var layerScope = NewDisposeScope();
+            var x = saved[i].detach().requires_grad_(true);
+            var y = lm.RunLayer(i, x, cos, sin, m, causal);
+            torch.autograd.backward(new[] { y }, new[] { grad });
+            grad = x.grad!.MoveToOuterDisposeScope();
+            saved[i].Dispose();
+        }
+        if (embeds.requires_grad) torch.autograd.backward(new[] { embeds }, new[] { grad });
+        return (lossValue, supervised, tokens);
+    }
+
+    /// <summary>LLaVA's multimodal inputs of a batch: embeddings, positions, padding mask (null when unpadded) and labels.</summary>
+    private static (Tensor Embeds, Tensor Positions, Tensor? Mask, Tensor Labels, long Supervised, long Tokens) Inputs(
+        LlavaModel model, TrainingBatch batch, int maxLength)
+    {
+        using var scope = NewDisposeScope();
         var lm = model.LanguageModel;
         Tensor? images = null;
         if (batch.Pixels is not null)
@@ -92,11 +156,10 @@ internal static class TrainingForward
         var labelsT = torch.tensor(labelData, new[] { (long)n, t }, device: lm.Device);
         var positions = HeldScalars.Arange(0, t, lm.Device).unsqueeze(0).expand(n, t);
         Tensor? mask = padded ? torch.tensor(maskData, new[] { (long)n, t }, device: lm.Device) : null;
-        var logits = lm.Forward(embeds, positions, mask, null, 0, LogitsMode.All);
-        var loss = ShiftedCrossEntropy(logits, labelsT);
         long supervised = labelData.Where((l, idx) => idx % t != 0 && l != TokenizedExample.IgnoreIndex).LongCount();
         long tokens = maskData.Sum();
-        return (loss.MoveToOuterDisposeScope(), supervised, tokens);
+        return (embeds.MoveToOuterDisposeScope(), positions.MoveToOuterDisposeScope(), mask?.MoveToOuterDisposeScope(),
+            labelsT.MoveToOuterDisposeScope(), supervised, tokens);
     }
 
     /// <summary>Mean cross-entropy of logits [B, T, V] at positions 0..T-2 against labels [B, T] at 1..T-1, -100 ignored.</summary>

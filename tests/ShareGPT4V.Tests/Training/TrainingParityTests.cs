@@ -93,4 +93,50 @@ public sealed class TrainingParityTests(ITestOutputHelper output)
             foreach (var n in trainableNames) parameters[n].requires_grad_(false);
         }
     }
+
+    [Theory]
+    [InlineData("finetune")]
+    [InlineData("pretrain")]
+    public void GradientCheckpointingGivesTheSameGradients(string stage)
+    {
+        var g = new TrainingGolden(stage);
+        using var model = ModelLoader.Load(TrainingGolden.ModelDir);
+        var trainable = g.Golden.GetProperty("trainable").GetProperty("parameters").EnumerateArray().Select(e => e.GetString()!).ToList();
+        var parameters = model.named_parameters().ToDictionary(p => p.name, p => (Tensor)p.parameter);
+        foreach (var n in trainable) parameters[n].requires_grad_(true);
+        try
+        {
+            Dictionary<string, float[]> Grads(bool checkpointing)
+            {
+                using var batch = Batch(g, new[] { 0, 1 });
+                TrainingForward.ForwardBackward(model, batch, 2048, 2, checkpointing);
+                var result = new Dictionary<string, float[]>();
+                foreach (var n in trainable)
+                {
+                    using var grad = parameters[n].grad;
+                    if (grad is null) continue;
+                    result[n] = grad.contiguous().data<float>().ToArray();
+                    grad.zero_();
+                }
+                return result;
+            }
+            var plain = Grads(false);
+            var checkpointed = Grads(true);
+            Assert.Equal(plain.Keys.OrderBy(k => k), checkpointed.Keys.OrderBy(k => k));
+            double worst = 0;
+            foreach (var (name, a) in plain)
+            {
+                var b = checkpointed[name];
+                float scale = Math.Max(a.Max(Math.Abs), 1e-30f);
+                double diff = a.Zip(b, (x, y) => Math.Abs(x - y)).Max() / scale;
+                worst = Math.Max(worst, diff);
+            }
+            output.WriteLine($"{stage}: gradient checkpointing, largest gradient difference {worst:E2} of the tensor's max");
+            Assert.True(worst <= 1e-6, $"checkpointed gradients differ by {worst} of max");
+        }
+        finally
+        {
+            foreach (var n in trainable) parameters[n].requires_grad_(false);
+        }
+    }
 }
