@@ -13,6 +13,7 @@ const string Usage = """
       eval      run a benchmark (reference prompts), merge shards, score answers exactly as the official scripts
       download  fetch a Hugging Face hub repository into the hub cache (or a folder), with its vision tower
       merge     join the JSON lines of sharded caption runs in input order
+      train     fine-tune a model (ShareGPT4V / LLaVA stages, HF Trainer semantics), resumable checkpoints
 
     Each command's options: sharegpt4v <command> --help. sharegpt4v --version prints the version.
     """;
@@ -41,6 +42,7 @@ string? help = command switch
     "eval" => rest.Length > 0 && rest[0] == "run" ? EvalRunCommand.Help : EvalCommand.Help,
     "download" => DownloadCommand.Help,
     "merge" => MergeCommand.Help,
+    "train" => TrainCommand.Help,
     _ => null,
 };
 if (help is null)
@@ -65,6 +67,7 @@ try
         "convert" => await ConvertCommand.RunAsync(rest, interrupts.Process),
         "download" => await DownloadCommand.RunAsync(rest, interrupts.Process),
         "merge" => MergeCommand.Run(rest),
+        "train" => await TrainCommand.RunAsync(rest, interrupts.Process),
         _ => throw new InvalidOperationException($"no handler for '{command}'"), // every command with a Help has a line here
     };
 }
