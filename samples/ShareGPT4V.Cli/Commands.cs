@@ -4,25 +4,32 @@ using Microsoft.Extensions.Logging;
 using ShareGPT4V.Checkpoints;
 using ShareGPT4V.Cuda;
 using ShareGPT4V.Generation;
+using ShareGPT4V.Hub;
 
 namespace ShareGPT4V.Cli;
 
 /// <summary>What caption and chat share: loading the pipeline, generation options, and JSON answers.</summary>
 internal static class Shared
 {
-    public static readonly string[] ModelOptions = { "model", "vision-tower", "template", "dtype", "device", "libtorch-dir", "threads", "context-length" };
+    public static readonly string[] ModelOptions = { "model", "mmproj", "revision", "vision-tower", "template", "dtype", "device", "libtorch-dir", "threads", "context-length" };
     public static readonly string[] GenerationOptionNames = { "max-new-tokens", "temperature", "top-p", "top-k", "min-p", "repetition-penalty",
         "no-repeat-ngram-size", "num-beams", "length-penalty", "seed", "stop" };
     public static readonly string[] GenerationFlags = { "early-stopping" };
 
     public const string ModelHelp = """
-          --model DIR             model folder: llava-hf, or the LLM folder of an original LLaVA / ShareGPT4V checkpoint (required)
-          --vision-tower DIR      CLIP tower folder, when mm_vision_tower cannot be found next to the model
+          --model DIR|REPO|FILE   model folder: llava-hf, or the LLM folder of an original LLaVA / ShareGPT4V checkpoint;
+                                  or a hub id (e.g. Lin-Chen/ShareGPT4V-7B), fetched into the hub cache with its vision
+                                  tower (HF_ENDPOINT, HF_TOKEN, HF_HOME, HF_HUB_OFFLINE apply); or a llama.cpp LLM .gguf
+                                  file (then --mmproj is required) (required)
+          --mmproj FILE           the mmproj .gguf (CLIP tower and projector) of a GGUF model
+          --revision R            hub branch, tag or commit for a hub id (default main)
+          --vision-tower DIR|REPO CLIP tower folder or hub id, when mm_vision_tower cannot be found next to the model
           --template NAME         conversation template (default: the checkpoint's own); raw = the prompt as written,
                                   <image> marking where the image goes. Others: vicuna_v1, llava_v1, share4v_v1,
                                   share4v_v0, llava_llama_2, plain, llava_hf
           --dtype NAME            auto (default: float32 on the CPU, where it is fastest; bfloat16 on a GPU that has it,
-                                  else float16), float32, bfloat16 or float16
+                                  else float16; a GGUF model keeps its tensors as stored), float32, bfloat16 or
+                                  float16; q8_0 or q4_0 block-quantize the language model at load (CPU)
           --device NAME           cpu (default), cuda:N, cuda (the GPU with the most free memory) or auto (a GPU when
                                   CUDA works, else the CPU)
           --libtorch-dir DIR      run on this libtorch, e.g. a PyTorch install's site-packages/torch/lib for CUDA
@@ -48,7 +55,7 @@ internal static class Shared
           --stop TEXT             stop when TEXT is generated (repeatable)
         """;
 
-    public static MultimodalPipeline Load(CommandLine cl, GenerationOptions generation, int? maxBatchSize = null)
+    public static MultimodalPipeline Load(CommandLine cl, GenerationOptions generation, int? maxBatchSize = null, Preprocessing.ImageAspectMode? aspect = null)
     {
         // An external libtorch goes in before anything touches TorchSharp; the CUDA provider resolves cuda, cuda:N and
         // auto (and refuses, saying why, when CUDA cannot be used); cpu never probes for a GPU.
@@ -59,6 +66,7 @@ internal static class Shared
         {
             ModelPath = cl.Required("model"),
             VisionTowerPath = cl.Value("vision-tower"),
+            MmprojPath = cl.Value("mmproj"),
             Template = cl.Value("template"),
             DType = cl.Value("dtype") ?? "auto",
             Device = cl.Value("device") ?? "cpu",
@@ -68,6 +76,8 @@ internal static class Shared
             Generation = generation,
             // Beam search keeps one cache row per beam: room for them is part of the memory the device is checked for.
             MaxBatchSize = Math.Max(maxBatchSize ?? new PipelineOptions().MaxBatchSize, generation.NumBeams),
+            ImageAspect = aspect,
+            Hub = new HubOptions { Revision = cl.Value("revision"), Progress = DownloadCommand.ProgressBar() },
         };
         var bar = new ConsoleProgress("loading");
         var pipeline = MultimodalPipeline.Load(options, new SyncProgress<LoadProgress>(p =>

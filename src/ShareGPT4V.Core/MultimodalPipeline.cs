@@ -9,6 +9,7 @@ using ShareGPT4V.Configuration;
 using ShareGPT4V.Conversation;
 using ShareGPT4V.Devices;
 using ShareGPT4V.Generation;
+using ShareGPT4V.Hub;
 using ShareGPT4V.Preprocessing;
 using ShareGPT4V.Tokenization;
 using TorchSharp;
@@ -92,22 +93,51 @@ public sealed class MultimodalPipeline : IDisposable
         options.Validate();
         logger ??= NullLogger.Instance;
         var sw = Stopwatch.StartNew();
-        var folder = ModelFolder.Open(options.ModelPath, options.VisionTowerPath);
+        var quantization = Modeling.QuantizationFormats.TryParse(options.DType);
+        bool gguf = options.MmprojPath is not null || Checkpoints.Gguf.GgufModel.IsGgufPath(options.ModelPath);
+        // A hub id (owner/name) that is not a local folder is fetched into the hub cache, its CLIP tower repository too.
+        var (modelPath, towerPath) = gguf ? (options.ModelPath, options.VisionTowerPath)
+            : Task.Run(() => ModelSource.ResolveAsync(options.ModelPath, options.VisionTowerPath, options.Hub, cancellationToken),
+                cancellationToken).GetAwaiter().GetResult();
+        var folder = gguf ? ModelFolder.OpenGguf(modelPath, options.MmprojPath) : ModelFolder.Open(modelPath, towerPath);
         // The device is decided before anything touches libtorch: a CUDA provider may have to load it from elsewhere.
-        var placement = ResolvePlacement(options, folder.Config, logger);
+        DevicePlacement placement;
+        try
+        {
+            placement = ResolvePlacement(quantization is null ? options : options with { DType = "float32" }, folder.Config, logger);
+            LibTorchRuntime.EnsureLoaded(placement.Device.type); // a missing runtime package is named here, not deep inside
+        }
+        catch (TypeInitializationException e) { throw LibTorchRuntime.Missing(e); }
         if (options.Threads is int threads) torch.set_num_threads(threads);
-        var tokenizer = LlavaTokenizer.Load(folder.ModelPath);
-        var pre = folder.PreprocessorConfigPath is { } p
-            ? PreprocessorConfig.Load(p)
-            : new PreprocessorConfig { ShortestEdge = folder.Config.Vision.ImageSize, CropHeight = folder.Config.Vision.ImageSize, CropWidth = folder.Config.Vision.ImageSize };
-        var aspect = ImageAspectModes.FromConfigValue(folder.Config.ImageAspectRatio);
+        LlavaTokenizer tokenizer;
+        PreprocessorConfig pre;
+        if (gguf)
+        {
+            using (var llm = Checkpoints.Gguf.GgufFile.Open(folder.ModelPath)) tokenizer = Checkpoints.Gguf.GgufModel.ReadTokenizer(llm);
+            using (var mm = Checkpoints.Gguf.GgufFile.Open(folder.MmprojPath!)) pre = Checkpoints.Gguf.GgufModel.ReadPreprocessor(mm, folder.Config.Vision);
+        }
+        else
+        {
+            tokenizer = LlavaTokenizer.Load(folder.ModelPath);
+            pre = folder.PreprocessorConfigPath is { } p
+                ? PreprocessorConfig.Load(p)
+                : new PreprocessorConfig { ShortestEdge = folder.Config.Vision.ImageSize, CropHeight = folder.Config.Vision.ImageSize, CropWidth = folder.Config.Vision.ImageSize };
+        }
+        var aspect = options.ImageAspect ?? ImageAspectModes.FromConfigValue(folder.Config.ImageAspectRatio);
         var processor = new ClipImageProcessor(pre, aspect);
         CheckProcessorMatchesTower(processor, folder.Config.Vision, folder.PreprocessorConfigPath); // before any weight is read
         var template = options.Template is { } name
             ? ConversationTemplates.Get(name)
             : ConversationTemplates.ChooseDefault(folder.Config.ModelType, folder.Config.Layout == CheckpointLayout.LlavaHf, Path.GetFileName(folder.ModelPath));
-        var model = ModelLoader.Load(folder, new LoadOptions { DType = placement.DType, Device = placement.Device, VisionTowerPath = options.VisionTowerPath },
-            progress, cancellationToken);
+        // A GGUF model on the CPU with the default dtype keeps every tensor as the file stores it (F16 stays F16, Q4_0
+        // blocks are used as they are).
+        bool asStored = gguf && quantization is null && DTypeChoice.Parse(options.DType) is null && placement.Device.type == DeviceType.CPU;
+        var model = ModelLoader.Load(folder, new LoadOptions
+        {
+            DType = asStored ? null : placement.DType, Device = placement.Device, VisionTowerPath = towerPath, Quantization = quantization,
+        }, progress, cancellationToken);
+        if (quantization is not null || gguf)
+            logger.LogInformation("Weight storage: {Storage}", Modeling.WeightStorage.Describe(model));
         logger.LogInformation("Loaded {Model} ({Layout}, {Layers} layers, template {Template}) on {Placement} in {Seconds:F2} s",
             folder.ModelPath, folder.Config.Layout, folder.Config.Text.NumHiddenLayers, template.Name, placement.Description, sw.Elapsed.TotalSeconds);
         return new MultimodalPipeline(options, folder, model, tokenizer, processor, template, logger, placement);
