@@ -52,6 +52,17 @@ public sealed class CliGenerationTests
         Assert.Equal("Length", answer.GetProperty("finish_reason").GetString());
     }
 
+    [Theory]
+    [InlineData("caption")]
+    [InlineData("chat")]
+    public void HelpListsTheGenerationOptions(string command)
+    {
+        var r = CliTests.Cli(null, command, "--help");
+        Assert.Equal(0, r.ExitCode);
+        foreach (var option in new[] { "--repetition-penalty R", "--no-repeat-ngram-size K", "--num-beams B", "--length-penalty L", "--min-p", "--early-stopping" })
+            Assert.Contains(option, r.Out);
+    }
+
     [Fact]
     public void BeamSearchWithSamplingIsABadCommandLine()
     {
