@@ -52,6 +52,27 @@ public sealed class CliGenerationTests
         Assert.Equal("Length", answer.GetProperty("finish_reason").GetString());
     }
 
+    [Fact]
+    public void AFolderIsCaptionedWithBeamSearchOneImageAtATime()
+    {
+        var c = GoldenCase.Get("hf_llama2vocab");
+        var dir = Directory.CreateTempSubdirectory("sgpt4v-cli-beams-").FullName;
+        try
+        {
+            foreach (var name in new[] { "a.png", "b.png" }) File.Copy(Path.Combine(c.Dir, "image1.png"), Path.Combine(dir, name));
+            var output = Path.Combine(dir, "captions.jsonl");
+            var r = CliTests.Cli(null, "caption", "--model", c.ModelPath, "--image", dir, "--template", "llava_v1", "--max-new-tokens", "12",
+                "--num-beams", "2", "--length-penalty", "0.5", "--output", output);
+            Assert.True(r.ExitCode == 0, r.Err);
+            var expected = Golden.GetProperty("cases").GetProperty("hf_llama2vocab").GetProperty("runs").GetProperty("beam2_lp0.5").GetProperty("main")
+                .GetProperty("generated_ids").EnumerateArray().Select(x => x.GetInt32()).ToArray();
+            var lines = File.ReadAllLines(output).Select(l => JsonDocument.Parse(l).RootElement).ToArray();
+            Assert.Equal(2, lines.Length);
+            Assert.All(lines, l => Assert.Equal(expected, l.GetProperty("token_ids").EnumerateArray().Select(x => x.GetInt32())));
+        }
+        finally { Directory.Delete(dir, true); }
+    }
+
     [Theory]
     [InlineData("caption")]
     [InlineData("chat")]
