@@ -19,6 +19,17 @@ public sealed class EngineImage
         CacheKey = cacheKey;
     }
 
+    /// <summary>An image given as pixels [3, H, W] or [1, 3, H, W] (float32, preprocessed already; copied).</summary>
+    public EngineImage(torch.Tensor pixels, string? cacheKey = null)
+    {
+        ArgumentNullException.ThrowIfNull(pixels);
+        using var scope = torch.NewDisposeScope();
+        var t = (pixels.dim() == 4 ? pixels.squeeze(0) : pixels).to(torch.ScalarType.Float32).cpu().contiguous();
+        if (t.dim() != 3 || t.shape[0] != 3) throw new ArgumentException($"Pixels must have shape [3, H, W], got [{string.Join(", ", pixels.shape)}]", nameof(pixels));
+        _pixels = new PreprocessedImage(t.data<float>().ToArray(), (int)t.shape[1], (int)t.shape[2], Array.Empty<byte>());
+        CacheKey = cacheKey;
+    }
+
     /// <summary>
     /// An image preprocessed only when its embedding is not in the cache: <paramref name="load"/> runs on the engine's
     /// thread, at most once.

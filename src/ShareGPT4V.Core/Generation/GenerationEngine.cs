@@ -418,8 +418,10 @@ public sealed class EngineSequence
     /// <summary>The result once finished (null while running or when cancelled).</summary>
     public GenerationResult? Result { get; private set; }
     internal long PendingToken { get; private set; }
-    internal TimeSpan VisionTime { get; set; }
-    internal TimeSpan PrefillTime { get; set; }
+    /// <summary>Time the images took at admission (vision tower and projector, or the image cache).</summary>
+    public TimeSpan VisionTime { get; internal set; }
+    /// <summary>Time the prefill took (the positions not reused from the prefix cache), the first token's sampling included.</summary>
+    public TimeSpan PrefillTime { get; internal set; }
 
     internal void Begin(long[] promptSignature, int reused, int maxNew, int askedNew)
     {

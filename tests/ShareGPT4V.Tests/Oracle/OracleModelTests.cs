@@ -208,37 +208,16 @@ public class OracleModelTests
         for (int r = 0; r < rows.Length; r++)
         {
             int row = r;
-            int count = ImageCount(rows[r], model.Config.ImageTokenIndex, model.Config.ImageSeqLength);
+            int count = model.CountImages(rows[r]);
             requests.Add(new SequenceRequest
             {
                 PromptIds = rows[r].Select(x => (int)x).ToArray(),
-                Images = images.Skip(cursor).Take(count).Select(t => new EngineImage(ToImage(t))).ToList(),
+                Images = images.Skip(cursor).Take(count).Select(t => new EngineImage(t)).ToList(),
                 Options = new GenerationOptions { MaxNewTokens = maxNew, StopAtEndOfSequence = false },
                 OnStepLogits = onStepLogits is null ? null : (step, logits) => onStepLogits(row, step, logits),
             });
             cursor += count;
         }
         return requests;
-    }
-
-    internal static ShareGPT4V.Preprocessing.PreprocessedImage ToImage(Tensor pixels)
-    {
-        var t = pixels.squeeze(0).contiguous();
-        return new ShareGPT4V.Preprocessing.PreprocessedImage(t.data<float>().ToArray(), (int)t.shape[1], (int)t.shape[2], Array.Empty<byte>());
-    }
-
-    /// <summary>Images a row's placeholders stand for, by the rule of <see cref="LlavaModel.BuildInputs"/>.</summary>
-    internal static int ImageCount(long[] ids, long placeholder, int perImage)
-    {
-        int images = 0;
-        for (int i = 0; i < ids.Length;)
-        {
-            if (ids[i] != placeholder) { i++; continue; }
-            int run = 0;
-            while (i + run < ids.Length && ids[i + run] == placeholder) run++;
-            images += perImage > 1 && run % perImage == 0 ? run / perImage : run;
-            i += run;
-        }
-        return images;
     }
 }
