@@ -297,6 +297,9 @@ public sealed class MultimodalPipeline : IDisposable
     /// <summary>Sequence slots in use and free, and the engine caches' counters (a snapshot; read from any thread).</summary>
     public EngineCounters CacheCounters => _engine.Counters;
 
+    /// <summary>The engine; drive it only from the inference thread (tests read its sizes and counters).</summary>
+    internal GenerationEngine Engine => _engine;
+
     /// <summary>Sequences holding a slot now.</summary>
     public int ActiveSequences => _engine.ActiveCount;
 

@@ -73,13 +73,15 @@ internal sealed class ImageEmbeddingCache : IDisposable
 /// Keys and values of finished sequences (prompt and answer), so a later prompt that starts with the same positions,
 /// the next turn of a chat, copies them into its slot and prefills only what is new. A sequence is identified per
 /// position by its token id, or for image positions by the image's key and the position within the image. Bounded by
-/// a byte budget, least recently used dropped first; an entry whose sequence another extends is replaced by it.
+/// a byte budget, least recently used dropped first; the entry a sequence started from, or one it extends, is replaced
+/// by the sequence's own when it finishes.
 /// </summary>
 internal sealed class PrefixCache : IDisposable
 {
     private sealed class Entry
     {
         public required long[] Signature;
+        public required int PromptLength; // positions of the prompt; the rest are the answer
         public required Tensor[] Keys;   // per layer [kvHeads, length, headDim]
         public required Tensor[] Values;
         public required long Bytes;
@@ -103,8 +105,9 @@ internal sealed class PrefixCache : IDisposable
     /// Copies into <paramref name="slot"/> the longest cached prefix of <paramref name="signature"/>, at most
     /// <paramref name="maxLength"/> positions; returns the number of positions copied (0: none).
     /// </summary>
-    public int Restore(long[] signature, int maxLength, KvCache cache, int slot)
+    public int Restore(long[] signature, int maxLength, KvCache cache, int slot, out object? source)
     {
+        source = null;
         Entry? best = null;
         int bestLength = 0;
         foreach (var e in _entries)
@@ -128,14 +131,20 @@ internal sealed class PrefixCache : IDisposable
         }
         Hits++;
         TokensReused += bestLength;
+        source = best;
         return bestLength;
     }
 
-    /// <summary>Keeps positions [0, signature.Length) of <paramref name="slot"/> if they fit the budget.</summary>
-    public void Store(long[] signature, KvCache cache, int slot)
+    /// <summary>
+    /// Keeps positions [0, signature.Length) of <paramref name="slot"/> if they fit the budget. The entry the sequence
+    /// started from (<paramref name="source"/>) is replaced when the sequence reused all of that entry's prompt: its
+    /// conversation moved on. A sibling that shares less (another question about the same image) leaves it.
+    /// </summary>
+    public void Store(long[] signature, int promptLength, KvCache cache, int slot, object? source, int reused)
     {
         long bytes = signature.LongLength * cache.BytesPerPosition;
         if (bytes > _budget || signature.Length == 0) return;
+        if (source is Entry old && reused >= old.PromptLength && _entries.IndexOf(old) is int at and >= 0) Remove(at);
         // A conversation that moved on replaces its earlier turn; an identical or longer entry makes this one useless.
         for (int i = _entries.Count - 1; i >= 0; i--)
         {
@@ -161,7 +170,7 @@ internal sealed class PrefixCache : IDisposable
                 values[layer] = v.select(0, slot).narrow(1, 0, signature.Length).clone().DetachFromDisposeScope();
             }
         }
-        _entries.Add(new Entry { Signature = signature, Keys = keys, Values = values, Bytes = bytes, LastUse = ++_clock });
+        _entries.Add(new Entry { Signature = signature, PromptLength = promptLength, Keys = keys, Values = values, Bytes = bytes, LastUse = ++_clock });
         Bytes += bytes;
     }
 

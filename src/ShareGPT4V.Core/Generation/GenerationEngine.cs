@@ -85,6 +85,8 @@ public sealed class GenerationEngine : IDisposable
     public int MaxBatchSize => _slots.Length;
     /// <summary>Sequences that hold a slot now.</summary>
     public int ActiveCount => _slots.Count(s => s is not null);
+    /// <summary>The most sequences that held slots at once since the engine was made.</summary>
+    public int PeakActive { get; private set; }
     /// <summary>Slots free for <see cref="Admit"/>.</summary>
     public int FreeSlots => _slots.Length - ActiveCount;
 
@@ -168,7 +170,9 @@ public sealed class GenerationEngine : IDisposable
 
         // A cached prefix first: the images it covers need no encoding. At least the last prompt position is
         // computed, for its logits.
-        int reused = request.UsePrefixCache && _prefixes.Enabled ? _prefixes.Restore(signature, length - 1, _cache, slot) : 0;
+        object? prefixSource = null;
+        int reused = request.UsePrefixCache && _prefixes.Enabled ? _prefixes.Restore(signature, length - 1, _cache, slot, out prefixSource) : 0;
+        seq.PrefixSource = prefixSource;
 
         Tensor? imageEmbeddings = null;
         if (request.Images.Count > 0)
@@ -183,16 +187,13 @@ public sealed class GenerationEngine : IDisposable
                 rows[i] = key is null ? null : _images.Get(key);
                 if (rows[i] is null) missing.Add(i);
             }
-            if (missing.Count > 0)
+            // One image per tower call: an embedding then has the same bits whichever images it was requested with,
+            // so a cached one equals a fresh one (a batched GEMM may round differently).
+            foreach (int i in missing)
             {
-                var pixels = PreprocessedImage.Stack(missing.Select(i => request.Images[i].Pixels).ToList()).to(_model.LanguageModel.Device);
-                var encoded = _model.EncodeImages(pixels);
-                for (int j = 0; j < missing.Count; j++)
-                {
-                    int i = missing[j];
-                    rows[i] = encoded[j];
-                    if (request.Images[i].CacheKey is { } key) _images.Put(key, rows[i]!);
-                }
+                using var pixels = PreprocessedImage.Stack(new[] { request.Images[i].Pixels }).to(_model.LanguageModel.Device);
+                rows[i] = _model.EncodeImages(pixels).squeeze(0);
+                if (request.Images[i].CacheKey is { } key) _images.Put(key, rows[i]!);
             }
             var shape = new long[] { perImage, config.Text.HiddenSize };
             imageEmbeddings = torch.stack(rows.Select(r => r ?? torch.zeros(shape, _model.LanguageModel.DType, _model.LanguageModel.Device)), 0);
@@ -210,6 +211,7 @@ public sealed class GenerationEngine : IDisposable
             var positions = HeldScalars.Arange(reused, length, _model.LanguageModel.Device).unsqueeze(0);
             var logits = _model.LanguageModel.ForwardSlots(emb, positions, _cache, new SlotRows(new[] { slot }, new[] { (long)reused }), LogitsMode.Last);
             _slots[slot] = seq;
+            PeakActive = Math.Max(PeakActive, ActiveCount);
             seq.Begin(signature, reused, maxNew, request.Options.MaxNewTokens);
             var rowLogits = logits.reshape(-1).to(ScalarType.Float32);
             WaitForDevice();
@@ -326,7 +328,7 @@ public sealed class GenerationEngine : IDisposable
         if (keepPrefix && seq.Request.UsePrefixCache && _prefixes.Enabled && seq.KvSignature() is { } sig)
         {
             using var noGrad = torch.no_grad();
-            _prefixes.Store(sig, _cache, seq.Slot);
+            _prefixes.Store(sig, seq.PromptTokens, _cache, seq.Slot, seq.PrefixSource, seq.ReusedPrefixTokens);
         }
         _slots[seq.Slot] = null;
     }
@@ -418,6 +420,7 @@ public sealed class EngineSequence
     /// <summary>The result once finished (null while running or when cancelled).</summary>
     public GenerationResult? Result { get; private set; }
     internal long PendingToken { get; private set; }
+    internal object? PrefixSource { get; set; }
     /// <summary>Time the images took at admission (vision tower and projector, or the image cache).</summary>
     public TimeSpan VisionTime { get; internal set; }
     /// <summary>Time the prefill took (the positions not reused from the prefix cache), the first token's sampling included.</summary>
