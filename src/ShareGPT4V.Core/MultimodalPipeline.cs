@@ -8,6 +8,7 @@ using ShareGPT4V.Configuration;
 using ShareGPT4V.Conversation;
 using ShareGPT4V.Devices;
 using ShareGPT4V.Generation;
+using ShareGPT4V.Hub;
 using ShareGPT4V.Preprocessing;
 using ShareGPT4V.Tokenization;
 using TorchSharp;
@@ -100,22 +101,51 @@ public sealed class MultimodalPipeline : IDisposable
         options.Validate();
         logger ??= NullLogger.Instance;
         var sw = Stopwatch.StartNew();
-        var folder = ModelFolder.Open(options.ModelPath, options.VisionTowerPath);
+        var quantization = Modeling.QuantizationFormats.TryParse(options.DType);
+        bool gguf = options.MmprojPath is not null || Checkpoints.Gguf.GgufModel.IsGgufPath(options.ModelPath);
+        // A hub id (owner/name) that is not a local folder is fetched into the hub cache, its CLIP tower repository too.
+        var (modelPath, towerPath) = gguf ? (options.ModelPath, options.VisionTowerPath)
+            : Task.Run(() => ModelSource.ResolveAsync(options.ModelPath, options.VisionTowerPath, options.Hub, cancellationToken),
+                cancellationToken).GetAwaiter().GetResult();
+        var folder = gguf ? ModelFolder.OpenGguf(modelPath, options.MmprojPath) : ModelFolder.Open(modelPath, towerPath);
         // The device is decided before anything touches libtorch: a CUDA provider may have to load it from elsewhere.
-        var placement = ResolvePlacement(options, folder.Config, logger);
+        DevicePlacement placement;
+        try
+        {
+            placement = ResolvePlacement(quantization is null ? options : options with { DType = "float32" }, folder.Config, logger);
+            LibTorchRuntime.EnsureLoaded(placement.Device.type); // a missing runtime package is named here, not deep inside
+        }
+        catch (TypeInitializationException e) { throw LibTorchRuntime.Missing(e); }
         if (options.Threads is int threads) torch.set_num_threads(threads);
-        var tokenizer = LlavaTokenizer.Load(folder.ModelPath);
-        var pre = folder.PreprocessorConfigPath is { } p
-            ? PreprocessorConfig.Load(p)
-            : new PreprocessorConfig { ShortestEdge = folder.Config.Vision.ImageSize, CropHeight = folder.Config.Vision.ImageSize, CropWidth = folder.Config.Vision.ImageSize };
-        var aspect = ImageAspectModes.FromConfigValue(folder.Config.ImageAspectRatio);
+        LlavaTokenizer tokenizer;
+        PreprocessorConfig pre;
+        if (gguf)
+        {
+            using (var llm = Checkpoints.Gguf.GgufFile.Open(folder.ModelPath)) tokenizer = Checkpoints.Gguf.GgufModel.ReadTokenizer(llm);
+            using (var mm = Checkpoints.Gguf.GgufFile.Open(folder.MmprojPath!)) pre = Checkpoints.Gguf.GgufModel.ReadPreprocessor(mm, folder.Config.Vision);
+        }
+        else
+        {
+            tokenizer = LlavaTokenizer.Load(folder.ModelPath);
+            pre = folder.PreprocessorConfigPath is { } p
+                ? PreprocessorConfig.Load(p)
+                : new PreprocessorConfig { ShortestEdge = folder.Config.Vision.ImageSize, CropHeight = folder.Config.Vision.ImageSize, CropWidth = folder.Config.Vision.ImageSize };
+        }
+        var aspect = options.ImageAspect ?? ImageAspectModes.FromConfigValue(folder.Config.ImageAspectRatio);
         var processor = new ClipImageProcessor(pre, aspect);
         CheckProcessorMatchesTower(processor, folder.Config.Vision, folder.PreprocessorConfigPath); // before any weight is read
         var template = options.Template is { } name
             ? ConversationTemplates.Get(name)
             : ConversationTemplates.ChooseDefault(folder.Config.ModelType, folder.Config.Layout == CheckpointLayout.LlavaHf, Path.GetFileName(folder.ModelPath));
-        var model = ModelLoader.Load(folder, new LoadOptions { DType = placement.DType, Device = placement.Device, VisionTowerPath = options.VisionTowerPath },
-            progress, cancellationToken);
+        // A GGUF model on the CPU with the default dtype keeps every tensor as the file stores it (F16 stays F16, Q4_0
+        // blocks are used as they are).
+        bool asStored = gguf && quantization is null && DTypeChoice.Parse(options.DType) is null && placement.Device.type == DeviceType.CPU;
+        var model = ModelLoader.Load(folder, new LoadOptions
+        {
+            DType = asStored ? null : placement.DType, Device = placement.Device, VisionTowerPath = towerPath, Quantization = quantization,
+        }, progress, cancellationToken);
+        if (quantization is not null || gguf)
+            logger.LogInformation("Weight storage: {Storage}", Modeling.WeightStorage.Describe(model));
         logger.LogInformation("Loaded {Model} ({Layout}, {Layers} layers, template {Template}) on {Placement} in {Seconds:F2} s",
             folder.ModelPath, folder.Config.Layout, folder.Config.Text.NumHiddenLayers, template.Name, placement.Description, sw.Elapsed.TotalSeconds);
         return new MultimodalPipeline(options, folder, model, tokenizer, processor, template, logger, placement);
@@ -195,13 +225,15 @@ public sealed class MultimodalPipeline : IDisposable
         await task.ConfigureAwait(false); // surfaces cancellation or errors
     }
 
-    /// <summary>Captions many images, <see cref="PipelineOptions.MaxBatchSize"/> at a time, results in input order.</summary>
+    /// <summary>Captions many images, <see cref="PipelineOptions.MaxBatchSize"/> at a time (one at a time with beam search), results in input order.</summary>
     public async Task<IReadOnlyList<GenerationResult>> CaptionBatchAsync(IReadOnlyList<ImageInput> images, string? prompt = null,
         GenerationOptions? options = null, IProgress<int>? progress = null, CancellationToken cancellationToken = default)
     {
         var text = BuildPrompt(new[] { new ChatMessage(ChatRole.User, prompt ?? DefaultCaptionPrompt, 1) });
         var results = new List<GenerationResult>(images.Count);
-        foreach (var chunk in images.Chunk(Options.MaxBatchSize))
+        // Beam search runs one prompt at a time (its cache rows are the beams).
+        int rowsAtOnce = (options ?? Options.Generation).IsBeamSearch ? 1 : Options.MaxBatchSize;
+        foreach (var chunk in images.Chunk(rowsAtOnce))
         {
             results.AddRange(await GenerateBatchAsync(chunk.Select(i => new PromptRequest(text, new[] { i })).ToList(), options, null, cancellationToken).ConfigureAwait(false));
             progress?.Report(results.Count);
@@ -240,6 +272,10 @@ public sealed class MultimodalPipeline : IDisposable
         options ??= Options.Generation;
         try { options.Validate(); }
         catch (ArgumentOutOfRangeException e) { throw new PromptException($"Invalid generation option {e.ParamName}: {e.Message}", e); }
+        if (options.IsBeamSearch && requests.Count > 1)
+            throw new PromptException($"Beam search (NumBeams = {options.NumBeams}) runs one prompt at a time, but {requests.Count} were given together");
+        if (options.NumBeams > Options.MaxBatchSize)
+            throw new PromptException($"NumBeams = {options.NumBeams} needs {options.NumBeams} cache rows, more than MaxBatchSize = {Options.MaxBatchSize} (the memory the device was checked for)");
         var started = Stopwatch.StartNew();
 
         // Tokenize and preprocess on the caller's side: cheap checks fail fast, image decoding overlaps inference.
@@ -342,8 +378,15 @@ public sealed class MultimodalPipeline : IDisposable
         var reader = _queue.Reader;
         while (true)
         {
-            // Waiting rows take the free slots (in arrival order), then one step advances every active row.
-            while (_engine.FreeSlots > 0 && reader.TryRead(out var row)) Admit(row);
+            // Waiting rows take the free slots (in arrival order), then one step advances every active row. A beam
+            // search needs its beams' slots: it waits until the active rows are done, then runs to its end.
+            while (reader.TryPeek(out var head))
+            {
+                bool beams = head.Request.Options.IsBeamSearch;
+                if (beams ? _engine.ActiveCount > 0 : _engine.FreeSlots == 0) break;
+                reader.TryRead(out var row);
+                if (beams) RunBeams(row!); else Admit(row!);
+            }
             if (_engine.ActiveCount > 0) { StepAll(); continue; }
             try
             {
@@ -366,6 +409,14 @@ public sealed class MultimodalPipeline : IDisposable
             if (seq.IsFinished) End(seq, row);
             else _running[seq] = row;
         }
+        catch (OperationCanceledException) { row.Cancelled(); }
+        catch (Exception e) { row.Fail(Wrap(e)); }
+    }
+
+    private void RunBeams(PendingRow row)
+    {
+        if (row.Request.CancellationToken.IsCancellationRequested) { row.Cancelled(); return; }
+        try { row.Done(_engine.RunBeams(row.Request)); }
         catch (OperationCanceledException) { row.Cancelled(); }
         catch (Exception e) { row.Fail(Wrap(e)); }
     }

@@ -144,12 +144,33 @@ public sealed class GenerationEngine : IDisposable
         ObjectDisposedException.ThrowIf(_disposed, this);
         ArgumentNullException.ThrowIfNull(request);
         request.Options.Validate();
+        if (request.Options.IsBeamSearch) throw new ArgumentException("Beam search runs through RunBeams", nameof(request));
         int slot = Array.IndexOf(_slots, null);
         if (slot < 0) throw new InvalidOperationException("Every sequence slot is taken");
         request.CancellationToken.ThrowIfCancellationRequested();
         var seq = new EngineSequence(this, request, slot, _tokenizer);
         using var noGrad = torch.no_grad();
         using var scope = NewDisposeScope();
+        var p = PrefillSlot(request, slot, request.UsePrefixCache);
+        seq.PrefixSource = p.PrefixSource;
+        seq.VisionTime = p.Vision;
+        seq.PrefillTime = p.Prefill;
+        _slots[slot] = seq;
+        PeakActive = Math.Max(PeakActive, ActiveCount);
+        seq.Begin(p.Signature, p.Reused, p.MaxNew, request.Options.MaxNewTokens);
+        try { Consume(new[] { seq }, p.Logits.unsqueeze(0)); }
+        catch { seq.Cancel(); throw; }
+        return seq;
+    }
+
+    private sealed record Prefilled(Tensor Logits, long[] Signature, int Reused, int MaxNew, TimeSpan Vision, TimeSpan Prefill, object? PrefixSource);
+
+    /// <summary>
+    /// Encodes the request's images (through the image cache), copies any cached KV prefix into <paramref name="slot"/>
+    /// and prefills the rest of the prompt there. Returns the last position's logits [vocab] (float32).
+    /// </summary>
+    private Prefilled PrefillSlot(SequenceRequest request, int slot, bool usePrefixCache)
+    {
         var sw = Stopwatch.StartNew();
         var config = _model.Config;
         var ids = request.PromptIds;
@@ -171,8 +192,7 @@ public sealed class GenerationEngine : IDisposable
         // A cached prefix first: the images it covers need no encoding. At least the last prompt position is
         // computed, for its logits.
         object? prefixSource = null;
-        int reused = request.UsePrefixCache && _prefixes.Enabled ? _prefixes.Restore(signature, length - 1, _cache, slot, out prefixSource) : 0;
-        seq.PrefixSource = prefixSource;
+        int reused = usePrefixCache && _prefixes.Enabled ? _prefixes.Restore(signature, length - 1, _cache, slot, out prefixSource) : 0;
 
         Tensor? imageEmbeddings = null;
         if (request.Images.Count > 0)
@@ -199,29 +219,107 @@ public sealed class GenerationEngine : IDisposable
             imageEmbeddings = torch.stack(rows.Select(r => r ?? torch.zeros(shape, _model.LanguageModel.DType, _model.LanguageModel.Device)), 0);
             WaitForDevice();
         }
-        seq.VisionTime = sw.Elapsed;
+        var vision = sw.Elapsed;
         request.CancellationToken.ThrowIfCancellationRequested();
 
         sw.Restart();
         var row = ids.Select(x => (long)x).ToArray();
-        using (var inputs = _model.BuildInputs(new[] { row }, imageEmbeddings))
-        {
-            if (inputs.Length != length) throw new InvalidOperationException($"Prompt layout mismatch: {inputs.Length} positions, expected {length}");
-            var emb = inputs.Embeddings.narrow(1, reused, length - reused);
-            var positions = HeldScalars.Arange(reused, length, _model.LanguageModel.Device).unsqueeze(0);
-            var logits = _model.LanguageModel.ForwardSlots(emb, positions, _cache, new SlotRows(new[] { slot }, new[] { (long)reused }), LogitsMode.Last);
-            _slots[slot] = seq;
-            PeakActive = Math.Max(PeakActive, ActiveCount);
-            seq.Begin(signature, reused, maxNew, request.Options.MaxNewTokens);
-            var rowLogits = logits.reshape(-1).to(ScalarType.Float32);
-            WaitForDevice();
-            seq.PrefillTime = sw.Elapsed;
-            CHeap.Trim(); // the prompt's activations are freed now: give their memory back
-            try { Consume(new[] { seq }, rowLogits.unsqueeze(0)); }
-            catch { seq.Cancel(); throw; }
-        }
-        return seq;
+        using var inputs = _model.BuildInputs(new[] { row }, imageEmbeddings);
+        if (inputs.Length != length) throw new InvalidOperationException($"Prompt layout mismatch: {inputs.Length} positions, expected {length}");
+        var emb = inputs.Embeddings.narrow(1, reused, length - reused);
+        var positions = HeldScalars.Arange(reused, length, _model.LanguageModel.Device).unsqueeze(0);
+        var logits = _model.LanguageModel.ForwardSlots(emb, positions, _cache, new SlotRows(new[] { slot }, new[] { (long)reused }), LogitsMode.Last);
+        var rowLogits = logits.reshape(-1).to(ScalarType.Float32);
+        WaitForDevice();
+        var prefill = sw.Elapsed;
+        CHeap.Trim(); // the prompt's activations are freed now: give their memory back
+        return new Prefilled(rowLogits, signature, reused, maxNew, vision, prefill, prefixSource);
     }
+
+    /// <summary>
+    /// Beam search for one request (<see cref="GenerationOptions.NumBeams"/> beams), as transformers' generate() does it
+    /// (see <see cref="BeamSearch"/>): the prompt is prefilled once and copied into one slot per beam, then each step
+    /// advances all beams together and reorders their slots. Needs that many free slots; runs to the end before
+    /// returning. The text is released whole, through <see cref="SequenceRequest.OnText"/>, at the end.
+    /// </summary>
+    public GenerationResult RunBeams(SequenceRequest request)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        ArgumentNullException.ThrowIfNull(request);
+        var options = request.Options;
+        options.Validate();
+        int beams = options.NumBeams;
+        if (beams > MaxBatchSize)
+            throw new PromptException($"NumBeams = {beams} needs {beams} sequence slots, more than MaxBatchSize = {MaxBatchSize} (the memory the device was checked for)");
+        var slots = Enumerable.Range(0, _slots.Length).Where(i => _slots[i] is null).Take(beams).ToArray();
+        if (slots.Length < beams) throw new InvalidOperationException($"Beam search needs {beams} free slots, {slots.Length} are free");
+        request.CancellationToken.ThrowIfCancellationRequested();
+        var started = request.Started ?? Stopwatch.StartNew();
+        using var noGrad = torch.no_grad();
+        using var scope = NewDisposeScope();
+        var p = PrefillSlot(request, slots[0], usePrefixCache: false);
+        var ttft = started.Elapsed;
+        var sw = Stopwatch.StartNew();
+        int length = p.Signature.Length, eos = options.StopAtEndOfSequence ? EosId : -1;
+        int vocab = (int)p.Logits.shape[0];
+        var search = new BeamSearch(options, ProcessorHistory.ForPrompt(_model.Config, request.PromptIds), eos, p.MaxNew);
+        int[] tokens = Array.Empty<int>();
+        bool endedWithEos = false;
+        if (p.MaxNew > 0)
+        {
+            // Every beam starts from the prompt: copy its keys and values instead of computing them again.
+            _cache.CopySlot(slots[0], slots.AsSpan(1), length);
+            var host = new float[beams * vocab];
+            var first = new float[vocab];
+            p.Logits.data<float>().CopyTo(first);
+            for (int b = 0; b < beams; b++) first.CopyTo(host, b * vocab);
+            long position = length;
+            var device = _model.LanguageModel.Device;
+            while (search.Step(host, vocab))
+            {
+                request.CancellationToken.ThrowIfCancellationRequested();
+                using var step = NewDisposeScope();
+                _cache.ReorderSlots(slots, search.SourceBeams, position);
+                var ids = search.NextTokens.Select(x => (long)x).ToArray();
+                var starts = Enumerable.Repeat(position, beams).ToArray();
+                var emb = _model.LanguageModel.EmbedHostIds(ids, beams);
+                var positions = torch.tensor(starts, device: device).reshape(beams, 1);
+                var logits = _model.LanguageModel.ForwardSlots(emb, positions, _cache, new SlotRows(slots, starts), LogitsMode.Last)
+                    .reshape(beams, vocab).to(ScalarType.Float32);
+                if (logits.device_type == DeviceType.CPU) logits.data<float>().CopyTo(host);
+                else using (var h = logits.cpu()) h.data<float>().CopyTo(host);
+                position++;
+            }
+            (tokens, endedWithEos, _) = search.Result();
+        }
+        var decode = sw.Elapsed;
+        var stops = options.StopStrings.Concat(request.ExtraStopStrings).Distinct().ToList();
+        var text = _tokenizer is null ? null : new OutputText(_tokenizer, stops);
+        var kept = new List<int>();
+        foreach (var id in tokens)
+        {
+            kept.Add(id);
+            text?.Append(id);
+            if (text?.Stopped == true) break;
+        }
+        var whole = text?.Complete() ?? "";
+        if (whole.Length > 0) request.OnText?.Invoke(whole);
+        bool stopped = text?.Stopped == true;
+        var finish = stopped ? FinishReason.StopString : endedWithEos ? FinishReason.EndOfSequence
+            : p.MaxNew < options.MaxNewTokens ? FinishReason.ContextFull : FinishReason.Length;
+        return new GenerationResult
+        {
+            Text = text?.FinalText ?? "", TokenIds = kept, FinishReason = finish, PromptTokens = length,
+            Timings = new GenerationTimings
+            {
+                Preprocess = request.PreprocessTime, Vision = p.Vision, Prefill = p.Prefill, Decode = decode,
+                TimeToFirstToken = ttft, Total = started.Elapsed,
+            },
+        };
+    }
+
+    /// <summary>The end-of-sequence id: the tokenizer's, else the model config's.</summary>
+    internal int EosId => _tokenizer?.EosId ?? _model.Config.Text.EosTokenId;
 
     /// <summary>
     /// Each prompt position's identity: the token id, or for an image position the image's key and index within it
@@ -378,7 +476,7 @@ public sealed class EngineSequence
     private readonly Sampler _sampler;
     private readonly OutputText? _text;
     private readonly List<int> _output = new();
-    private readonly HashSet<int> _seen;
+    private readonly List<int> _history; // the ids the logits processors see
     private readonly int _eos;
     private readonly Stopwatch _started;
     private long[] _promptSignature = Array.Empty<long>();
@@ -395,10 +493,10 @@ public sealed class EngineSequence
         var stops = request.Options.StopStrings.Concat(request.ExtraStopStrings).Distinct().ToList();
         if (tokenizer is null && stops.Count > 0) throw new ArgumentException("Stop strings need an engine with a tokenizer", nameof(request));
         _text = tokenizer is null ? null : new OutputText(tokenizer, stops);
-        _eos = tokenizer?.EosId ?? engine.Model.Config.Text.EosTokenId;
+        _eos = engine.EosId;
         _started = request.Started ?? Stopwatch.StartNew();
-        // The ids the repetition penalty sees: the prompt's text tokens, then each generated token.
-        _seen = new HashSet<int>(request.PromptIds.Where(x => x >= 0 && x != engine.Model.Config.ImageTokenIndex));
+        // What the processors see: the prompt as each layout's reference passes it to generate(), then the answer.
+        _history = ProcessorHistory.ForPrompt(engine.Model.Config, request.PromptIds);
     }
 
     /// <summary>The request this sequence runs.</summary>
@@ -441,13 +539,13 @@ public sealed class EngineSequence
     internal void Sample(ReadOnlySpan<float> logits)
     {
         if (_finish is not null) return;
-        int id = _sampler.Sample(logits, _seen);
+        int id = _sampler.Sample(logits, System.Runtime.InteropServices.CollectionsMarshal.AsSpan(_history));
         GeneratedCount++;
         if (GeneratedCount == 1) { _ttft = _started.Elapsed; _firstTokenAt = _ttft; }
         PendingToken = id;
         if (Request.Options.StopAtEndOfSequence && id == _eos) { Finish(FinishReason.EndOfSequence); return; }
         _output.Add(id);
-        _seen.Add(id);
+        _history.Add(id);
         if (_text is not null)
         {
             var piece = _text.Append(id);

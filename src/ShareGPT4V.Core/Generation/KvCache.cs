@@ -94,6 +94,44 @@ public sealed class KvCache : IDisposable
     /// <summary>Bytes one position of one slot takes over all layers (keys and values).</summary>
     public long BytesPerPosition => Bytes / MaxBatch / MaxSequence;
 
+    /// <summary>Slots <paramref name="to"/> take positions [0, <paramref name="positions"/>) of slot <paramref name="from"/> (beams starting from one prompt).</summary>
+    internal void CopySlot(int from, ReadOnlySpan<int> to, long positions)
+    {
+        using var scope = torch.NewDisposeScope();
+        foreach (var buffers in new[] { _keys, _values })
+            foreach (var layer in buffers)
+            {
+                var source = layer.select(0, from).narrow(1, 0, positions);
+                foreach (int slot in to) layer.select(0, slot).narrow(1, 0, positions).copy_(source);
+            }
+    }
+
+    /// <summary>
+    /// Beam search: slot <paramref name="slots"/>[i] takes positions [0, <paramref name="positions"/>) of slot
+    /// <paramref name="slots"/>[<paramref name="sources"/>[i]] (an index-select over the batch dimension).
+    /// </summary>
+    internal void ReorderSlots(int[] slots, ReadOnlySpan<int> sources, long positions)
+    {
+        bool identity = true;
+        var from = new long[sources.Length];
+        for (int i = 0; i < sources.Length; i++)
+        {
+            if ((uint)sources[i] >= (uint)slots.Length) throw new ArgumentOutOfRangeException(nameof(sources), sources[i], $"Beam {sources[i]} is outside the {slots.Length} beams");
+            from[i] = slots[sources[i]];
+            identity &= sources[i] == i;
+        }
+        if (identity || positions <= 0) return;
+        using var scope = torch.NewDisposeScope();
+        var src = torch.tensor(from, device: Device);
+        var dst = torch.tensor(slots.Select(x => (long)x).ToArray(), device: Device);
+        foreach (var buffers in new[] { _keys, _values })
+            foreach (var layer in buffers)
+            {
+                var view = layer.narrow(2, 0, positions);
+                view.index_copy_(0, dst, view.index_select(0, src)); // index_select copies first, so overlapping slots are safe
+            }
+    }
+
     /// <summary>The whole key and value buffers of a layer, [maxBatch, kvHeads, maxSeq, headDim] (owned by the cache), for kernels that read the cache in place.</summary>
     internal (Tensor Keys, Tensor Values) Buffers(int layer) => (_keys[layer], _values[layer]);
 
