@@ -97,6 +97,19 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
         long b = inputsEmbeds.shape[0], t = inputsEmbeds.shape[1];
         if (b != rows.Count) throw new ArgumentException($"{b} rows of embeddings for {rows.Count} slots");
         if (b > 1 && t > 1) throw new ArgumentException("Several slots advance one token at a time");
+        if (b > MatVec.MaxRows && inputsEmbeds.device_type == DeviceType.CPU)
+        {
+            // More rows than the decode kernel takes: run them in groups it takes, so every row is still computed
+            // as it is alone (a GEMM over all rows would round differently), at the cost of reading the weights again.
+            var parts = new List<Tensor>();
+            for (int first = 0; first < b; first += MatVec.MaxRows)
+            {
+                int n = (int)Math.Min(MatVec.MaxRows, b - first);
+                var group = new SlotRows(rows.Slots[first..(first + n)], rows.Starts[first..(first + n)]);
+                parts.Add(ForwardSlots(inputsEmbeds.narrow(0, first, n), positionIds.narrow(0, first, n), cache, group, logits));
+            }
+            return torch.cat(parts, 0).MoveToOuterDisposeScope();
+        }
         var h = inputsEmbeds.to(DType);
         var (cos, sin) = _rope.Get(positionIds, h.dtype);
         long start = rows.Starts[0];

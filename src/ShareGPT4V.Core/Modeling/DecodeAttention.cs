@@ -21,7 +21,7 @@ internal static unsafe class DecodeAttention
     /// under 2 GiB (the span that gives us a tensor's data pointer cannot be longer); otherwise libtorch's attention runs.
     /// </summary>
     public static bool Applies(Tensor q, Tensor keys, Tensor? mask) =>
-        MatVec.IsSupported && q.shape[2] == 1 && q.dtype == ScalarType.Float32 && keys.dtype == ScalarType.Float32
+        !DisabledForTests && MatVec.IsSupported && q.shape[2] == 1 && q.dtype == ScalarType.Float32 && keys.dtype == ScalarType.Float32
         && q.device_type == DeviceType.CPU && keys.device_type == DeviceType.CPU && keys.is_contiguous() && !q.requires_grad
         && (mask is null || mask.dtype == ScalarType.Float32)
         && FitsSpan(q) && FitsSpan(keys) && (mask is null || FitsSpan(mask));
@@ -62,6 +62,9 @@ internal static unsafe class DecodeAttention
         KernelThreads.Shared.Run(job, torch.get_num_threads());
         return output;
     }
+
+    /// <summary>Set on a test's thread to run the portable attention path (the one GPUs take) instead of this kernel.</summary>
+    [ThreadStatic] internal static bool DisabledForTests;
 
     private static void* Pointer(Tensor t) => Unsafe.AsPointer(ref MemoryMarshal.GetReference(t.bytes));
 

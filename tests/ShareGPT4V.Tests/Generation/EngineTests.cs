@@ -146,6 +146,31 @@ public class EngineTests
         Assert.Equal(0, fresh.CacheCounters.ImageCacheBytes);
     }
 
+    /// <summary>
+    /// The portable attention path (each slot attended on its own, as on a GPU) and decode steps of more rows than the
+    /// decode kernel takes at once still give transformers' ids.
+    /// </summary>
+    [Theory]
+    [InlineData("hf_tiny")]
+    [InlineData("llava_tiny336")]
+    public void PortableAttentionAndWideStepsReproduceTheGoldenIds(string name)
+    {
+        ShareGPT4V.Modeling.DecodeAttention.DisabledForTests = true;
+        try { new OracleModelTests().GreedyDecodingWithKvCacheReproducesGeneratedIds(name); }
+        finally { ShareGPT4V.Modeling.DecodeAttention.DisabledForTests = false; }
+
+        var c = GoldenCase.Get(name);
+        var model = OracleModelTests.Model(c);
+        var p = c.Prompt("text");
+        var ids = GoldenCase.Ids(p.GetProperty("input_ids"));
+        var expected = GoldenCase.Ids(p.GetProperty("generated_ids"));
+        int maxNew = c.Golden.GetProperty("max_new_tokens").GetInt32();
+        using var engine = OracleModelTests.EngineFor(c, model, maxBatch: 11);
+        var results = engine.Run(OracleModelTests.EngineRequests(model, Enumerable.Repeat(ids, 11).ToArray(), Array.Empty<torch.Tensor>(), maxNew));
+        Assert.Equal(11, engine.PeakActive);
+        Assert.All(results, r => Assert.Equal(expected, r.TokenIds.Select(x => (long)x).ToArray()));
+    }
+
     [Fact]
     public void CachesStayWithinTheirBudgets()
     {
