@@ -171,6 +171,39 @@ public class EngineTests
         Assert.All(results, r => Assert.Equal(expected, r.TokenIds.Select(x => (long)x).ToArray()));
     }
 
+    /// <summary>
+    /// The answer text as the engine builds it token by token: a stop string split over several tokens is found, the
+    /// streamed pieces concatenate to the final text, and a long answer costs time in proportion to its length.
+    /// </summary>
+    [Fact]
+    public void OutputTextFindsStopStringsAcrossTokensAndStreamsTheFinalText()
+    {
+        var tokenizer = ShareGPT4V.Tokenization.LlavaTokenizer.Load(Case.ModelPath);
+        var ids = tokenizer.Encode("  Hello there, world. ### and more", addBos: false);
+        var text = new OutputText(tokenizer, new[] { "###", "</s>" });
+        var streamed = new System.Text.StringBuilder();
+        foreach (var id in ids)
+        {
+            streamed.Append(text.Append(id));
+            if (text.Stopped) break;
+        }
+        Assert.True(text.Stopped);
+        streamed.Append(text.Complete());
+        Assert.Equal("Hello there, world.", text.FinalText);
+        Assert.Equal(text.FinalText, streamed.ToString());
+
+        // 20,000 tokens: a rescan of the whole answer per token would take seconds here.
+        var word = tokenizer.Encode(" lorem ipsum dolor", addBos: false);
+        var longText = new OutputText(tokenizer, new[] { "###", "USER:", "</s>" });
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        var all = new System.Text.StringBuilder();
+        for (int i = 0; i < 20_000; i++) all.Append(longText.Append(word[i % word.Length]));
+        all.Append(longText.Complete());
+        Assert.False(longText.Stopped);
+        Assert.Equal(longText.FinalText, all.ToString());
+        Assert.True(sw.Elapsed < TimeSpan.FromSeconds(5), $"{sw.Elapsed.TotalMilliseconds:F0} ms for 20,000 tokens");
+    }
+
     [Fact]
     public void CachesStayWithinTheirBudgets()
     {
