@@ -154,6 +154,19 @@ public sealed class RunnerTests : IClassFixture<EvalPipelineFixture>, IDisposabl
     }
 
     [Fact]
+    public async Task ACorruptImageIsNamedByItsQuestionLine()
+    {
+        var bad = Path.Combine(_dir, "bad.png");
+        File.WriteAllText(bad, "not an image");
+        var path = Questions((1, Path.Combine(_case.Dir, "image1.png"), "Q1?"), (2, bad, "Q2?"));
+        var qs = QuestionFile.Read(path, Benchmarks.Get("pope").RunSettings, null);
+        var e = await Assert.ThrowsAsync<EvaluationDataException>(() =>
+            EvaluationRunner.RunAsync(_p, Benchmarks.Get("pope"), qs, Path.Combine(_dir, "a.jsonl"), new EvalRunOptions { Generation = Short, BatchSize = 2 }));
+        Assert.Contains($"{path}:2", e.Message);
+        Assert.DoesNotContain($"{path}:1", e.Message);
+    }
+
+    [Fact]
     public async Task MmBenchRowsRunFromTheTsvWithInlineImages()
     {
         var b = Benchmarks.Get("mmbench");
