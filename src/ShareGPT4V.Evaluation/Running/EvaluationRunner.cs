@@ -105,7 +105,7 @@ public static class EvaluationRunner
                 foreach (var q in chunk) single.Add((await Generate(pipeline, new[] { q }, template, generation, cancellationToken).ConfigureAwait(false))[0]);
                 results = single;
             }
-            writer.Append(chunk.Select((q, i) => (q, AnswerFileWriter.FormatLine(q, results[i].Text.Trim(), options.ModelId))));
+            writer.Append(chunk.Select((q, i) => (q, AnswerFileWriter.FormatLine(q, PythonText.Strip(results[i].Text), options.ModelId))));
             answered += chunk.Length;
             progress?.Report(new EvalRunProgress(already + answered, runnable.Count, answered, clock.Elapsed));
         }
