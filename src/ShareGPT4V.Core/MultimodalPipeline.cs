@@ -458,14 +458,15 @@ public sealed class MultimodalPipeline : IDisposable
         var decodeTime = sw.Elapsed - prefillTime;
         var text = new OutputText(_tokenizer, options.StopStrings.Concat(_template.StopStrings).Distinct().ToList());
         var kept = new List<int>();
+        var whole = new System.Text.StringBuilder();
         foreach (var id in tokens)
         {
             kept.Add(id);
-            text.Append(id);
+            whole.Append(text.Append(id));
             if (text.Stopped) break;
         }
-        var whole = text.Complete();
-        if (whole.Length > 0) onText?.Invoke(0, whole);
+        whole.Append(text.Complete());
+        if (whole.Length > 0) onText?.Invoke(0, whole.ToString());
         var finish = text.Stopped ? FinishReason.StopString : endedWithEos ? FinishReason.EndOfSequence
             : maxNew < options.MaxNewTokens ? FinishReason.ContextFull : FinishReason.Length;
         return new GenerationResult

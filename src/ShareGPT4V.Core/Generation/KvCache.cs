@@ -66,20 +66,24 @@ public sealed class KvCache : IDisposable
     /// </summary>
     internal void Reorder(ReadOnlySpan<int> sources, long positions)
     {
-        bool identity = true;
+        var changed = new List<long>();
+        var from = new List<long>();
         for (int i = 0; i < sources.Length; i++)
         {
             if ((uint)sources[i] >= (uint)MaxBatch) throw new ArgumentOutOfRangeException(nameof(sources), sources[i], $"Row {sources[i]} is outside the cache's batch of {MaxBatch}");
-            identity &= sources[i] == i;
+            if (sources[i] != i) { changed.Add(i); from.Add(sources[i]); }
         }
-        if (identity || positions <= 0) return;
+        if (changed.Count == 0 || positions <= 0) return;
         using var scope = torch.NewDisposeScope();
-        var index = torch.tensor(sources.ToArray().Select(x => (long)x).ToArray(), device: Device);
+        var dst = torch.tensor(changed.ToArray(), device: Device);
+        var src = torch.tensor(from.ToArray(), device: Device);
         foreach (var buffers in new[] { _keys, _values })
             foreach (var layer in buffers)
             {
-                var rows = layer.narrow(0, 0, sources.Length).narrow(2, 0, positions);
-                rows.copy_(rows.index_select(0, index)); // index_select copies first, so overlapping rows are safe
+                // Only the rows that change are copied; the gather completes before the scatter, so a row may be
+                // both read and overwritten.
+                var used = layer.narrow(2, 0, positions);
+                used.index_copy_(0, dst, used.index_select(0, src));
             }
     }
 
