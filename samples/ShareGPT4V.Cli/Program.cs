@@ -10,7 +10,10 @@ const string Usage = """
       caption   caption one image, several, or a folder of images (JSON lines)
       chat      ask about images, once (--prompt) or as an interactive conversation
       convert   rewrite a checkpoint (PyTorch .bin or safetensors) as safetensors, in either layout
+      eval      run a benchmark (reference prompts), merge shards, score answers exactly as the official scripts
       download  fetch a Hugging Face hub repository into the hub cache (or a folder), with its vision tower
+      merge     join the JSON lines of sharded caption runs in input order
+      train     fine-tune a model (ShareGPT4V / LLaVA stages, HF Trainer semantics), resumable checkpoints
 
     Each command's options: sharegpt4v <command> --help. sharegpt4v --version prints the version.
     """;
@@ -36,7 +39,10 @@ string? help = command switch
     "caption" => CaptionCommand.Help,
     "chat" => ChatCommand.Help,
     "convert" => ConvertCommand.Help,
+    "eval" => rest.Length > 0 && rest[0] == "run" ? EvalRunCommand.Help : EvalCommand.Help,
     "download" => DownloadCommand.Help,
+    "merge" => MergeCommand.Help,
+    "train" => TrainCommand.Help,
     _ => null,
 };
 if (help is null)
@@ -57,8 +63,11 @@ try
     {
         "caption" => await CaptionCommand.RunAsync(rest, interrupts.Process),
         "chat" => await ChatCommand.RunAsync(rest, interrupts),
+        "eval" => await EvalCommand.RunAsync(rest, interrupts.Process),
         "convert" => await ConvertCommand.RunAsync(rest, interrupts.Process),
         "download" => await DownloadCommand.RunAsync(rest, interrupts.Process),
+        "merge" => MergeCommand.Run(rest),
+        "train" => await TrainCommand.RunAsync(rest, interrupts.Process),
         _ => throw new InvalidOperationException($"no handler for '{command}'"), // every command with a Help has a line here
     };
 }
@@ -77,7 +86,7 @@ catch (OperationCanceledException)
     Console.Error.WriteLine("cancelled");
     return 130;
 }
-catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+catch (Exception e) when (e is IOException or UnauthorizedAccessException or InvalidDataException)
 {
     Console.Error.WriteLine($"error: {e.Message}");
     return 1;

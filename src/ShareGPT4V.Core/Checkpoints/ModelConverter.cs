@@ -87,10 +87,7 @@ public static class ModelConverter
         {
             // The same check a load makes: a checkpoint that would not load is not converted.
             var (sources, _) = ModelLoader.MatchCheckpoint(folder.Config, readers, torch.ScalarType.Float32);
-            var byOurName = new ModelTensors(sources);
-            return layout == CheckpointLayout.LlavaHf
-                ? WriteLlavaHf(folder, byOurName, outFull, options, progress)
-                : WriteOriginal(folder, byOurName, outFull, options, progress);
+            return WriteModel(folder, new ModelTensors(sources), outFull, layout, options, progress);
         }
         finally
         {
@@ -98,7 +95,18 @@ public static class ModelConverter
         }
     }
 
-    private static ModelConversionResult WriteLlavaHf(ModelFolder folder, ModelTensors tensors, string outDir,
+    /// <summary>
+    /// Writes <paramref name="tensors"/> (under our parameter names) as a model folder of <paramref name="layout"/> in
+    /// <paramref name="outDir"/>, with the configs, tokenizer and preprocessor files of <paramref name="folder"/>.
+    /// Used by conversion and by training checkpoints (the trained weights in the input's layout).
+    /// </summary>
+    internal static ModelConversionResult WriteModel(ModelFolder folder, ITensorReader tensors, string outDir, CheckpointLayout layout,
+        ModelConversionOptions options, IProgress<CheckpointWriteProgress>? progress = null) =>
+        layout == CheckpointLayout.LlavaHf
+            ? WriteLlavaHf(folder, tensors, outDir, options, progress)
+            : WriteOriginal(folder, tensors, outDir, options, progress);
+
+    private static ModelConversionResult WriteLlavaHf(ModelFolder folder, ITensorReader tensors, string outDir,
         ModelConversionOptions options, IProgress<CheckpointWriteProgress>? progress)
     {
         Directory.CreateDirectory(outDir);
@@ -123,7 +131,7 @@ public static class ModelConverter
         return new ModelConversionResult(outDir, outDir, CheckpointLayout.LlavaHf, written.TensorCount, written.TotalBytes);
     }
 
-    private static ModelConversionResult WriteOriginal(ModelFolder folder, ModelTensors tensors, string outDir,
+    private static ModelConversionResult WriteOriginal(ModelFolder folder, ITensorReader tensors, string outDir,
         ModelConversionOptions options, IProgress<CheckpointWriteProgress>? progress)
     {
         var cfg = folder.Config;

@@ -16,9 +16,11 @@ public sealed class ShareGPT4VOptions
     public string? VisionTowerPath { get; set; }
     /// <summary>Hub branch, tag or commit for a hub id (default main); the other hub settings come from HF_* variables.</summary>
     public string? Revision { get; set; }
+    /// <summary>The mmproj GGUF (CLIP tower and projector) when <see cref="ModelPath"/> is an LLM GGUF file.</summary>
+    public string? MmprojPath { get; set; }
     /// <summary><c>cpu</c>, <c>cuda:N</c>, <c>cuda</c> or <c>auto</c>; CUDA needs <c>services.AddShareGPT4VCuda()</c>.</summary>
     public string Device { get; set; } = "cpu";
-    /// <summary><c>auto</c> (the device's policy), <c>float32</c>, <c>bfloat16</c> or <c>float16</c>.</summary>
+    /// <summary><c>auto</c> (the device's policy), <c>float32</c>, <c>bfloat16</c>, <c>float16</c>, or <c>q8_0</c> / <c>q4_0</c> (CPU, quantized at load).</summary>
     public string DType { get; set; } = "auto";
     /// <summary>Run on the CPU (logged) when CUDA was asked for but cannot be used; otherwise the load fails.</summary>
     public bool AllowCpuFallback { get; set; }
@@ -39,6 +41,7 @@ public sealed class ShareGPT4VOptions
         ModelPath = ModelPath,
         VisionTowerPath = VisionTowerPath,
         Hub = Revision is null ? null : new HubOptions { Revision = Revision },
+        MmprojPath = MmprojPath,
         Device = Device,
         DType = DType,
         AllowCpuFallback = AllowCpuFallback,
@@ -63,6 +66,12 @@ public sealed class ShareGPT4VOptionsValidator : IValidateOptions<ShareGPT4VOpti
         try
         {
             options.ToPipelineOptions().Validate();
+            if (options.MmprojPath is { } mm)
+            {
+                if (!File.Exists(options.ModelPath)) return ValidateOptionsResult.Fail($"ShareGPT4V: ModelPath '{options.ModelPath}' does not exist");
+                if (!File.Exists(mm)) return ValidateOptionsResult.Fail($"ShareGPT4V: MmprojPath '{mm}' does not exist");
+                return ValidateOptionsResult.Success;
+            }
             // A hub id (owner/name) that is not a folder is fetched at load.
             if (!Directory.Exists(options.ModelPath) && !HuggingFaceHub.IsRepoId(options.ModelPath))
                 return ValidateOptionsResult.Fail($"ShareGPT4V: ModelPath '{options.ModelPath}' is neither a folder nor a hub id (owner/name)");
