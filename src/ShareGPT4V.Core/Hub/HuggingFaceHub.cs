@@ -363,5 +363,6 @@ public sealed partial class HuggingFaceHub : IDisposable
         name.Length is > 0 and < 1024 && !name.Contains('\\') && !name.Contains('\0') && !Path.IsPathRooted(name) && !name.StartsWith('/')
         && name.Split('/').All(part => part.Length > 0 && part != "." && part != "..");
 
+    /// <summary>Releases the HTTP connections.</summary>
     public void Dispose() => _http.Dispose();
 }
