@@ -46,8 +46,8 @@ public sealed class CliHubTests : IDisposable
         var c = GoldenCase.Get("hf_llama2vocab");
         var files = Directory.GetFiles(c.ModelPath).Where(f => Path.GetFileName(f) is "config.json" or "model.safetensors" or "tokenizer.json"
                 or "tokenizer_config.json" or "special_tokens_map.json" or "preprocessor_config.json" or "generation_config.json" or "image1.png")
-            .ToDictionary(Path.GetFileName, File.ReadAllBytes)!;
-        var commit = _hub.AddRepo("tiny/llava-hf", files!);
+            .ToDictionary(f => Path.GetFileName(f), File.ReadAllBytes);
+        var commit = _hub.AddRepo("tiny/llava-hf", files);
 
         var d = Cli(null, "download", "tiny/llava-hf", "--include", "*.json", "--include", "*.safetensors");
         Assert.True(d.ExitCode == 0, d.Err);
