@@ -23,5 +23,5 @@ python3 "$here/load.py" --url "http://127.0.0.1:$port" --model "$name" --server-
   --clients "${CLIENTS:-1,4,16}" --requests "${REQUESTS:-3,8,16}" --max-tokens "${MAX_TOKENS:-32}"
 if [ -n "$image" ]; then
   python3 "$here/load.py" --url "http://127.0.0.1:$port" --model "$name" --server-pid $server \
-    --clients 1,4 --requests 2,4 --max-tokens "${MAX_TOKENS:-32}" --image "$image"
+    --clients "${IMAGE_CLIENTS:-1,4}" --requests "${IMAGE_REQUESTS:-2,4}" --max-tokens "${MAX_TOKENS:-32}" --image "$image"
 fi
