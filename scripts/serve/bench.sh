@@ -10,7 +10,7 @@ root=$(cd "$here/../.." && pwd)
 port=${PORT:-18500}
 dotnet build "$root/samples/ShareGPT4V.Server" -c Release -v q -nologo >/dev/null
 dotnet "$root/samples/ShareGPT4V.Server/bin/Release/net10.0/sharegpt4v-server.dll" --model "$model" \
-  --urls "http://127.0.0.1:$port" --threads "${THREADS:-2}" --max-tokens 256 > "${LOG:-/tmp/sharegpt4v-serve-bench.log}" 2>&1 &
+  --urls "http://127.0.0.1:$port" --threads "${THREADS:-2}" --max-tokens 256 --request-timeout 3600 > "${LOG:-/tmp/sharegpt4v-serve-bench.log}" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
 for _ in $(seq 1 600); do
