@@ -37,7 +37,7 @@ internal static class CaptionCommand
     {
         var cl = CommandLine.Parse("caption", args,
             new[] { "image", "manifest", "prompt", "output", "batch-size", "shard" }.Concat(Shared.ModelOptions).Concat(Shared.GenerationOptionNames).ToArray(),
-            new[] { "json", "overwrite" });
+            new[] { "json", "overwrite" }.Concat(Shared.GenerationFlags).ToArray());
         var generation = Shared.Generation(cl);
         if (cl.Value("manifest") is not null && cl.All("image").Count > 0) throw new UsageException("Give --image or --manifest, not both");
         var manifest = cl.Value("manifest") is { } m ? CaptionJob.ReadManifest(m) : null; // checked before the model loads

@@ -116,6 +116,29 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
         return result.MoveToOuterDisposeScope();
     }
 
+    // Training with gradient checkpointing runs the decoder layers itself (each one twice: without and then with
+    // autograd), so it needs Forward's pieces separately. No cache, positions from 0.
+    internal int LayerCount => _model.Layers.Count;
+
+    /// <summary>Rotary tables and mask for a full-sequence pass over [B, T] (mask null and causal true when unpadded).</summary>
+    internal (Tensor Cos, Tensor Sin, Tensor? Mask, bool Causal) PrepareLayers(Tensor positionIds, Tensor? attentionMask, long b, long t, Device device)
+    {
+        var (cos, sin) = _rope.Get(positionIds, DType);
+        bool causal = attentionMask is null && t > 1;
+        var mask = causal ? null : BuildMask(attentionMask, b, t, 0, DType, device);
+        return (cos, sin, mask, causal);
+    }
+
+    internal Tensor RunLayer(int i, Tensor h, Tensor cos, Tensor sin, Tensor? mask, bool causal) =>
+        _model.Layers[i].Forward(h, cos, sin, mask, causal, null, i, 0);
+
+    /// <summary>Final norm and LM head over the last layer's output.</summary>
+    internal Tensor Head(Tensor h)
+    {
+        using var scope = NewDisposeScope();
+        return Project(_model.Norm.forward(h)).MoveToOuterDisposeScope();
+    }
+
     private Tensor Project(Tensor h) =>
         _lmHead is not null ? _lmHead.forward(h) : Linear.Apply(h, _model.EmbedTokens.Weight, null);
 

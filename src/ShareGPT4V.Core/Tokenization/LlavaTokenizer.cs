@@ -11,6 +11,8 @@ public enum TokenizerFileKind
     SentencePieceModel,
     /// <summary>Hugging Face tokenizers <c>tokenizer.json</c> (the fast tokenizer).</summary>
     TokenizerJson,
+    /// <summary>The <c>tokenizer.ggml.*</c> metadata of a GGUF file (llama.cpp's <c>llama</c> tokenizer model).</summary>
+    Gguf,
 }
 
 /// <summary>
@@ -138,6 +140,60 @@ public sealed class LlavaTokenizer
             splitOnWhitespaceSymbol: json.SplitOnWhitespaceSymbol);
     }
 
+    /// <summary>
+    /// The tokenizer of a GGUF file: pieces, scores and types from <c>tokenizer.ggml.*</c>, merged by score with
+    /// byte fallback. As llama.cpp does, every text segment (also after a special token) gets the ▁ prefix unless
+    /// <c>tokenizer.ggml.add_space_prefix</c> is false.
+    /// </summary>
+    /// <summary>Loads the tokenizer a GGUF file carries in its metadata (see <see cref="FromGguf"/>).</summary>
+    public static LlavaTokenizer LoadGguf(string ggufPath)
+    {
+        using var f = Checkpoints.Gguf.GgufFile.Open(ggufPath);
+        return FromGguf(f);
+    }
+
+    internal static LlavaTokenizer FromGguf(Checkpoints.Gguf.GgufFile f)
+    {
+        string file = f.FilePath;
+        var model = f.String("tokenizer.ggml.model") ?? throw new ModelConfigurationException("Required key is missing", file, "tokenizer.ggml.model");
+        if (model != "llama")
+            throw new ModelConfigurationException($"Tokenizer model '{model}' is not supported (supported: llama, SentencePiece)", file, "tokenizer.ggml.model");
+        var tokens = f.Array<string>("tokenizer.ggml.tokens") ?? throw new ModelConfigurationException("Required key is missing", file, "tokenizer.ggml.tokens");
+        if (tokens.Length == 0 || tokens.Length > SentencePieceVocabulary.MaxPieces)
+            throw new ModelConfigurationException($"{tokens.Length} tokens is outside [1, {SentencePieceVocabulary.MaxPieces}]", file, "tokenizer.ggml.tokens");
+        var scores = f.Array<float>("tokenizer.ggml.scores") ?? new float[tokens.Length];
+        var types = f.Array<int>("tokenizer.ggml.token_type") ?? Enumerable.Repeat((int)PieceKind.Normal, tokens.Length).ToArray();
+        if (scores.Length != tokens.Length || types.Length != tokens.Length)
+            throw new ModelConfigurationException($"tokens, scores and token_type have different lengths ({tokens.Length}, {scores.Length}, {types.Length})", file, "tokenizer.ggml.scores");
+        var kinds = new PieceKind[tokens.Length];
+        for (int i = 0; i < tokens.Length; i++)
+        {
+            if (types[i] < 1 || types[i] > 6)
+                throw new ModelConfigurationException($"Token {i} has unknown type {types[i]}", file, "tokenizer.ggml.token_type");
+            if (tokens[i].Length > SentencePieceVocabulary.MaxPieceChars)
+                throw new ModelConfigurationException($"Token {i} is {tokens[i].Length} characters long, more than the {SentencePieceVocabulary.MaxPieceChars} accepted", file, "tokenizer.ggml.tokens");
+            if (!float.IsFinite(scores[i]))
+                throw new ModelConfigurationException($"Token {i} has a non-finite score", file, "tokenizer.ggml.scores");
+            kinds[i] = (PieceKind)types[i];
+        }
+        int Id(string key, int fallback)
+        {
+            int id = f.Int(key, -1, int.MaxValue) ?? fallback;
+            if (id < 0 || id >= tokens.Length)
+                throw new ModelConfigurationException($"Token id {id} is outside the {tokens.Length} tokens", file, key);
+            return id;
+        }
+        int unk = Id("tokenizer.ggml.unknown_token_id", 0), bos = Id("tokenizer.ggml.bos_token_id", 1), eos = Id("tokenizer.ggml.eos_token_id", 2);
+        int? pad = f.Has("tokenizer.ggml.padding_token_id") ? Id("tokenizer.ggml.padding_token_id", 0) : null;
+        bool prefix = f.Bool("tokenizer.ggml.add_space_prefix") ?? true;
+        var vocab = new SentencePieceVocabulary(tokens, scores, kinds, unk, byteFallback: true, addDummyPrefix: prefix, removeExtraWhitespaces: false);
+        var settings = new TokenizerSettings(Legacy: true, AddBosToken: f.Bool("tokenizer.ggml.add_bos_token") ?? true,
+            AddEosToken: f.Bool("tokenizer.ggml.add_eos_token") ?? false, BosToken: tokens[bos], EosToken: tokens[eos], UnkToken: tokens[unk],
+            PadToken: pad is int p ? tokens[p] : null, AddedTokens: Array.Empty<AddedToken>(), AdditionalSpecialTokens: Array.Empty<string>());
+        return new LlavaTokenizer(TokenizerFileKind.Gguf, file, new SentencePieceBpe(vocab), settings.AddedTokens, settings,
+            prefixFirst: prefix, prefixAfterSpecial: prefix, splitOnWhitespaceSymbol: false);
+    }
+
     /// <summary>Id of a piece or added token, or null.</summary>
     public int? TokenToId(string token)
     {
@@ -229,6 +285,50 @@ public sealed class LlavaTokenizer
     /// <summary>A detokenizer for one generation stream (not shared between threads).</summary>
     public StreamingDetokenizer CreateStreamingDetokenizer(bool skipSpecialTokens = true) => new(this, skipSpecialTokens);
 
+    /// <summary>
+    /// Encodes like the slow <c>LlamaTokenizer</c> LLaVA training loads, whose handling of text right after a special
+    /// token (such as the &lt;/s&gt; that closes a round) depends on its version and <c>legacy</c> flag; the text at the
+    /// start always gets the dummy prefix. Used by the training preprocessing, which must reproduce each variant's ids.
+    /// </summary>
+    internal int[] EncodeSlow(string text, bool addBos, AfterSpecialText after)
+    {
+        ArgumentNullException.ThrowIfNull(text);
+        CheckValidUnicode(text);
+        var ids = new List<int>(text.Length / 3 + 2);
+        if (addBos) ids.Add(BosId);
+        bool atStart = true;
+        int pos = 0;
+        while (pos <= text.Length)
+        {
+            var (at, token) = FindSpecial(text, pos);
+            int end = at < 0 ? text.Length : at;
+            if (end > pos)
+            {
+                var segment = text.Substring(pos, end - pos);
+                if (atStart || after == AfterSpecialText.DummyPrefix) EncodeSegment(segment, true, ids);
+                else if (after == AfterSpecialText.NoPrefix) EncodeSegment(segment, false, ids);
+                else
+                {
+                    // transformers 4.31 (legacy=false): encoded with the dummy prefix, then the first piece loses its ▁.
+                    var part = new List<int>();
+                    EncodeSegment(segment, true, part);
+                    if (part.Count > 0 && IdToToken(part[0]) is { Length: > 0 } first && first[0] == SentencePieceBpe.WhitespaceSymbol)
+                    {
+                        var rest = first[1..];
+                        if (rest.Length == 0) part.RemoveAt(0);
+                        else part[0] = TokenToId(rest) ?? UnkId;
+                    }
+                    ids.AddRange(part);
+                }
+            }
+            if (at < 0) break;
+            ids.Add(TokenToId(token!)!.Value);
+            atStart = false;
+            pos = at + token!.Length;
+        }
+        return ids.ToArray();
+    }
+
     private void EncodeText(string text, List<int> ids)
     {
         bool atStart = true;
@@ -297,4 +397,15 @@ public sealed class LlavaTokenizer
         isWordStart = piece.Length > 0 && piece[0] == SentencePieceBpe.WhitespaceSymbol;
         return Encoding.UTF8.GetBytes(piece.Replace(SentencePieceBpe.WhitespaceSymbol, ' '));
     }
+}
+
+/// <summary>How the slow LLaMA tokenizer encodes text that follows a special token inside one string.</summary>
+internal enum AfterSpecialText
+{
+    /// <summary>With the dummy prefix, like text at the start (<c>legacy=true</c>, any transformers version).</summary>
+    DummyPrefix,
+    /// <summary>Without it (<c>legacy=false</c>, transformers ≥ 4.34): "&lt;/s&gt;USER" → 2, "USER".</summary>
+    NoPrefix,
+    /// <summary>With it, then the first piece's ▁ stripped (<c>legacy=false</c>, transformers 4.31): "&lt;/s&gt;USER" → 2, "US", "ER".</summary>
+    PrefixPieceStripped,
 }
