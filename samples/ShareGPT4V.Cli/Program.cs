@@ -10,7 +10,8 @@ const string Usage = """
       caption   caption one image, several, or a folder of images (JSON lines)
       chat      ask about images, once (--prompt) or as an interactive conversation
       convert   rewrite a checkpoint (PyTorch .bin or safetensors) as safetensors, in either layout
-      train     fine-tune a model (ShareGPT4V / LLaVA stages, HF Trainer semantics), resumable checkpoints
+      train     fine-tune a model (ShareGPT4V / LLaVA stages, LoRA, HF Trainer semantics), resumable checkpoints
+      merge-lora  fold a LoRA adapter (PEFT format) into its base model
 
     Each command's options: sharegpt4v <command> --help
     """;
@@ -29,6 +30,7 @@ string? help = command switch
     "chat" => ChatCommand.Help,
     "convert" => ConvertCommand.Help,
     "train" => TrainCommand.Help,
+    "merge-lora" => MergeLoraCommand.Help,
     _ => null,
 };
 if (help is null)
@@ -50,6 +52,7 @@ try
         "caption" => await CaptionCommand.RunAsync(rest, interrupts.Process),
         "chat" => await ChatCommand.RunAsync(rest, interrupts),
         "train" => await TrainCommand.RunAsync(rest, interrupts.Process),
+        "merge-lora" => MergeLoraCommand.Run(rest),
         _ => ConvertCommand.Run(rest),
     };
 }

@@ -60,6 +60,8 @@ public sealed class Trainer
     public Task<TrainingResult> RunAsync(IProgress<TrainingStepLog>? progress = null, CancellationToken cancellationToken = default) =>
         Task.Factory.StartNew(() => Run(progress, cancellationToken), cancellationToken, TaskCreationOptions.LongRunning, TaskScheduler.Default);
 
+    private const string RngFile = "rng_state.safetensors";
+
     private TrainingTemplate Template => _o.Stage == TrainingStage.Finetune ? TrainingTemplate.VicunaV1 : TrainingTemplate.Plain;
 
     private TrainingResult Run(IProgress<TrainingStepLog>? progress, CancellationToken ct)
@@ -123,15 +125,27 @@ public sealed class Trainer
         int epochs = _o.MaxSteps is int ms ? (int)(ms / updatesPerEpoch + (ms % updatesPerEpoch > 0 ? 1 : 0)) : (int)Math.Ceiling(_o.Epochs);
         long warmup = LrSchedule.WarmupSteps(maxSteps, _o.WarmupSteps, _o.WarmupRatio);
 
+        torch.manual_seed(_o.Seed); // LoRA dropout draws from the global generator (its state is saved with checkpoints)
+        if (_o.Lora is not null) (loadPath, loadTower) = (_o.ModelPath, _o.VisionTowerPath); // a LoRA checkpoint holds the adapter only
         using var model = ModelLoader.Load(loadPath, new LoadOptions { DType = ScalarType.Float32, VisionTowerPath = loadTower });
+        using var lora = _o.Lora is null ? null
+            : resumeFrom is not null ? LoraAdapters.Load(resumeFrom, model, source) : LoraAdapters.Attach(model, _o.Lora, _o.Seed);
+        lora?.SetTraining(true);
         var named = model.named_parameters().Select(p => (Name: p.name, Param: (Tensor)p.parameter)).ToList();
         var trainable = named.Where(p => IsTrainable(p.Name, model.Config)).ToList();
+        if (lora is not null) trainable.AddRange(lora.Parameters);
         if (trainable.Count == 0) throw new ModelConfigurationException("Nothing to train: no parameter is trainable in this stage", null, "stage");
         foreach (var (_, p) in trainable) p.requires_grad_(true);
         _log.LogInformation("{Examples} examples, {Steps} optimizer steps, {Trainable} trainable parameters in {Tensors} tensors",
             examples.Count, maxSteps, trainable.Sum(t => t.Param.numel()), trainable.Count);
 
         using var optimizer = new AdamW(Groups(model, trainable), _o.AdamBeta1, _o.AdamBeta2, _o.AdamEpsilon);
+        if (resumeFrom is not null && File.Exists(Path.Combine(resumeFrom, RngFile)))
+        {
+            using var rngFile = SafeTensorsFile.Open(Path.Combine(resumeFrom, RngFile));
+            using var rng = rngFile.Load("cpu");
+            torch.set_rng_state(rng);
+        }
         if (resumeFrom is not null)
             TrainingCheckpoint.ReadOptimizer(optimizer, Path.Combine(resumeFrom, TrainingCheckpoint.OptimizerFile), trainable.ToDictionary(t => t.Name, t => t.Param));
 
@@ -147,9 +161,11 @@ public sealed class Trainer
             var tmp = dir + ".tmp";
             if (Directory.Exists(tmp)) Directory.Delete(tmp, true);
             Directory.CreateDirectory(tmp);
-            TrainingCheckpoint.WriteModel(model, source, tmp);
+            if (lora is not null) lora.Save(tmp, model, source);
+            else TrainingCheckpoint.WriteModel(model, source, tmp);
             TrainingCheckpoint.WriteOptimizer(optimizer, Path.Combine(tmp, TrainingCheckpoint.OptimizerFile));
-            var modelRel = Path.GetRelativePath(tmp, TrainingCheckpoint.ModelPathIn(tmp, source));
+            using (var rng = torch.get_rng_state()) SafeTensorsWriter.Write(Path.Combine(tmp, RngFile), new[] { new KeyValuePair<string, Tensor>("cpu", rng) });
+            var modelRel = lora is not null ? "." : Path.GetRelativePath(tmp, TrainingCheckpoint.ModelPathIn(tmp, source));
             var state = TrainingCheckpoint.StateJson(at, maxSteps, EpochOf(at), log, _o.SaveSteps, bs, modelRel);
             TrainingCheckpoint.WriteJson(Path.Combine(tmp, TrainingCheckpoint.StateFile), state);
             if (Directory.Exists(dir)) Directory.Delete(dir, true);
@@ -239,7 +255,7 @@ public sealed class Trainer
                 else File.Move(entry, dest);
             }
             Directory.Delete(final, true);
-            return new TrainingResult(output, TrainingCheckpoint.ModelPathIn(output, source), atLastStep.GlobalStep, log, skipped);
+            return new TrainingResult(output, lora is not null ? output : TrainingCheckpoint.ModelPathIn(output, source), atLastStep.GlobalStep, log, skipped);
         }
         finally
         {
@@ -259,6 +275,7 @@ public sealed class Trainer
     {
         bool projector = name.StartsWith("multi_modal_projector.", StringComparison.Ordinal);
         bool language = name.StartsWith("language_model.", StringComparison.Ordinal);
+        if (_o.Lora is not null) return projector; // the LLM is trained through its adapters
         switch (_o.Stage)
         {
             case TrainingStage.ProjectorOnly: return projector;

@@ -83,6 +83,11 @@ public sealed record TrainerOptions
     public bool SkipBadRecords { get; init; } = true;
     /// <summary>Micro-batches prepared ahead on other threads.</summary>
     public int PrefetchBatches { get; init; } = 4;
+    /// <summary>
+    /// LoRA on the language model (stage <see cref="TrainingStage.Finetune"/> only): the LLM's weights stay frozen,
+    /// adapters and the projector are trained, and checkpoints hold the adapter in PEFT's format. Null: full training.
+    /// </summary>
+    public LoraOptions? Lora { get; init; }
     /// <summary>Write TensorBoard event files (<c>--report-to tensorboard</c>).</summary>
     public bool ReportToTensorBoard { get; init; }
 
@@ -115,6 +120,8 @@ public sealed record TrainerOptions
         Check(ModelMaxLength >= 2, "model-max-length", "model-max-length must be at least 2");
         Check(SaveSteps >= 0, "save-steps", "save-steps cannot be negative");
         Check(PrefetchBatches >= 1, "prefetch", "At least one batch must be prefetched");
+        Check(Lora is null || Stage == TrainingStage.Finetune, "lora-r", "LoRA is for the finetune stage");
+        Lora?.Validate();
     }
 }
 
