@@ -23,7 +23,7 @@ internal static class ChatCommand
     {
         var cl = CommandLine.Parse("chat", args,
             new[] { "image", "prompt", "system" }.Concat(Shared.ModelOptions).Concat(Shared.GenerationOptionNames).ToArray(),
-            new[] { "json" });
+            new[] { "json" }.Concat(Shared.GenerationFlags).ToArray());
         var generation = Shared.Generation(cl);
         foreach (var f in cl.All("image"))
             if (!File.Exists(f)) throw new UsageException($"Image '{f}' does not exist");

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using System.Threading.Channels;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
@@ -8,6 +9,7 @@ using ShareGPT4V.Configuration;
 using ShareGPT4V.Conversation;
 using ShareGPT4V.Devices;
 using ShareGPT4V.Generation;
+using ShareGPT4V.Hub;
 using ShareGPT4V.Preprocessing;
 using ShareGPT4V.Tokenization;
 using TorchSharp;
@@ -91,22 +93,51 @@ public sealed class MultimodalPipeline : IDisposable
         options.Validate();
         logger ??= NullLogger.Instance;
         var sw = Stopwatch.StartNew();
-        var folder = ModelFolder.Open(options.ModelPath, options.VisionTowerPath);
+        var quantization = Modeling.QuantizationFormats.TryParse(options.DType);
+        bool gguf = options.MmprojPath is not null || Checkpoints.Gguf.GgufModel.IsGgufPath(options.ModelPath);
+        // A hub id (owner/name) that is not a local folder is fetched into the hub cache, its CLIP tower repository too.
+        var (modelPath, towerPath) = gguf ? (options.ModelPath, options.VisionTowerPath)
+            : Task.Run(() => ModelSource.ResolveAsync(options.ModelPath, options.VisionTowerPath, options.Hub, cancellationToken),
+                cancellationToken).GetAwaiter().GetResult();
+        var folder = gguf ? ModelFolder.OpenGguf(modelPath, options.MmprojPath) : ModelFolder.Open(modelPath, towerPath);
         // The device is decided before anything touches libtorch: a CUDA provider may have to load it from elsewhere.
-        var placement = ResolvePlacement(options, folder.Config, logger);
+        DevicePlacement placement;
+        try
+        {
+            placement = ResolvePlacement(quantization is null ? options : options with { DType = "float32" }, folder.Config, logger);
+            LibTorchRuntime.EnsureLoaded(placement.Device.type); // a missing runtime package is named here, not deep inside
+        }
+        catch (TypeInitializationException e) { throw LibTorchRuntime.Missing(e); }
         if (options.Threads is int threads) torch.set_num_threads(threads);
-        var tokenizer = LlavaTokenizer.Load(folder.ModelPath);
-        var pre = folder.PreprocessorConfigPath is { } p
-            ? PreprocessorConfig.Load(p)
-            : new PreprocessorConfig { ShortestEdge = folder.Config.Vision.ImageSize, CropHeight = folder.Config.Vision.ImageSize, CropWidth = folder.Config.Vision.ImageSize };
-        var aspect = ImageAspectModes.FromConfigValue(folder.Config.ImageAspectRatio);
+        LlavaTokenizer tokenizer;
+        PreprocessorConfig pre;
+        if (gguf)
+        {
+            using (var llm = Checkpoints.Gguf.GgufFile.Open(folder.ModelPath)) tokenizer = Checkpoints.Gguf.GgufModel.ReadTokenizer(llm);
+            using (var mm = Checkpoints.Gguf.GgufFile.Open(folder.MmprojPath!)) pre = Checkpoints.Gguf.GgufModel.ReadPreprocessor(mm, folder.Config.Vision);
+        }
+        else
+        {
+            tokenizer = LlavaTokenizer.Load(folder.ModelPath);
+            pre = folder.PreprocessorConfigPath is { } p
+                ? PreprocessorConfig.Load(p)
+                : new PreprocessorConfig { ShortestEdge = folder.Config.Vision.ImageSize, CropHeight = folder.Config.Vision.ImageSize, CropWidth = folder.Config.Vision.ImageSize };
+        }
+        var aspect = options.ImageAspect ?? ImageAspectModes.FromConfigValue(folder.Config.ImageAspectRatio);
         var processor = new ClipImageProcessor(pre, aspect);
         CheckProcessorMatchesTower(processor, folder.Config.Vision, folder.PreprocessorConfigPath); // before any weight is read
         var template = options.Template is { } name
             ? ConversationTemplates.Get(name)
             : ConversationTemplates.ChooseDefault(folder.Config.ModelType, folder.Config.Layout == CheckpointLayout.LlavaHf, Path.GetFileName(folder.ModelPath));
-        var model = ModelLoader.Load(folder, new LoadOptions { DType = placement.DType, Device = placement.Device, VisionTowerPath = options.VisionTowerPath },
-            progress, cancellationToken);
+        // A GGUF model on the CPU with the default dtype keeps every tensor as the file stores it (F16 stays F16, Q4_0
+        // blocks are used as they are).
+        bool asStored = gguf && quantization is null && DTypeChoice.Parse(options.DType) is null && placement.Device.type == DeviceType.CPU;
+        var model = ModelLoader.Load(folder, new LoadOptions
+        {
+            DType = asStored ? null : placement.DType, Device = placement.Device, VisionTowerPath = towerPath, Quantization = quantization,
+        }, progress, cancellationToken);
+        if (quantization is not null || gguf)
+            logger.LogInformation("Weight storage: {Storage}", Modeling.WeightStorage.Describe(model));
         logger.LogInformation("Loaded {Model} ({Layout}, {Layers} layers, template {Template}) on {Placement} in {Seconds:F2} s",
             folder.ModelPath, folder.Config.Layout, folder.Config.Text.NumHiddenLayers, template.Name, placement.Description, sw.Elapsed.TotalSeconds);
         return new MultimodalPipeline(options, folder, model, tokenizer, processor, template, logger, placement);
@@ -186,13 +217,15 @@ public sealed class MultimodalPipeline : IDisposable
         await task.ConfigureAwait(false); // surfaces cancellation or errors
     }
 
-    /// <summary>Captions many images, <see cref="PipelineOptions.MaxBatchSize"/> at a time, results in input order.</summary>
+    /// <summary>Captions many images, <see cref="PipelineOptions.MaxBatchSize"/> at a time (one at a time with beam search), results in input order.</summary>
     public async Task<IReadOnlyList<GenerationResult>> CaptionBatchAsync(IReadOnlyList<ImageInput> images, string? prompt = null,
         GenerationOptions? options = null, IProgress<int>? progress = null, CancellationToken cancellationToken = default)
     {
         var text = BuildPrompt(new[] { new ChatMessage(ChatRole.User, prompt ?? DefaultCaptionPrompt, 1) });
         var results = new List<GenerationResult>(images.Count);
-        foreach (var chunk in images.Chunk(Options.MaxBatchSize))
+        // Beam search runs one prompt at a time (its cache rows are the beams).
+        int rowsAtOnce = (options ?? Options.Generation).IsBeamSearch ? 1 : Options.MaxBatchSize;
+        foreach (var chunk in images.Chunk(rowsAtOnce))
         {
             results.AddRange(await GenerateBatchAsync(chunk.Select(i => new PromptRequest(text, new[] { i })).ToList(), options, null, cancellationToken).ConfigureAwait(false));
             progress?.Report(results.Count);
@@ -230,6 +263,10 @@ public sealed class MultimodalPipeline : IDisposable
         options ??= Options.Generation;
         try { options.Validate(); }
         catch (ArgumentOutOfRangeException e) { throw new PromptException($"Invalid generation option {e.ParamName}: {e.Message}", e); }
+        if (options.IsBeamSearch && requests.Count > 1)
+            throw new PromptException($"Beam search (NumBeams = {options.NumBeams}) runs one prompt at a time, but {requests.Count} were given together");
+        if (options.NumBeams > Options.MaxBatchSize)
+            throw new PromptException($"NumBeams = {options.NumBeams} needs {options.NumBeams} cache rows, more than MaxBatchSize = {Options.MaxBatchSize} (the memory the device was checked for)");
         var started = Stopwatch.StartNew();
 
         // Tokenize and preprocess on the caller's side: cheap checks fail fast, image decoding overlaps inference.
@@ -321,13 +358,15 @@ public sealed class MultimodalPipeline : IDisposable
                     ? $"The prompt takes {promptLength} tokens (image tokens included), more than the context window of {_context}"
                     : $"The prompt takes {promptLength} tokens and {maxNew} new tokens were asked for: {promptLength + maxNew} exceeds the context window of {_context} (lower MaxNewTokens or set Overflow = ClampNewTokens)");
         }
+        if (options.IsBeamSearch)
+            return new[] { RunBeams(rows[0], imageEmbeddings, options, maxNew, onText, preprocessTime, visionTime, started, ct) };
         var cache = EnsureCache(rows.Count, promptLength + maxNew + 1);
         using var generator = new TokenGenerator(_model, cache);
         int batch = rows.Count;
         var samplers = Enumerable.Range(0, batch).Select(_ => new Sampler(options)).ToArray();
         var texts = Enumerable.Range(0, batch).Select(_ => new OutputText(_tokenizer, options.StopStrings.Concat(_template.StopStrings).Distinct().ToList())).ToArray();
         var outputs = Enumerable.Range(0, batch).Select(_ => new List<int>()).ToArray();
-        var seen = rows.Select(r => new HashSet<int>(r.Where(x => x >= 0 && x != Config.ImageTokenIndex))).ToArray();
+        var histories = rows.Select(r => ProcessorHistory.ForPrompt(Config, r)).ToArray(); // what the processors see, per layout
         var finish = new FinishReason?[batch];
         int eos = _tokenizer.EosId;
 
@@ -356,11 +395,11 @@ public sealed class MultimodalPipeline : IDisposable
             for (int r = 0; r < batch; r++)
             {
                 if (finish[r] is not null) { next[r] = eos; continue; }
-                int id = samplers[r].Sample(rowsLogits.AsSpan((int)(r * vocab), (int)vocab), seen[r]);
+                int id = samplers[r].Sample(rowsLogits.AsSpan((int)(r * vocab), (int)vocab), CollectionsMarshal.AsSpan(histories[r]));
                 next[r] = id;
                 if (options.StopAtEndOfSequence && id == eos) { finish[r] = FinishReason.EndOfSequence; continue; }
                 outputs[r].Add(id);
-                seen[r].Add(id);
+                histories[r].Add(id);
                 var piece = texts[r].Append(id);
                 if (piece.Length > 0) onText?.Invoke(r, piece);
                 if (texts[r].Stopped) finish[r] = FinishReason.StopString;
@@ -393,6 +432,50 @@ public sealed class MultimodalPipeline : IDisposable
         _logger.LogDebug("Generated {Rows} row(s): prompt {Prompt} tokens, {Tokens} new tokens, prefill {Prefill:F0} ms, decode {Decode:F0} ms",
             batch, promptLength, outputs.Sum(o => o.Count), prefillTime.TotalMilliseconds, decodeTime.TotalMilliseconds);
         return results;
+    }
+
+    /// <summary>Beam search for one prompt: the prompt is run once per beam, the answer is released whole at the end.</summary>
+    private GenerationResult RunBeams(int[] row, Tensor? imageEmbeddings, GenerationOptions options, int maxNew,
+        Action<int, string>? onText, TimeSpan preprocessTime, TimeSpan visionTime, Stopwatch started, CancellationToken ct)
+    {
+        int beams = options.NumBeams;
+        var ids = row.Select(x => (long)x).ToArray();
+        using var copies = imageEmbeddings?.repeat(beams, 1, 1);
+        using var inputs = _model.BuildInputs(Enumerable.Repeat(ids, beams).ToList(), copies);
+        var cache = EnsureCache(beams, (int)inputs.Length + maxNew + 1);
+        using var generator = new TokenGenerator(_model, cache);
+        int eos = options.StopAtEndOfSequence ? _tokenizer.EosId : -1;
+        var search = new BeamSearch(options, ProcessorHistory.ForPrompt(Config, row), eos, maxNew);
+        var sw = Stopwatch.StartNew();
+        TimeSpan prefillTime = TimeSpan.Zero, ttft = TimeSpan.Zero;
+        var (tokens, endedWithEos, _) = maxNew == 0 ? (Array.Empty<int>(), false, 0.0)
+            : BeamSearchRunner.Run(generator, inputs, search, () =>
+            {
+                if (prefillTime == TimeSpan.Zero) { prefillTime = sw.Elapsed; ttft = started.Elapsed; }
+                ct.ThrowIfCancellationRequested();
+            });
+        var decodeTime = sw.Elapsed - prefillTime;
+        var text = new OutputText(_tokenizer, options.StopStrings.Concat(_template.StopStrings).Distinct().ToList());
+        var kept = new List<int>();
+        foreach (var id in tokens)
+        {
+            kept.Add(id);
+            text.Append(id);
+            if (text.Stopped) break;
+        }
+        var whole = text.Complete();
+        if (whole.Length > 0) onText?.Invoke(0, whole);
+        var finish = text.Stopped ? FinishReason.StopString : endedWithEos ? FinishReason.EndOfSequence
+            : maxNew < options.MaxNewTokens ? FinishReason.ContextFull : FinishReason.Length;
+        return new GenerationResult
+        {
+            Text = text.FinalText, TokenIds = kept, FinishReason = finish, PromptTokens = inputs.Lengths[0],
+            Timings = new GenerationTimings
+            {
+                Preprocess = preprocessTime, Vision = visionTime, Prefill = prefillTime, Decode = decodeTime,
+                TimeToFirstToken = ttft == TimeSpan.Zero ? started.Elapsed : ttft, Total = started.Elapsed,
+            },
+        };
     }
 
     private void WaitForDevice()

@@ -16,18 +16,27 @@ public enum PromptOverflow
 /// <summary>Options of a <see cref="MultimodalPipeline"/>: where the model is and how to run it.</summary>
 public sealed record PipelineOptions
 {
-    /// <summary>Folder of the model (llava-hf folder, or the LLM folder of an original LLaVA / ShareGPT4V checkpoint).</summary>
+    /// <summary>
+    /// Folder of the model (llava-hf folder, or the LLM folder of an original LLaVA / ShareGPT4V checkpoint), a Hugging
+    /// Face hub id such as <c>Lin-Chen/ShareGPT4V-7B</c>, fetched into the hub cache as from_pretrained does (see <see cref="Hub"/>),
+    /// or a llama.cpp LLM GGUF file (then <see cref="MmprojPath"/> names its mmproj GGUF).
+    /// </summary>
     public string ModelPath { get; init; } = "";
-    /// <summary>CLIP tower folder; overrides <c>mm_vision_tower</c> of an original-layout config.</summary>
+    /// <summary>The mmproj GGUF (CLIP tower and projector) of a GGUF model; required when <see cref="ModelPath"/> is a GGUF file.</summary>
+    public string? MmprojPath { get; init; }
+    /// <summary>CLIP tower folder or hub id; overrides <c>mm_vision_tower</c> of an original-layout config.</summary>
     public string? VisionTowerPath { get; init; }
+    /// <summary>Hub settings for hub ids (revision, cache, token, offline, download progress); null = the HF_* environment.</summary>
+    public ShareGPT4V.Hub.HubOptions? Hub { get; init; }
     /// <summary>
     /// <c>cpu</c> (default), <c>cuda:N</c>, <c>cuda</c> (the CUDA device with the most free memory) or <c>auto</c> (CUDA
     /// when it works, else the CPU). CUDA needs <see cref="DeviceProvider"/> from the ShareGPT4V.Cuda package.
     /// </summary>
     public string Device { get; init; } = "cpu";
     /// <summary>
-    /// <c>auto</c> (default: float32 on the CPU; on CUDA bfloat16 where the GPU supports it, else float16), or
-    /// <c>float32</c>, <c>bfloat16</c>, <c>float16</c>.
+    /// <c>auto</c> (default: float32 on the CPU; on CUDA bfloat16 where the GPU supports it, else float16; a GGUF
+    /// model keeps each tensor as stored), or <c>float32</c>, <c>bfloat16</c>, <c>float16</c>, or <c>q8_0</c> /
+    /// <c>q4_0</c>: the language model's matrices block-quantized at load (CPU only; see <see cref="Checkpoints.LoadOptions.Quantization"/>).
     /// </summary>
     public string DType { get; init; } = "auto";
     /// <summary>Run on the CPU (with a logged warning) when CUDA was asked for but cannot be used; otherwise refuse.</summary>
@@ -38,6 +47,11 @@ public sealed record PipelineOptions
     public string? Template { get; init; }
     /// <summary>Defaults for requests that pass no generation options.</summary>
     public GenerationOptions Generation { get; init; } = new();
+    /// <summary>
+    /// How non-square images are made square; null (default) follows the checkpoint's <c>image_aspect_ratio</c>.
+    /// Evaluation sets it per benchmark: some reference scripts pad, others resize and crop whatever the config says.
+    /// </summary>
+    public Preprocessing.ImageAspectMode? ImageAspect { get; init; }
     /// <summary>Limits applied when decoding images.</summary>
     public ImageLoadOptions ImageLimits { get; init; } = ImageLoadOptions.Default;
     /// <summary>Context window in tokens (prompt, image tokens and output); null = the model's max_position_embeddings.</summary>
@@ -58,7 +72,9 @@ public sealed record PipelineOptions
     public void Validate()
     {
         if (string.IsNullOrWhiteSpace(ModelPath)) throw new ModelConfigurationException("ModelPath is required", null, nameof(ModelPath));
-        DTypeChoice.Parse(DType, nameof(DType));
+        if (Modeling.QuantizationFormats.TryParse(DType) is null) DTypeChoice.Parse(DType, nameof(DType));
+        else if (!string.Equals(Device.Trim(), "cpu", StringComparison.OrdinalIgnoreCase))
+            throw new ModelConfigurationException($"DType '{DType}' (block quantization) runs on the CPU only; Device is '{Device}'", null, nameof(DType));
         DeviceRequest.Parse(Device, nameof(Device));
         if (ContextLength is <= 0) throw new ModelConfigurationException("ContextLength must be positive", null, nameof(ContextLength));
         if (MaxBatchSize <= 0) throw new ModelConfigurationException("MaxBatchSize must be positive", null, nameof(MaxBatchSize));

@@ -1,5 +1,6 @@
 using System.Text;
 using ShareGPT4V.Checkpoints;
+using ShareGPT4V.Checkpoints.Gguf;
 using ShareGPT4V.Checkpoints.PyTorch;
 using ShareGPT4V.Configuration;
 using ShareGPT4V.Preprocessing;
@@ -22,7 +23,7 @@ public sealed class FuzzTargets : IDisposable
 {
     /// <summary>The four checkpoint readers (the coverage-guided targets), then the JSON, tokenizer and image targets.</summary>
     public static IReadOnlyList<string> Names { get; } =
-        ["safetensors", "sharded", "bin-zip", "bin-legacy", "config", "tokenizer-json", "tokenizer-model", "tokenizer-config", "preprocessor", "image"];
+        ["safetensors", "sharded", "bin-zip", "bin-legacy", "gguf", "config", "tokenizer-json", "tokenizer-model", "tokenizer-config", "preprocessor", "image"];
 
     /// <summary>Separates the index from the shards in an input of the <c>sharded</c> target.</summary>
     public static ReadOnlySpan<byte> ShardSeparator => "\n#SHARD#\n"u8;
@@ -66,6 +67,7 @@ public sealed class FuzzTargets : IDisposable
                 case "safetensors": SafeTensors(data); break;
                 case "sharded": Sharded(data); break;
                 case "bin-zip" or "bin-legacy": Bin(data); break;
+                case "gguf": Gguf(data); break;
                 case "config": return Config(data);
                 case "tokenizer-json": TokenizerJson(data); break;
                 case "tokenizer-model": TokenizerModel(data); break;
@@ -113,6 +115,30 @@ public sealed class FuzzTargets : IDisposable
         var path = Fresh("bin", "pytorch_model.bin", data);
         using var r = PyTorchCheckpointReader.Open(path);
         Touch(r);
+    }
+
+    /// <summary>
+    /// A GGUF file as the LLM or the mmproj of a model (by its architecture), paired with the other file from the
+    /// fixtures: config from the metadata, the whole model loaded with tensors as stored (quantized blocks included),
+    /// every weight read, and for an LLM file its tokenizer used.
+    /// </summary>
+    private void Gguf(byte[] data)
+    {
+        var path = Fresh("gguf", "input.gguf", data);
+        string arch;
+        using (var f = GgufFile.Open(path)) arch = f.String("general.architecture") ?? "";
+        bool mmproj = arch == "clip";
+        var folder = mmproj
+            ? ModelFolder.OpenGguf(Path.Combine(_fixtures, "gguf/hf_llama2vocab/llm-q4_0.gguf"), path)
+            : ModelFolder.OpenGguf(path, Path.Combine(_fixtures, "gguf/hf_llama2vocab/mmproj-f16.gguf"));
+        using (var model = ModelLoader.Load(folder, new LoadOptions { DType = null }))
+            foreach (var (name, p) in model.named_parameters())
+            {
+                using var scope = torch.NewDisposeScope();
+                var values = p is Modeling.QuantizedWeight q ? q.Dequantize() : p;
+                _ = values.to_type(torch.ScalarType.Float64).sum().item<double>();
+            }
+        if (!mmproj) UseTokenizer(LlavaTokenizer.LoadGguf(path));
     }
 
     /// <summary>Reads every tensor, checks its shape against the header, and reads every element (sum in float64).</summary>

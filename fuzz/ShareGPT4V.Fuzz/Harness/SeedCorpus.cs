@@ -50,6 +50,11 @@ public static class SeedCorpus
                 Add("oracle/bad_pickles/truncated_zip.bin");
                 Add("oracle/llava_tiny336_bin/clip-vit-tiny-336/pytorch_model.bin");
                 break;
+            case "gguf":
+                Add("gguf/hf_llama2vocab/mmproj-f16.gguf");
+                Add("gguf/hf_llama2vocab/mmproj-f32.gguf");
+                Add("gguf/hf_llama2vocab/llm-q4_0.gguf");
+                break;
             case "bin-legacy":
                 Add("oracle/dtype_bin/dtype_legacy.bin");
                 break;

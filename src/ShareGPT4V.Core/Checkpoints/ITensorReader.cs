@@ -10,6 +10,8 @@ namespace ShareGPT4V.Checkpoints;
 public sealed record TensorInfo(string Name, torch.ScalarType DType, long[] Shape, string FilePath)
 {
     public long ElementCount => Shape.Aggregate(1L, (a, b) => a * b);
+    /// <summary>The block format of a quantized matrix (<see cref="DType"/> is then what it dequantizes to); null for plain tensors.</summary>
+    public ShareGPT4V.Modeling.QuantizationFormat? Format { get; init; }
     public override string ToString() => $"{Name} {DType} [{string.Join(", ", Shape)}] in {FilePath}";
 }
 

@@ -20,6 +20,13 @@ public sealed record LoadOptions
     /// without the slow half-precision CPU GEMMs.
     /// </summary>
     public ScalarType? DType { get; init; } = ScalarType.Float32;
+    /// <summary>
+    /// Block-quantize the language model's matrices at load (CPU): <c>Q8_0</c> or <c>Q4_0</c> for the layer matrices and
+    /// the token embeddings, <c>Q8_0</c> for the LM head (llama.cpp's recipes keep the output projection at higher
+    /// precision), the vision tower and projector in float16. Matrices whose rows are not whole 32-weight blocks keep
+    /// <see cref="DType"/>. Tensors a GGUF file already stores as Q8_0 / Q4_0 are used as stored whatever this says.
+    /// </summary>
+    public QuantizationFormat? Quantization { get; init; }
     /// <summary>Device for the weights (CPU by default).</summary>
     public Device? Device { get; init; }
     /// <summary>Overrides the CLIP tower folder named by <c>mm_vision_tower</c> (original layout).</summary>
@@ -70,7 +77,14 @@ public static class ModelLoader
         var readers = new List<(ITensorReader Reader, CheckpointPart Part)>();
         try
         {
-            if (folder.Config.Layout == CheckpointLayout.LlavaHf)
+            if (folder.IsGguf)
+            {
+                // GGUF readers present our (llava-hf) names themselves.
+                var text = folder.Config.Text;
+                readers.Add((Gguf.GgufTensorReader.ForLanguageModel(Gguf.GgufFile.Open(folder.ModelPath), text.NumAttentionHeads, text.NumKeyValueHeads), CheckpointPart.LlavaHf));
+                readers.Add((Gguf.GgufTensorReader.ForMmproj(Gguf.GgufFile.Open(folder.MmprojPath!), folder.Config.Vision.HiddenSize, folder.Config.Vision.NumHiddenLayers), CheckpointPart.LlavaHf));
+            }
+            else if (folder.Config.Layout == CheckpointLayout.LlavaHf)
                 readers.Add((OpenFolder(folder.ModelPath), CheckpointPart.LlavaHf));
             else
             {
@@ -151,7 +165,7 @@ public static class ModelLoader
             var info = src.Reader.GetInfo(src.Key);
             if (!info.Shape.SequenceEqual(shape))
                 problems.Add($"tensor '{src.Key}' in {info.FilePath} has shape [{string.Join(", ", info.Shape)}], expected [{string.Join(", ", shape)}]");
-            else if (!IsFloating(info.DType))
+            else if (!IsFloating(info.DType) && info.Format is null)
                 problems.Add($"tensor '{src.Key}' in {info.FilePath} has dtype {info.DType}, expected a floating-point type");
         }
         foreach (var (name, src) in sources)
@@ -208,15 +222,42 @@ public static class ModelLoader
             var (reader, key) = _sources[name];
             // Large matrices keep the requested storage dtype (or the checkpoint's); small parameters are computed with.
             var dtype = largeMatrix ? _options.DType : ComputeType;
-            var t = reader.Load(key, dtype, _options.Device);
+            Tensor t;
+            var info = reader.GetInfo(key);
+            if (largeMatrix && info.Format is not null && _options.Quantization is null && (_options.Device is null || _options.Device.type == DeviceType.CPU))
+                t = reader.Load(key, null, _options.Device); // stored blocks, used as they are
+            else if (largeMatrix && _options.Quantization is { } q && shape.Length == 2)
+                t = LoadQuantized(reader, key, name, shape, q, info);
+            else
+                t = reader.Load(key, dtype, _options.Device);
             _created.Add(t);
-            _bytes += t.NumberOfElements * t.ElementSize;
+            _bytes += t.NumberOfElements * t.ElementSize; // quantized: the blocks' bytes
             if (_progress is not null && (_sinceReport.ElapsedMilliseconds >= 100 || _created.Count == _total))
             {
                 _progress.Report(new LoadProgress(_created.Count, _total, _bytes, _totalBytes, name));
                 _sinceReport.Restart();
             }
             return t;
+        }
+
+        /// <summary>The per-tensor choice when quantizing at load (see <see cref="LoadOptions.Quantization"/>).</summary>
+        private Tensor LoadQuantized(ITensorReader reader, string key, string name, long[] shape, QuantizationFormat requested, TensorInfo info)
+        {
+            bool language = name.StartsWith("language_model.", StringComparison.Ordinal);
+            if (!language || !QuantizedWeight.Fits(shape[1]))
+                return reader.Load(key, language ? _options.DType : ScalarType.Float16, _options.Device);
+            var format = name.EndsWith("lm_head.weight", StringComparison.Ordinal) ? QuantizationFormat.Q8_0 : requested;
+            var stored = reader.Load(key, info.Format is null ? null : (ScalarType?)null, _options.Device);
+            if (stored is QuantizedWeight sq && sq.Format == format) return sq;
+            using (stored)
+            {
+                if (stored is QuantizedWeight other)
+                {
+                    using var f = other.Dequantize();
+                    return QuantizedWeight.Quantize(f, format);
+                }
+                return QuantizedWeight.Quantize(stored, format);
+            }
         }
 
         public void DisposeCreated()

@@ -12,6 +12,35 @@ public sealed record ModelFolder
     public required LlavaConfig Config { get; init; }
     /// <summary><c>preprocessor_config.json</c>, or null when none exists (CLIP defaults for the tower's size apply).</summary>
     public string? PreprocessorConfigPath { get; init; }
+    /// <summary>
+    /// For a llama.cpp model: the mmproj GGUF (CLIP tower and projector); <see cref="ModelPath"/> is then the LLM GGUF
+    /// and <see cref="VisionTowerPath"/> this file. Null for checkpoint folders.
+    /// </summary>
+    public string? MmprojPath { get; init; }
+
+    /// <summary>True for a llama.cpp model (LLM GGUF + mmproj GGUF).</summary>
+    public bool IsGguf => MmprojPath is not null;
+
+    /// <summary>
+    /// A llama.cpp LLaVA model: the LLM GGUF and the mmproj GGUF. The configuration comes from their metadata; both
+    /// headers are fully checked here.
+    /// </summary>
+    public static ModelFolder OpenGguf(string llmPath, string? mmprojPath)
+    {
+        var llm = Path.GetFullPath(llmPath);
+        if (string.IsNullOrWhiteSpace(mmprojPath))
+            throw new ModelConfigurationException("A GGUF model needs its mmproj file (the CLIP tower and projector): set MmprojPath / --mmproj", llm, "MmprojPath");
+        var mmproj = Path.GetFullPath(mmprojPath);
+        using var l = Checkpoints.Gguf.GgufFile.Open(llm);
+        using var m = Checkpoints.Gguf.GgufFile.Open(mmproj);
+        return new ModelFolder
+        {
+            ModelPath = llm,
+            VisionTowerPath = mmproj,
+            MmprojPath = mmproj,
+            Config = Checkpoints.Gguf.GgufModel.ReadConfig(l, m),
+        };
+    }
 
     /// <summary>
     /// Reads a model folder. <paramref name="visionTowerOverride"/> replaces the tower named by <c>mm_vision_tower</c>

@@ -60,6 +60,29 @@ public sealed class KvCache : IDisposable
         return (keys, values);
     }
 
+    /// <summary>
+    /// Beam search: rows [0, n) of every layer take the contents of rows <paramref name="sources"/>[i] for positions
+    /// [0, <paramref name="positions"/>), n = sources.Length (an index-select over the batch dimension).
+    /// </summary>
+    internal void Reorder(ReadOnlySpan<int> sources, long positions)
+    {
+        bool identity = true;
+        for (int i = 0; i < sources.Length; i++)
+        {
+            if ((uint)sources[i] >= (uint)MaxBatch) throw new ArgumentOutOfRangeException(nameof(sources), sources[i], $"Row {sources[i]} is outside the cache's batch of {MaxBatch}");
+            identity &= sources[i] == i;
+        }
+        if (identity || positions <= 0) return;
+        using var scope = torch.NewDisposeScope();
+        var index = torch.tensor(sources.ToArray().Select(x => (long)x).ToArray(), device: Device);
+        foreach (var buffers in new[] { _keys, _values })
+            foreach (var layer in buffers)
+            {
+                var rows = layer.narrow(0, 0, sources.Length).narrow(2, 0, positions);
+                rows.copy_(rows.index_select(0, index)); // index_select copies first, so overlapping rows are safe
+            }
+    }
+
     /// <summary>The whole key and value buffers of a layer, [maxBatch, kvHeads, maxSeq, headDim] (owned by the cache), for kernels that read the cache in place.</summary>
     internal (Tensor Keys, Tensor Values) Buffers(int layer) => (_keys[layer], _values[layer]);
 

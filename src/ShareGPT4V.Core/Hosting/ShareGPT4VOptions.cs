@@ -1,5 +1,6 @@
 using Microsoft.Extensions.Options;
 using ShareGPT4V.Generation;
+using ShareGPT4V.Hub;
 
 namespace ShareGPT4V.Hosting;
 
@@ -9,11 +10,17 @@ namespace ShareGPT4V.Hosting;
 /// </summary>
 public sealed class ShareGPT4VOptions
 {
+    /// <summary>Model folder, or a hub id such as <c>Lin-Chen/ShareGPT4V-7B</c> (fetched into the hub cache at start).</summary>
     public string ModelPath { get; set; } = "";
+    /// <summary>CLIP tower folder or hub id, when <c>mm_vision_tower</c> cannot be found or fetched.</summary>
     public string? VisionTowerPath { get; set; }
+    /// <summary>Hub branch, tag or commit for a hub id (default main); the other hub settings come from HF_* variables.</summary>
+    public string? Revision { get; set; }
+    /// <summary>The mmproj GGUF (CLIP tower and projector) when <see cref="ModelPath"/> is an LLM GGUF file.</summary>
+    public string? MmprojPath { get; set; }
     /// <summary><c>cpu</c>, <c>cuda:N</c>, <c>cuda</c> or <c>auto</c>; CUDA needs <c>services.AddShareGPT4VCuda()</c>.</summary>
     public string Device { get; set; } = "cpu";
-    /// <summary><c>auto</c> (the device's policy), <c>float32</c>, <c>bfloat16</c> or <c>float16</c>.</summary>
+    /// <summary><c>auto</c> (the device's policy), <c>float32</c>, <c>bfloat16</c>, <c>float16</c>, or <c>q8_0</c> / <c>q4_0</c> (CPU, quantized at load).</summary>
     public string DType { get; set; } = "auto";
     /// <summary>Run on the CPU (logged) when CUDA was asked for but cannot be used; otherwise the load fails.</summary>
     public bool AllowCpuFallback { get; set; }
@@ -33,6 +40,8 @@ public sealed class ShareGPT4VOptions
     {
         ModelPath = ModelPath,
         VisionTowerPath = VisionTowerPath,
+        Hub = Revision is null ? null : new HubOptions { Revision = Revision },
+        MmprojPath = MmprojPath,
         Device = Device,
         DType = DType,
         AllowCpuFallback = AllowCpuFallback,
@@ -57,10 +66,17 @@ public sealed class ShareGPT4VOptionsValidator : IValidateOptions<ShareGPT4VOpti
         try
         {
             options.ToPipelineOptions().Validate();
-            if (!Directory.Exists(options.ModelPath))
-                return ValidateOptionsResult.Fail($"ShareGPT4V: ModelPath '{options.ModelPath}' does not exist");
-            if (options.VisionTowerPath is { } t && !Directory.Exists(t))
-                return ValidateOptionsResult.Fail($"ShareGPT4V: VisionTowerPath '{t}' does not exist");
+            if (options.MmprojPath is { } mm)
+            {
+                if (!File.Exists(options.ModelPath)) return ValidateOptionsResult.Fail($"ShareGPT4V: ModelPath '{options.ModelPath}' does not exist");
+                if (!File.Exists(mm)) return ValidateOptionsResult.Fail($"ShareGPT4V: MmprojPath '{mm}' does not exist");
+                return ValidateOptionsResult.Success;
+            }
+            // A hub id (owner/name) that is not a folder is fetched at load.
+            if (!Directory.Exists(options.ModelPath) && !HuggingFaceHub.IsRepoId(options.ModelPath))
+                return ValidateOptionsResult.Fail($"ShareGPT4V: ModelPath '{options.ModelPath}' is neither a folder nor a hub id (owner/name)");
+            if (options.VisionTowerPath is { } t && !Directory.Exists(t) && !HuggingFaceHub.IsRepoId(t))
+                return ValidateOptionsResult.Fail($"ShareGPT4V: VisionTowerPath '{t}' is neither a folder nor a hub id (owner/name)");
             return ValidateOptionsResult.Success;
         }
         catch (ShareGPT4VException e)

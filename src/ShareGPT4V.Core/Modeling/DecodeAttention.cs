@@ -16,11 +16,18 @@ namespace ShareGPT4V.Modeling;
 /// </summary>
 internal static unsafe class DecodeAttention
 {
-    /// <summary>True when a step's attention can run here: one query position, float32 on CPU, a float32 cache.</summary>
+    /// <summary>
+    /// True when a step's attention can run here: one query position, float32 on CPU, a float32 cache, and every tensor
+    /// under 2 GiB (the span that gives us a tensor's data pointer cannot be longer); otherwise libtorch's attention runs.
+    /// </summary>
     public static bool Applies(Tensor q, Tensor keys, Tensor? mask) =>
         MatVec.IsSupported && q.shape[2] == 1 && q.dtype == ScalarType.Float32 && keys.dtype == ScalarType.Float32
         && q.device_type == DeviceType.CPU && keys.device_type == DeviceType.CPU && keys.is_contiguous() && !q.requires_grad
-        && (mask is null || mask.dtype == ScalarType.Float32);
+        && (mask is null || mask.dtype == ScalarType.Float32)
+        && FitsSpan(q) && FitsSpan(keys) && (mask is null || FitsSpan(mask));
+
+    /// <summary>The values tensor has the keys' shape; q, keys and the mask are checked here.</summary>
+    internal static bool FitsSpan(Tensor t) => t.numel() * t.ElementSize <= int.MaxValue;
 
     /// <summary>
     /// q [B, H, 1, D]; <paramref name="keys"/> / <paramref name="values"/> the whole cache of the layer

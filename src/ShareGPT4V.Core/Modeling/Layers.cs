@@ -71,6 +71,7 @@ public sealed class Linear : nn.Module<Tensor, Tensor>
     internal static Tensor Apply(Tensor x, Tensor weight, Tensor? bias, long widenedSliceBytes = 16L << 20)
     {
         if (MatVec.Applies(x, weight, bias)) return MatVec.Run(x, new[] { (weight, bias) })[0];
+        if (weight is QuantizedWeight q) return ApplyQuantized(x, q, bias, widenedSliceBytes);
         if (weight.dtype == x.dtype && (bias is null || bias.dtype == x.dtype))
             return nn.functional.linear(x, weight, bias);
         // A GEMM over half-precision weights: CPU half-precision GEMMs are far slower than widening, so widen a slice
@@ -93,21 +94,51 @@ public sealed class Linear : nn.Module<Tensor, Tensor>
         return y.reshape(x.shape[..^1].Append(rows).ToArray()).MoveToOuterDisposeScope();
     }
 
+    /// <summary>
+    /// A GEMM over a block-quantized weight: dequantize a panel of output rows at a time (as <see cref="Apply"/>
+    /// widens half-precision slices) into the reused scratch, and let each panel's GEMM write its output columns.
+    /// </summary>
+    private static Tensor ApplyQuantized(Tensor x, QuantizedWeight weight, Tensor? bias, long widenedSliceBytes)
+    {
+        long rows = weight.Rows, inFeatures = weight.Columns;
+        if (x.shape[^1] != inFeatures)
+            throw new ArgumentException($"Input has {x.shape[^1]} features, the weight {inFeatures}");
+        long step = Math.Min(rows, Math.Max(64, widenedSliceBytes / (inFeatures * 4) / 64 * 64));
+        using var scope = NewDisposeScope();
+        var x2 = x.reshape(-1, inFeatures).to(ScalarType.Float32);
+        var y = torch.empty(new[] { x2.shape[0], rows }, ScalarType.Float32, x.device);
+        for (long off = 0; off < rows; off += step)
+        {
+            long n = Math.Min(step, rows - off);
+            using var w = Scratch(n * inFeatures, ScalarType.Float32).view(n, inFeatures);
+            QuantKernels.DequantizePanel(weight, off, n, w, torch.get_num_threads());
+            using var columns = y.narrow(1, off, n);
+            columns.addmm_(x2, w.t(), 0, 1);
+        }
+        if (bias is not null) y.add_(bias.to(ScalarType.Float32), HeldScalars.One);
+        return y.to(x.dtype).reshape(x.shape[..^1].Append(rows).ToArray()).MoveToOuterDisposeScope();
+    }
+
     // Per-thread float32 scratch the weight slices are widened into. Reusing it matters: a fresh 16 MiB block per slice
     // would be served from the C heap and, freed between small long-lived allocations, keep the heap from shrinking
     // (peak RSS grew by a gigabyte over a few bf16 prefills). Grows to the largest slice a thread has widened.
     [ThreadStatic] private static Tensor? _widened;
 
-    private static Tensor Widen(Tensor slice, ScalarType dtype)
+    /// <summary>The first <paramref name="need"/> elements of this thread's scratch (a view the caller disposes).</summary>
+    private static Tensor Scratch(long need, ScalarType dtype)
     {
-        if (slice.device_type != DeviceType.CPU) return slice.to(dtype);
-        long need = slice.numel();
         if (_widened is null || _widened.dtype != dtype || _widened.numel() < need)
         {
             _widened?.Dispose();
             using (NewDisposeScope()) _widened = torch.empty(need, dtype).DetachFromDisposeScope();
         }
-        using var flat = _widened.narrow(0, 0, need);
+        return _widened.narrow(0, 0, need);
+    }
+
+    private static Tensor Widen(Tensor slice, ScalarType dtype)
+    {
+        if (slice.device_type != DeviceType.CPU) return slice.to(dtype);
+        using var flat = Scratch(slice.numel(), dtype);
         var w = flat.view(slice.shape);
         w.copy_(slice);
         return w;
@@ -181,6 +212,7 @@ public sealed class Embedding : nn.Module<Tensor, Tensor>
     /// <summary>Ids of any shape → embeddings of shape ids.shape + [dim]. Ids must be in range (checked by callers).</summary>
     public override Tensor forward(Tensor ids)
     {
+        if (_weight is QuantizedWeight q) return q.Lookup(ids);
         using var scope = NewDisposeScope();
         var flat = _weight.index_select(0, ids.reshape(-1));
         var shape = ids.shape.Append(_weight.shape[1]).ToArray();

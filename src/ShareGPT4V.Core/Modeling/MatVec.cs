@@ -12,7 +12,7 @@ namespace ShareGPT4V.Modeling;
 /// memory once. libtorch's GEMV reaches well under the machine's read bandwidth here, so the rows of W are streamed by
 /// our own AVX2 kernel on <see cref="KernelThreads"/>, every row of x reusing each weight row while it is in cache.
 /// Weights may be float32, bfloat16 or float16 (widened to float32 in registers, so half-precision weights cost half
-/// the memory traffic); x, b and y are float32. Several weights that share one input (q/k/v, gate/up) run as one job,
+/// the memory traffic), or block-quantized (<see cref="QuantizedWeight"/>, see <see cref="QuantKernels"/>); x, b and y are float32. Several weights that share one input (q/k/v, gate/up) run as one job,
 /// which is how the projections are fused without concatenating their weights. Sums run in a different order than
 /// MKL's, so results differ from libtorch's in the last bits only.
 /// </summary>
@@ -29,6 +29,14 @@ internal static unsafe class MatVec
     {
         if (!IsSupported || x.device_type != DeviceType.CPU || weight.device_type != DeviceType.CPU) return false;
         if (x.dtype != ScalarType.Float32 || x.requires_grad || weight.requires_grad) return false;
+        if (weight is QuantizedWeight q)
+        {
+            if (bias is not null && (bias.dtype != ScalarType.Float32 || bias.device_type != DeviceType.CPU || !bias.is_contiguous() || bias.requires_grad))
+                return false;
+            if (x.dim() < 1 || x.shape[^1] != q.Columns) return false;
+            long n = x.numel() / q.Columns;
+            return n >= 1 && n <= MaxRows && q.numel() <= int.MaxValue;
+        }
         if (weight.dim() != 2 || !weight.is_contiguous() || weight.dtype is not (ScalarType.Float32 or ScalarType.BFloat16 or ScalarType.Float16))
             return false;
         if (bias is not null && (bias.dtype != ScalarType.Float32 || bias.device_type != DeviceType.CPU || !bias.is_contiguous() || bias.requires_grad))
@@ -49,7 +57,7 @@ internal static unsafe class MatVec
 
     internal static Tensor[] Run(Tensor x, ReadOnlySpan<(Tensor Weight, Tensor? Bias)> parts, int threads)
     {
-        long inFeatures = parts[0].Weight.shape[1];
+        long inFeatures = InFeatures(parts[0].Weight);
         using var xc = x.contiguous();
         int rows = (int)(xc.numel() / inFeatures);
         var leading = x.shape[..^1];
@@ -66,7 +74,9 @@ internal static unsafe class MatVec
                 outputs[k] = torch.empty(leading.Append(outFeatures).ToArray(), ScalarType.Float32);
                 job.Segments[k] = new Segment
                 {
-                    W = Pointer(w), WType = w.dtype, Out = outFeatures, Y = (float*)Pointer(outputs[k]),
+                    W = Pointer(w), WType = w.dtype, Out = outFeatures,
+                    Quantized = w is QuantizedWeight qw, Format = (w as QuantizedWeight)?.Format ?? default,
+                    RowBytes = (w as QuantizedWeight)?.RowBytes ?? 0, Y = (float*)Pointer(outputs[k]),
                     Bias = b is null ? null : (float*)Pointer(b), FirstBlock = blocks,
                 };
                 blocks += (outFeatures + RowsPerBlock - 1) / RowsPerBlock;
@@ -77,12 +87,17 @@ internal static unsafe class MatVec
         return outputs;
     }
 
+    private static long InFeatures(Tensor w) => w is QuantizedWeight q ? q.Columns : w.shape[1];
+
     private static void* Pointer(Tensor t) => Unsafe.AsPointer(ref MemoryMarshal.GetReference(t.bytes));
 
     private struct Segment
     {
         public void* W;
         public ScalarType WType;
+        public bool Quantized;
+        public QuantizationFormat Format;
+        public long RowBytes;
         public long Out;
         public float* Y;
         public float* Bias;
@@ -113,7 +128,8 @@ internal static unsafe class MatVec
                 {
                     float* y = s.Y + m * s.Out + r;
                     float* x = X + m * In;
-                    switch (s.WType)
+                    if (s.Quantized) QuantKernels.Dot(s.Format, (byte*)s.W + r * s.RowBytes, s.RowBytes, In, n, x, y);
+                    else switch (s.WType)
                     {
                         case ScalarType.Float32: DotF32((float*)s.W + r * In, In, n, x, y); break;
                         case ScalarType.BFloat16: DotBF16((ushort*)s.W + r * In, In, n, x, y); break;

@@ -38,6 +38,7 @@ public abstract class WeightSource
     {
         Requested.Add((name, shape));
         var t = Take(name, shape, largeMatrix);
+        if (t is QuantizedWeight q) return q; // already a parameter; its type tells the layers which kernel reads it
         return new Parameter(t, requires_grad: false);
     }
 }

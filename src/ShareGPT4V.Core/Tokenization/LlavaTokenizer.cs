@@ -11,6 +11,8 @@ public enum TokenizerFileKind
     SentencePieceModel,
     /// <summary>Hugging Face tokenizers <c>tokenizer.json</c> (the fast tokenizer).</summary>
     TokenizerJson,
+    /// <summary>The <c>tokenizer.ggml.*</c> metadata of a GGUF file (llama.cpp's <c>llama</c> tokenizer model).</summary>
+    Gguf,
 }
 
 /// <summary>
@@ -136,6 +138,60 @@ public sealed class LlavaTokenizer
         return new LlavaTokenizer(kind, jsonPath, new SentencePieceBpe(json.Vocabulary), added, settings,
             prefixFirst: json.Prefix != PrefixScheme.Never, prefixAfterSpecial: json.Prefix == PrefixScheme.Always,
             splitOnWhitespaceSymbol: json.SplitOnWhitespaceSymbol);
+    }
+
+    /// <summary>
+    /// The tokenizer of a GGUF file: pieces, scores and types from <c>tokenizer.ggml.*</c>, merged by score with
+    /// byte fallback. As llama.cpp does, every text segment (also after a special token) gets the ▁ prefix unless
+    /// <c>tokenizer.ggml.add_space_prefix</c> is false.
+    /// </summary>
+    /// <summary>Loads the tokenizer a GGUF file carries in its metadata (see <see cref="FromGguf"/>).</summary>
+    public static LlavaTokenizer LoadGguf(string ggufPath)
+    {
+        using var f = Checkpoints.Gguf.GgufFile.Open(ggufPath);
+        return FromGguf(f);
+    }
+
+    internal static LlavaTokenizer FromGguf(Checkpoints.Gguf.GgufFile f)
+    {
+        string file = f.FilePath;
+        var model = f.String("tokenizer.ggml.model") ?? throw new ModelConfigurationException("Required key is missing", file, "tokenizer.ggml.model");
+        if (model != "llama")
+            throw new ModelConfigurationException($"Tokenizer model '{model}' is not supported (supported: llama, SentencePiece)", file, "tokenizer.ggml.model");
+        var tokens = f.Array<string>("tokenizer.ggml.tokens") ?? throw new ModelConfigurationException("Required key is missing", file, "tokenizer.ggml.tokens");
+        if (tokens.Length == 0 || tokens.Length > SentencePieceVocabulary.MaxPieces)
+            throw new ModelConfigurationException($"{tokens.Length} tokens is outside [1, {SentencePieceVocabulary.MaxPieces}]", file, "tokenizer.ggml.tokens");
+        var scores = f.Array<float>("tokenizer.ggml.scores") ?? new float[tokens.Length];
+        var types = f.Array<int>("tokenizer.ggml.token_type") ?? Enumerable.Repeat((int)PieceKind.Normal, tokens.Length).ToArray();
+        if (scores.Length != tokens.Length || types.Length != tokens.Length)
+            throw new ModelConfigurationException($"tokens, scores and token_type have different lengths ({tokens.Length}, {scores.Length}, {types.Length})", file, "tokenizer.ggml.scores");
+        var kinds = new PieceKind[tokens.Length];
+        for (int i = 0; i < tokens.Length; i++)
+        {
+            if (types[i] < 1 || types[i] > 6)
+                throw new ModelConfigurationException($"Token {i} has unknown type {types[i]}", file, "tokenizer.ggml.token_type");
+            if (tokens[i].Length > SentencePieceVocabulary.MaxPieceChars)
+                throw new ModelConfigurationException($"Token {i} is {tokens[i].Length} characters long, more than the {SentencePieceVocabulary.MaxPieceChars} accepted", file, "tokenizer.ggml.tokens");
+            if (!float.IsFinite(scores[i]))
+                throw new ModelConfigurationException($"Token {i} has a non-finite score", file, "tokenizer.ggml.scores");
+            kinds[i] = (PieceKind)types[i];
+        }
+        int Id(string key, int fallback)
+        {
+            int id = f.Int(key, -1, int.MaxValue) ?? fallback;
+            if (id < 0 || id >= tokens.Length)
+                throw new ModelConfigurationException($"Token id {id} is outside the {tokens.Length} tokens", file, key);
+            return id;
+        }
+        int unk = Id("tokenizer.ggml.unknown_token_id", 0), bos = Id("tokenizer.ggml.bos_token_id", 1), eos = Id("tokenizer.ggml.eos_token_id", 2);
+        int? pad = f.Has("tokenizer.ggml.padding_token_id") ? Id("tokenizer.ggml.padding_token_id", 0) : null;
+        bool prefix = f.Bool("tokenizer.ggml.add_space_prefix") ?? true;
+        var vocab = new SentencePieceVocabulary(tokens, scores, kinds, unk, byteFallback: true, addDummyPrefix: prefix, removeExtraWhitespaces: false);
+        var settings = new TokenizerSettings(Legacy: true, AddBosToken: f.Bool("tokenizer.ggml.add_bos_token") ?? true,
+            AddEosToken: f.Bool("tokenizer.ggml.add_eos_token") ?? false, BosToken: tokens[bos], EosToken: tokens[eos], UnkToken: tokens[unk],
+            PadToken: pad is int p ? tokens[p] : null, AddedTokens: Array.Empty<AddedToken>(), AdditionalSpecialTokens: Array.Empty<string>());
+        return new LlavaTokenizer(TokenizerFileKind.Gguf, file, new SentencePieceBpe(vocab), settings.AddedTokens, settings,
+            prefixFirst: prefix, prefixAfterSpecial: prefix, splitOnWhitespaceSymbol: false);
     }
 
     /// <summary>Id of a piece or added token, or null.</summary>

@@ -54,6 +54,24 @@ public sealed class CliTests : IDisposable
     }
 
     [Fact]
+    public void GgufF32PairThroughCaptionAndChatGivesTheTransformersIds()
+    {
+        // llama.cpp's LLM + mmproj files, the command lines exactly.
+        var prompts = Checkpoints.Gguf.GgufFixtures.Prompts().ToDictionary(p => p.Name);
+        string llm = Checkpoints.Gguf.GgufFixtures.File("llm-f32.gguf"), mmproj = Checkpoints.Gguf.GgufFixtures.File("mmproj-f32.gguf");
+        var main = prompts["main"];
+        var r = Cli(null, "caption", "--model", llm, "--mmproj", mmproj, "--image", Checkpoints.Gguf.GgufFixtures.Image(main.Image!),
+            "--prompt", main.Text, "--template", "raw", "--temperature", "0", "--max-new-tokens", "12", "--json");
+        Assert.True(r.ExitCode == 0, r.Err);
+        Assert.Equal(main.Ids, Ids(JsonDocument.Parse(r.Out).RootElement));
+        var text = prompts["text"];
+        r = Cli(null, "chat", "--model", llm, "--mmproj", mmproj, "--prompt", text.Text, "--template", "raw", "--temperature", "0",
+            "--max-new-tokens", "12", "--json");
+        Assert.True(r.ExitCode == 0, r.Err);
+        Assert.Equal(text.Ids, Ids(JsonDocument.Parse(r.Out).RootElement));
+    }
+
+    [Fact]
     public void RawTemplateUsesThePromptAsWritten()
     {
         var main = _case.Prompt("main");

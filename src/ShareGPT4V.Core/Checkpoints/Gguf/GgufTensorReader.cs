@@ -1,0 +1,245 @@
+using System.Text.RegularExpressions;
+using ShareGPT4V.Modeling;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace ShareGPT4V.Checkpoints.Gguf;
+
+/// <summary>
+/// The tensors of an LLM GGUF or an mmproj GGUF under our (llava-hf) parameter names. llama.cpp's names map back
+/// (<c>blk.N.attn_q.weight</c> → <c>language_model.model.layers.N.self_attn.q_proj.weight</c>, the legacy mmproj's
+/// swapped <c>ffn_up</c>/<c>ffn_down</c> decided by shape), the rows of q/k are put back in transformers' order (the
+/// converter interleaves the two rotary halves within each head), and a tower without <c>post_layernorm</c> (the
+/// converter drops it; LLaVA never uses it) gets an identity one. F32/F16/BF16 tensors view the mapped file; Q8_0
+/// and Q4_0 matrices stay as stored (<see cref="QuantizedWeight"/>) unless a float dtype is asked for.
+/// </summary>
+internal sealed partial class GgufTensorReader : ITensorReader
+{
+    private enum Rows { AsStored, UnpermuteHeads }
+
+    private sealed record Entry(GgufTensorInfo? Source, long[] Shape, Rows Order, int Heads, float Fill);
+
+    private readonly GgufFile _file;
+    private readonly Dictionary<string, Entry> _entries = new(StringComparer.Ordinal);
+    private readonly List<string> _names = new();
+
+    public string Source => _file.FilePath;
+    public IReadOnlyList<string> Names => _names;
+
+    private GgufTensorReader(GgufFile file) => _file = file;
+
+    [GeneratedRegex(@"^blk\.(\d+)\.(.+)$")]
+    private static partial Regex LlmBlock();
+
+    [GeneratedRegex(@"^v\.blk\.(\d+)\.(.+)$")]
+    private static partial Regex VisionBlock();
+
+    /// <summary>The LLM file's tensors; q/k rows are un-permuted with the head counts of <paramref name="heads"/>/<paramref name="kvHeads"/>.</summary>
+    public static GgufTensorReader ForLanguageModel(GgufFile file, int heads, int kvHeads)
+    {
+        var r = new GgufTensorReader(file);
+        const string p = "language_model.";
+        foreach (var t in file.Tensors)
+        {
+            string? name = t.Name switch
+            {
+                "token_embd.weight" => p + "model.embed_tokens.weight",
+                "output.weight" => p + "lm_head.weight",
+                "output_norm.weight" => p + "model.norm.weight",
+                _ => null,
+            };
+            int permuteHeads = 0;
+            if (name is null && LlmBlock().Match(t.Name) is { Success: true } m)
+            {
+                string layer = $"{p}model.layers.{m.Groups[1].Value}.";
+                var (part, ext) = SplitSuffix(m.Groups[2].Value);
+                name = part switch
+                {
+                    "attn_norm" => layer + "input_layernorm",
+                    "ffn_norm" => layer + "post_attention_layernorm",
+                    "attn_q" => layer + "self_attn.q_proj",
+                    "attn_k" => layer + "self_attn.k_proj",
+                    "attn_v" => layer + "self_attn.v_proj",
+                    "attn_output" => layer + "self_attn.o_proj",
+                    "ffn_gate" => layer + "mlp.gate_proj",
+                    "ffn_up" => layer + "mlp.up_proj",
+                    "ffn_down" => layer + "mlp.down_proj",
+                    _ => null,
+                };
+                if (name is not null) name += "." + ext;
+                if (part == "attn_q") permuteHeads = heads;
+                if (part == "attn_k") permuteHeads = kvHeads;
+            }
+            // Unknown names are offered as they are, so the load lists them as unexpected.
+            r.Add(name ?? t.Name, t, permuteHeads);
+        }
+        return r;
+    }
+
+    /// <summary>The mmproj file's CLIP tower and projector tensors.</summary>
+    public static GgufTensorReader ForMmproj(GgufFile file, int hidden, int layers)
+    {
+        var r = new GgufTensorReader(file);
+        const string v = "vision_tower.vision_model.";
+        foreach (var t in file.Tensors)
+        {
+            string? name = t.Name switch
+            {
+                "v.patch_embd.weight" => v + "embeddings.patch_embedding.weight",
+                "v.class_embd" => v + "embeddings.class_embedding",
+                "v.position_embd.weight" => v + "embeddings.position_embedding.weight",
+                "v.pre_ln.weight" => v + "pre_layrnorm.weight",
+                "v.pre_ln.bias" => v + "pre_layrnorm.bias",
+                "v.post_ln.weight" => v + "post_layernorm.weight",
+                "v.post_ln.bias" => v + "post_layernorm.bias",
+                "mm.0.weight" => "multi_modal_projector.linear_1.weight",
+                "mm.0.bias" => "multi_modal_projector.linear_1.bias",
+                "mm.2.weight" => "multi_modal_projector.linear_2.weight",
+                "mm.2.bias" => "multi_modal_projector.linear_2.bias",
+                _ => null,
+            };
+            if (name is null && VisionBlock().Match(t.Name) is { Success: true } m)
+            {
+                string layer = $"{v}encoder.layers.{m.Groups[1].Value}.";
+                var (part, ext) = SplitSuffix(m.Groups[2].Value);
+                name = part switch
+                {
+                    "attn_q" => layer + "self_attn.q_proj",
+                    "attn_k" => layer + "self_attn.k_proj",
+                    "attn_v" => layer + "self_attn.v_proj",
+                    "attn_out" => layer + "self_attn.out_proj",
+                    "ln1" => layer + "layer_norm1",
+                    "ln2" => layer + "layer_norm2",
+                    // The legacy converter swaps the names of the MLP's two layers; the one reading the hidden width
+                    // (ne[0] = hidden for the weight) is fc1. A bias follows its weight.
+                    "ffn_down" or "ffn_up" => layer + (ReadsHidden(file, m.Groups[1].Value, part, hidden) ? "mlp.fc1" : "mlp.fc2"),
+                    _ => null,
+                };
+                if (name is not null) name += "." + ext;
+            }
+            r.Add(name ?? t.Name, t, 0);
+        }
+        if (!r._entries.ContainsKey(v + "post_layernorm.weight"))
+        {
+            r.AddFill(v + "post_layernorm.weight", hidden, 1f);
+            r.AddFill(v + "post_layernorm.bias", hidden, 0f);
+        }
+        return r;
+    }
+
+    private static bool ReadsHidden(GgufFile file, string layer, string part, int hidden)
+    {
+        var w = file.TryGetTensor($"v.blk.{layer}.{part}.weight", out var t) ? t : null;
+        if (w is null) return part == "ffn_down"; // no weight to decide by: the legacy meaning (the load reports the gap)
+        if (w.Ne.Length == 2 && w.Ne[0] == hidden && w.Ne[1] != hidden) return true;
+        if (w.Ne.Length == 2 && w.Ne[1] == hidden && w.Ne[0] != hidden) return false;
+        return part == "ffn_down";
+    }
+
+    private static (string Part, string Ext) SplitSuffix(string rest)
+    {
+        int dot = rest.LastIndexOf('.');
+        return dot < 0 ? (rest, "") : (rest[..dot], rest[(dot + 1)..]);
+    }
+
+    private void Add(string name, GgufTensorInfo t, int permuteHeads)
+    {
+        if (_entries.ContainsKey(name))
+            throw new CheckpointFormatException($"Two tensors map to parameter '{name}'", _file.FilePath, t.Name);
+        var shape = t.Shape;
+        if (permuteHeads > 0)
+        {
+            long rows = shape.Length == 2 ? shape[0] : 0;
+            if (shape.Length != 2 || rows % permuteHeads != 0 || rows / permuteHeads % 2 != 0)
+                throw new CheckpointFormatException($"Cannot un-permute [{string.Join(", ", shape)}] over {permuteHeads} heads of even size", _file.FilePath, t.Name);
+        }
+        _entries[name] = new Entry(t, shape, permuteHeads > 0 ? Rows.UnpermuteHeads : Rows.AsStored, permuteHeads, 0);
+        _names.Add(name);
+    }
+
+    private void AddFill(string name, long length, float value)
+    {
+        _entries[name] = new Entry(null, new[] { length }, Rows.AsStored, 0, value);
+        _names.Add(name);
+    }
+
+    public bool Contains(string name) => _entries.ContainsKey(name);
+
+    private Entry Get(string name) =>
+        _entries.TryGetValue(name, out var e) ? e : throw new CheckpointFormatException("Tensor not found", _file.FilePath, name);
+
+    public TensorInfo GetInfo(string name)
+    {
+        var e = Get(name);
+        var type = e.Source?.Type ?? GgmlType.F32;
+        return new TensorInfo(e.Source?.Name ?? name, StorageDType(type), e.Shape, _file.FilePath) { Format = FormatOf(type) };
+    }
+
+    private static ScalarType StorageDType(GgmlType t) => t switch
+    {
+        GgmlType.F16 => ScalarType.Float16,
+        GgmlType.BF16 => ScalarType.BFloat16,
+        GgmlType.F32 => ScalarType.Float32,
+        _ => ScalarType.Float32, // block formats: float32 is what they dequantize to
+    };
+
+    private static QuantizationFormat? FormatOf(GgmlType t) => t switch
+    {
+        GgmlType.Q8_0 => QuantizationFormat.Q8_0,
+        GgmlType.Q4_0 => QuantizationFormat.Q4_0,
+        _ => null,
+    };
+
+    /// <summary>
+    /// Loads a tensor. A Q8_0 / Q4_0 matrix with no dtype asked for comes back as a <see cref="QuantizedWeight"/> over
+    /// the mapped blocks (q/k: a row-reordered copy of the blocks); with a dtype it is dequantized.
+    /// </summary>
+    public Tensor Load(string name, ScalarType? dtype = null, Device? device = null)
+    {
+        var e = Get(name);
+        using var scope = NewDisposeScope();
+        Tensor result;
+        if (e.Source is null)
+        {
+            result = torch.full(e.Shape, e.Fill, dtype ?? ScalarType.Float32);
+        }
+        else if (FormatOf(e.Source.Type) is { } format)
+        {
+            var t = e.Source;
+            if (t.Ne.Length != 2)
+                throw new CheckpointFormatException($"A {t.Type} tensor must be a matrix (it has {t.Ne.Length} dimensions)", _file.FilePath, t.Name);
+            long rows = t.Ne[1], columns = t.Ne[0];
+            var blocks = _file.Bytes(t).view(rows, QuantizationFormats.RowBytes(format, columns));
+            if (e.Order == Rows.UnpermuteHeads) blocks = UnpermuteRows(blocks, e.Heads);
+            var q = new QuantizedWeight(blocks.DetachFromDisposeScope(), format, rows, columns);
+            if (dtype is null && (device is null || device.type == DeviceType.CPU))
+                return q; // a parameter in its own right; not in this scope
+            using (q) result = q.Dequantize().to(dtype ?? ScalarType.Float32);
+        }
+        else if (e.Source.Type is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16)
+        {
+            result = _file.Plain(e.Source);
+            if (e.Order == Rows.UnpermuteHeads) result = UnpermuteRows(result, e.Heads);
+            if (dtype is { } d && d != result.dtype) result = result.to(d);
+        }
+        else
+            throw new CheckpointFormatException($"Tensor type {e.Source.Type} is not supported (supported: F32, F16, BF16, Q8_0, Q4_0)", _file.FilePath, e.Source.Name);
+        if (device is not null && device.type != DeviceType.CPU) result = result.to(device);
+        return result.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// Rows of each head back in transformers' order: the GGUF row 2j + i of a head is transformers' row i·d/2 + j
+    /// (i = 0, 1; d = head size). Works on any [rows, …] tensor, so quantized rows move as whole rows of blocks.
+    /// </summary>
+    internal static Tensor UnpermuteRows(Tensor w, int heads)
+    {
+        long rows = w.shape[0], d = rows / heads;
+        var rest = w.shape[1..];
+        var shape = new long[] { heads, d / 2, 2 }.Concat(rest).ToArray();
+        var back = new long[] { rows }.Concat(rest).ToArray();
+        return w.reshape(shape).transpose(1, 2).contiguous().reshape(back);
+    }
+
+    public void Dispose() => _file.Dispose();
+}
