@@ -60,8 +60,6 @@ public sealed class Trainer
     public Task<TrainingResult> RunAsync(IProgress<TrainingStepLog>? progress = null, CancellationToken cancellationToken = default) =>
         Task.Factory.StartNew(() => Run(progress, cancellationToken), cancellationToken, TaskCreationOptions.LongRunning, TaskScheduler.Default);
 
-    private const string RngFile = "rng_state.safetensors";
-
     private TrainingTemplate Template => _o.Stage == TrainingStage.Finetune ? TrainingTemplate.VicunaV1 : TrainingTemplate.Plain;
 
     private TrainingResult Run(IProgress<TrainingStepLog>? progress, CancellationToken ct)
@@ -125,7 +123,6 @@ public sealed class Trainer
         int epochs = _o.MaxSteps is int ms ? (int)(ms / updatesPerEpoch + (ms % updatesPerEpoch > 0 ? 1 : 0)) : (int)Math.Ceiling(_o.Epochs);
         long warmup = LrSchedule.WarmupSteps(maxSteps, _o.WarmupSteps, _o.WarmupRatio);
 
-        torch.manual_seed(_o.Seed); // LoRA dropout draws from the global generator (its state is saved with checkpoints)
         if (_o.Lora is not null) (loadPath, loadTower) = (_o.ModelPath, _o.VisionTowerPath); // a LoRA checkpoint holds the adapter only
         using var model = ModelLoader.Load(loadPath, new LoadOptions { DType = ScalarType.Float32, VisionTowerPath = loadTower });
         using var lora = _o.Lora is null ? null
@@ -140,12 +137,6 @@ public sealed class Trainer
             examples.Count, maxSteps, trainable.Sum(t => t.Param.numel()), trainable.Count);
 
         using var optimizer = new AdamW(Groups(model, trainable), _o.AdamBeta1, _o.AdamBeta2, _o.AdamEpsilon);
-        if (resumeFrom is not null && File.Exists(Path.Combine(resumeFrom, RngFile)))
-        {
-            using var rngFile = SafeTensorsFile.Open(Path.Combine(resumeFrom, RngFile));
-            using var rng = rngFile.Load("cpu");
-            torch.set_rng_state(rng);
-        }
         if (resumeFrom is not null)
             TrainingCheckpoint.ReadOptimizer(optimizer, Path.Combine(resumeFrom, TrainingCheckpoint.OptimizerFile), trainable.ToDictionary(t => t.Name, t => t.Param));
 
@@ -164,7 +155,6 @@ public sealed class Trainer
             if (lora is not null) lora.Save(tmp, model, source);
             else TrainingCheckpoint.WriteModel(model, source, tmp);
             TrainingCheckpoint.WriteOptimizer(optimizer, Path.Combine(tmp, TrainingCheckpoint.OptimizerFile));
-            using (var rng = torch.get_rng_state()) SafeTensorsWriter.Write(Path.Combine(tmp, RngFile), new[] { new KeyValuePair<string, Tensor>("cpu", rng) });
             var modelRel = lora is not null ? "." : Path.GetRelativePath(tmp, TrainingCheckpoint.ModelPathIn(tmp, source));
             var state = TrainingCheckpoint.StateJson(at, maxSteps, EpochOf(at), log, _o.SaveSteps, bs, modelRel);
             TrainingCheckpoint.WriteJson(Path.Combine(tmp, TrainingCheckpoint.StateFile), state);
@@ -199,6 +189,9 @@ public sealed class Trainer
                     var prepared = batches.Next(micro);
                     foreach (var bad in prepared.Bad) Bad(bad);
                     totalMicro++;
+                    // Dropout (LoRA's) draws from the global generator: seeding it per micro-batch makes every draw a
+                    // function of the seed and the position, so a resumed run draws what the uninterrupted one did.
+                    torch.manual_seed(unchecked(_o.Seed * 1_000_003L + totalMicro));
                     if (prepared.Batch is { } batch)
                     {
                         using (batch)
