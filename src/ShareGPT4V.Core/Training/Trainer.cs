@@ -221,7 +221,7 @@ public sealed class Trainer
                     double seconds = stepTimer.Elapsed.TotalSeconds;
                     var entry = new TrainingStepLog(globalStep, EpochOf(atLastStep), trLoss,
                         _o.LearningRate * LrSchedule.Factor(_o.LrScheduler, globalStep, warmup, maxSteps), gradNorm,
-                        seconds > 0 ? tokens / seconds : 0, started.Elapsed, maxSteps);
+                        seconds > 0 ? tokens / seconds : 0, started.Elapsed, maxSteps, tokens, PeakRss());
                     log.Add(entry);
                     jsonl.WriteLine(LogLine(entry));
                     jsonl.Flush();
@@ -260,8 +260,15 @@ public sealed class Trainer
     private static string LogLine(TrainingStepLog e) => new JsonObject
     {
         ["step"] = e.Step, ["epoch"] = e.Epoch, ["loss"] = e.Loss, ["learning_rate"] = e.LearningRate, ["grad_norm"] = e.GradNorm,
-        ["tokens_per_second"] = e.TokensPerSecond, ["elapsed_seconds"] = e.Elapsed.TotalSeconds,
+        ["tokens"] = e.Tokens, ["tokens_per_second"] = e.TokensPerSecond, ["elapsed_seconds"] = e.Elapsed.TotalSeconds,
+        ["peak_rss_bytes"] = e.PeakRssBytes,
     }.ToJsonString();
+
+    private static long PeakRss()
+    {
+        using var self = Process.GetCurrentProcess();
+        return self.PeakWorkingSet64;
+    }
 
     /// <summary>Whether a parameter (our llava-hf name) is trained in this stage.</summary>
     internal bool IsTrainable(string name, LlavaConfig config)

@@ -134,8 +134,10 @@ public sealed record TrainerOptions
 /// <param name="TokensPerSecond">Sequence tokens (image tokens included) processed per second in this step.</param>
 /// <param name="Elapsed">Time since the run (or its resumption) started.</param>
 /// <param name="TotalSteps">Optimizer steps the run will do.</param>
+/// <param name="Tokens">Sequence tokens (image tokens included, padding not) in this step's micro-batches.</param>
+/// <param name="PeakRssBytes">The process's peak resident memory so far.</param>
 public sealed record TrainingStepLog(long Step, double Epoch, double Loss, double LearningRate, double GradNorm,
-    double TokensPerSecond, TimeSpan Elapsed, long TotalSteps);
+    double TokensPerSecond, TimeSpan Elapsed, long TotalSteps, long Tokens = 0, long PeakRssBytes = 0);
 
 /// <summary>What a finished (or cancelled) run produced.</summary>
 /// <param name="OutputDir">The output folder.</param>
