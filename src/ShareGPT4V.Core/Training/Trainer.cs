@@ -350,22 +350,24 @@ public sealed class Trainer
             rng.Shuffle(idx);
             return idx;
         }
-        // Batches of one modality, longest-first within a megabatch, then the batches shuffled (LLaVA's grouping rule).
+        // LLaVA's modality grouping: per modality, shuffled and cut into batches, each sorted longest first; the full
+        // batches of both modalities shuffled together, the two leftover partial batches joined at the end.
         int bs = _o.PerDeviceBatchSize;
-        var batches = new List<long[]>();
-        foreach (var group in idx.GroupBy(i => examples[(int)i].Images.Count > 0))
+        var full = new List<long[]>();
+        var leftover = new List<long>();
+        foreach (bool withImages in new[] { true, false })
         {
-            var g = group.ToArray();
+            var g = idx.Where(i => examples[(int)i].Images.Count > 0 == withImages).ToArray();
             rng.Shuffle(g);
-            int mega = bs * _o.GradientAccumulationSteps;
-            for (int s = 0; s < g.Length; s += mega)
+            for (int s = 0; s < g.Length; s += bs)
             {
-                var m = g.Skip(s).Take(mega).OrderByDescending(i => examples[(int)i].InputIds.Length).ToArray();
-                for (int k = 0; k < m.Length; k += bs) batches.Add(m.Skip(k).Take(bs).ToArray());
+                var batch = g.Skip(s).Take(bs).OrderByDescending(i => examples[(int)i].InputIds.Length).ToArray();
+                if (batch.Length == bs && s + bs < g.Length) full.Add(batch);
+                else leftover.AddRange(batch);
             }
         }
-        var arr = batches.ToArray();
+        var arr = full.ToArray();
         rng.Shuffle(arr);
-        return arr.SelectMany(b => b).ToArray();
+        return arr.SelectMany(b => b).Concat(leftover.OrderByDescending(i => examples[(int)i].InputIds.Length)).ToArray();
     }
 }

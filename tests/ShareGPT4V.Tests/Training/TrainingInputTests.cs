@@ -24,6 +24,7 @@ public sealed class TrainingInputTests : IDisposable
     }
 
     private const string Good = """{"id": "good", "image": "image2.png", "conversations": [{"from": "human", "value": "<image>\nColour?"}, {"from": "gpt", "value": "Red."}]}""";
+    private const string TextOnly = """{"id": "text", "conversations": [{"from": "human", "value": "Say hi."}, {"from": "gpt", "value": "Hi."}, {"from": "human", "value": "Again?"}, {"from": "gpt", "value": "Hi again."}]}""";
     private const string MissingImage = """{"id": "lost", "image": "nowhere.png", "conversations": [{"from": "human", "value": "<image>\nColour?"}, {"from": "gpt", "value": "Red."}]}""";
     private const string EmptyConversation = """{"id": "empty", "conversations": []}""";
     private const string NoAnswer = """{"id": "unanswered", "conversations": [{"from": "human", "value": "Anyone?"}]}""";
@@ -31,9 +32,11 @@ public sealed class TrainingInputTests : IDisposable
     [Fact]
     public async Task BrokenRecordsAreSkippedByIdOrFailTheRun()
     {
-        var data = Data($"[{Good}, {MissingImage}, {EmptyConversation}, {NoAnswer}]");
-        var result = await new Trainer(Options(data, "skip")).RunAsync();
+        // A text-only multi-turn record trains beside an image record in one batch; the broken ones are skipped.
+        var data = Data($"[{Good}, {MissingImage}, {EmptyConversation}, {TextOnly}, {NoAnswer}]");
+        var result = await new Trainer(Options(data, "skip") with { PerDeviceBatchSize = 2 }).RunAsync();
         Assert.Equal(1, result.Steps);
+        Assert.True(double.IsFinite(result.Log[0].Loss) && result.Log[0].Loss > 0);
         Assert.Equal(new[] { "lost", "empty", "unanswered" }.OrderBy(x => x), result.SkippedRecords.OrderBy(x => x));
 
         var strict = Options(Data($"[{Good}, {MissingImage}]"), "fail") with { SkipBadRecords = false };
