@@ -162,6 +162,15 @@ public sealed class Trainer
             Directory.Move(tmp, dir);
             if (checkpoint) lastCheckpoint = dir;
         }
+        // Cancelled: the weights are those of the last completed step (a partial accumulation is dropped), so that
+        // step's checkpoint is what a resumed run continues from.
+        void SaveAndStop()
+        {
+            var dir = Path.Combine(output, $"checkpoint-{atLastStep.GlobalStep}");
+            Save(dir, atLastStep, checkpoint: true);
+            _log.LogWarning("Cancelled: saved a resumable checkpoint at step {Step} in {Dir}", atLastStep.GlobalStep, dir);
+            ct.ThrowIfCancellationRequested();
+        }
         double EpochOf(TrainingPosition p) => p.Epoch + (double)p.MicroBatchInEpoch / stepsInEpoch;
 
         try
@@ -179,14 +188,10 @@ public sealed class Trainer
                 using var batches = new BatchPrefetcher(examples, order, bs, startMicro, imageRoot, imageProcessor, _o.PrefetchBatches, ct);
                 for (long micro = startMicro; micro < stepsInEpoch; micro++)
                 {
-                    if (ct.IsCancellationRequested)
-                    {
-                        var cdir = Path.Combine(output, $"checkpoint-{atLastStep.GlobalStep}");
-                        Save(cdir, atLastStep, checkpoint: true);
-                        _log.LogWarning("Cancelled: saved a resumable checkpoint at step {Step} in {Dir}", atLastStep.GlobalStep, cdir);
-                        ct.ThrowIfCancellationRequested();
-                    }
-                    var prepared = batches.Next(micro);
+                    if (ct.IsCancellationRequested) SaveAndStop();
+                    PreparedBatch prepared;
+                    try { prepared = batches.Next(micro); }
+                    catch (OperationCanceledException) when (ct.IsCancellationRequested) { SaveAndStop(); throw; }
                     foreach (var bad in prepared.Bad) Bad(bad);
                     totalMicro++;
                     // Dropout (LoRA's) draws from the global generator: seeding it per micro-batch makes every draw a
