@@ -176,8 +176,10 @@ public sealed class TrainingRunTests(ITestOutputHelper output) : IDisposable
         var outDir = Path.Combine(_dir, "lora");
         var run = Cli("train", "--model", TrainingGolden.ModelDir, "--data", DataFile(g), "--image-folder", TrainingGolden.ModelDir,
             "--output", outDir, "--stage", "finetune", "--learning-rate", "1e-2", "--per-device-batch-size", "2", "--max-steps", "2",
-            "--lr-scheduler", "constant", "--no-shuffle", "--lora-r", "4", "--lora-alpha", "8", "--lora-dropout", "0");
+            "--lr-scheduler", "constant", "--no-shuffle", "--lora-r", "4", "--lora-alpha", "8", "--lora-dropout", "0",
+            "--report-to", "tensorboard");
         Assert.True(run.Code == 0, run.Err);
+        Assert.Contains(Directory.GetFiles(Path.Combine(outDir, "runs")), f => Path.GetFileName(f).StartsWith("events.out.tfevents.", StringComparison.Ordinal) && new FileInfo(f).Length > 100);
         var config = JsonDocument.Parse(File.ReadAllBytes(Path.Combine(outDir, "adapter_config.json"))).RootElement;
         Assert.Equal("LORA", config.GetProperty("peft_type").GetString());
         Assert.Equal(4, config.GetProperty("r").GetInt32());
