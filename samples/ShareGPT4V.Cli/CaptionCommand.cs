@@ -7,16 +7,26 @@ internal static class CaptionCommand
 {
     public const string Help = """
         usage: sharegpt4v caption --model DIR --image FILE|FOLDER [--image ...] [options]
+               sharegpt4v caption --model DIR --manifest FILE.jsonl --output FILE [--shard i/N] [options]
 
-        Captions each image. One image prints its caption as it is generated; several images, or a folder
-        (every .png .jpg .jpeg .webp .gif .bmp in it, sorted by name), are captioned in batches and written as
-        JSON lines (one object per image: image, text, token_ids, finish_reason, ...; an image that cannot be
-        read gets a line with its error and the rest go on).
+        Captions each image. One image prints its caption as it is generated; several images, a folder (every
+        .png .jpg .jpeg .webp .gif .bmp in it, sorted by name) or a manifest are captioned in batches and written
+        as JSON lines (one object per image: index, image, text, token_ids, finish_reason, ...; an image that
+        cannot be read gets a line with its error and the rest go on).
+
+        Bulk runs resume: when --output exists, the images it already has are skipped (a partial last line left
+        by a killed run is dropped first). --shard i/N (or a Kubernetes Indexed Job's JOB_COMPLETION_INDEX and
+        JOB_COMPLETIONS) captions every N-th image starting at i; 'sharegpt4v merge' joins the shards' outputs
+        into the unsharded order. "{shard}" in --output is replaced by the shard index.
 
           --image FILE|FOLDER     image to caption (repeatable)
+          --manifest FILE         JSON lines, one {"image": PATH, "prompt": TEXT (optional)} per image;
+                                  relative paths are read from the manifest's folder
           --prompt TEXT           the instruction (default: "Describe this image in detail.")
           --json                  print JSON (one object per answer, with text and token_ids)
-          --output FILE           write the JSON lines to FILE instead of standard output
+          --output FILE           write the JSON lines to FILE instead of standard output (resumed if it exists)
+          --overwrite             start --output afresh instead of resuming it
+          --shard i/N             caption only shard i (0-based) of N
           --batch-size N          images generated together (default 8)
 
         """ + Shared.ModelHelp + Shared.GenerationHelp;
@@ -26,12 +36,15 @@ internal static class CaptionCommand
     public static async Task<int> RunAsync(IReadOnlyList<string> args, CancellationToken ct)
     {
         var cl = CommandLine.Parse("caption", args,
-            new[] { "image", "prompt", "output", "batch-size" }.Concat(Shared.ModelOptions).Concat(Shared.GenerationOptionNames).ToArray(),
-            new[] { "json" });
+            new[] { "image", "manifest", "prompt", "output", "batch-size", "shard" }.Concat(Shared.ModelOptions).Concat(Shared.GenerationOptionNames).ToArray(),
+            new[] { "json", "overwrite" }.Concat(Shared.GenerationFlags).ToArray());
         var generation = Shared.Generation(cl);
-        var (images, fromFolder) = CollectImages(cl.All("image"));
+        if (cl.Value("manifest") is not null && cl.All("image").Count > 0) throw new UsageException("Give --image or --manifest, not both");
+        var manifest = cl.Value("manifest") is { } m ? CaptionJob.ReadManifest(m) : null; // checked before the model loads
+        var (images, fromFolder) = manifest is not null ? (new List<string>(), true) : CollectImages(cl.All("image"));
         string? prompt = cl.Value("prompt");
-        bool lines = fromFolder || images.Count > 1 || cl.Value("output") is not null;
+        var shard = CaptionJob.Shard(cl.Value("shard"));
+        bool lines = fromFolder || images.Count > 1 || cl.Value("output") is not null || shard.Count > 1;
         using var pipeline = Shared.Load(cl, generation, cl.Int("batch-size", 1, 256));
 
         if (!lines)
@@ -52,54 +65,15 @@ internal static class CaptionCommand
             return 0;
         }
 
-        using var output = cl.Value("output") is { } path ? new StreamWriter(path, append: false) : null;
-        var writer = output ?? Console.Out;
-        var bar = new ConsoleProgress("captioning");
-        int done = 0, failed = 0;
-        foreach (var chunk in images.Chunk(pipeline.Options.MaxBatchSize))
-        {
-            ct.ThrowIfCancellationRequested();
-            bar.Report(done, images.Count, $"{done}/{images.Count} images");
-            IReadOnlyList<GenerationOutcome> outcomes;
-            try
-            {
-                var results = await pipeline.CaptionBatchAsync(chunk.Select(ImageInput.FromFile).ToList(), prompt, null, null, ct);
-                outcomes = results.Select(r => new GenerationOutcome(r, null)).ToList();
-            }
-            catch (ShareGPT4VException) when (chunk.Length > 1)
-            {
-                // One bad image fails its whole batch: caption the batch one by one to report just the bad ones.
-                var one = new List<GenerationOutcome>();
-                foreach (var file in chunk)
-                {
-                    try { one.Add(new GenerationOutcome(await pipeline.CaptionAsync(ImageInput.FromFile(file), prompt, null, ct), null)); }
-                    catch (ShareGPT4VException e) { one.Add(new GenerationOutcome(null, e)); }
-                }
-                outcomes = one;
-            }
-            catch (ShareGPT4VException e)
-            {
-                outcomes = new[] { new GenerationOutcome(null, e) };
-            }
-            for (int i = 0; i < chunk.Length; i++)
-            {
-                var (result, error) = outcomes[i];
-                if (error is not null)
-                {
-                    failed++;
-                    Console.Error.WriteLine($"{chunk[i]}: {error.Message}");
-                }
-                writer.WriteLine(result is not null ? Shared.ToJson(result, chunk[i]) : Shared.ErrorJson(chunk[i], error!));
-            }
-            writer.Flush();
-            done += chunk.Length;
-        }
-        bar.Report(done, images.Count, $"{done}/{images.Count} images");
-        if (failed > 0) Console.Error.WriteLine($"{failed} of {images.Count} image(s) could not be captioned");
+        var all = manifest ?? images.Select((f, i) => new CaptionItem(i, f, f, null)).ToList();
+        var output = cl.Value("output")?.Replace("{shard}", shard.Index.ToString(System.Globalization.CultureInfo.InvariantCulture));
+        var already = output is null ? new HashSet<string>() : CaptionJob.PrepareOutput(output, cl.Flag("overwrite"));
+        var todo = all.Where(item => item.Index % shard.Count == shard.Index && !already.Contains(item.Image)).ToList();
+        if (already.Count > 0) Console.Error.WriteLine($"{output}: resuming, {already.Count} image(s) already captioned");
+        int failed = await CaptionJob.RunAsync(pipeline, todo, prompt, Console.Out, output, ct);
+        if (failed > 0) Console.Error.WriteLine($"{failed} of {todo.Count} image(s) could not be captioned");
         return failed > 0 ? 1 : 0;
     }
-
-    private sealed record GenerationOutcome(Generation.GenerationResult? Result, Exception? Error);
 
     private static (List<string> Files, bool FromFolder) CollectImages(IReadOnlyList<string> given)
     {

@@ -4,20 +4,26 @@ using Microsoft.Extensions.Logging;
 using ShareGPT4V.Checkpoints;
 using ShareGPT4V.Cuda;
 using ShareGPT4V.Generation;
+using ShareGPT4V.Hub;
 
 namespace ShareGPT4V.Cli;
 
 /// <summary>What caption and chat share: loading the pipeline, generation options, and JSON answers.</summary>
 internal static class Shared
 {
-    public static readonly string[] ModelOptions = { "model", "mmproj", "vision-tower", "template", "dtype", "device", "libtorch-dir", "threads", "context-length" };
-    public static readonly string[] GenerationOptionNames = { "max-new-tokens", "temperature", "top-p", "top-k", "repetition-penalty", "seed", "stop" };
+    public static readonly string[] ModelOptions = { "model", "mmproj", "revision", "vision-tower", "template", "dtype", "device", "libtorch-dir", "threads", "context-length" };
+    public static readonly string[] GenerationOptionNames = { "max-new-tokens", "temperature", "top-p", "top-k", "min-p", "repetition-penalty",
+        "no-repeat-ngram-size", "num-beams", "length-penalty", "seed", "stop" };
+    public static readonly string[] GenerationFlags = { "early-stopping" };
 
     public const string ModelHelp = """
-          --model DIR|FILE        model folder: llava-hf, or the LLM folder of an original LLaVA / ShareGPT4V checkpoint;
-                                  or a llama.cpp LLM .gguf file (then --mmproj is required) (required)
+          --model DIR|REPO|FILE   model folder: llava-hf, or the LLM folder of an original LLaVA / ShareGPT4V checkpoint;
+                                  or a hub id (e.g. Lin-Chen/ShareGPT4V-7B), fetched into the hub cache with its vision
+                                  tower (HF_ENDPOINT, HF_TOKEN, HF_HOME, HF_HUB_OFFLINE apply); or a llama.cpp LLM .gguf
+                                  file (then --mmproj is required) (required)
           --mmproj FILE           the mmproj .gguf (CLIP tower and projector) of a GGUF model
-          --vision-tower DIR      CLIP tower folder, when mm_vision_tower cannot be found next to the model
+          --revision R            hub branch, tag or commit for a hub id (default main)
+          --vision-tower DIR|REPO CLIP tower folder or hub id, when mm_vision_tower cannot be found next to the model
           --template NAME         conversation template (default: the checkpoint's own); raw = the prompt as written,
                                   <image> marking where the image goes. Others: vicuna_v1, llava_v1, share4v_v1,
                                   share4v_v0, llava_llama_2, plain, llava_hf
@@ -36,13 +42,21 @@ internal static class Shared
           --max-new-tokens N      longest answer in tokens (default 512)
           --temperature T         0 = greedy (default, the reference protocol); > 0 samples
           --top-p P               nucleus sampling mass (default 1 = off)
-          --top-k K               keep the K likeliest tokens (default 0 = off)
-          --repetition-penalty R  1 = off (default)
+          --top-k K               keep the K likeliest tokens (default 0 = off; transformers samples with 50)
+          --min-p P               drop tokens below P x the likeliest token's probability (default off)
+          --repetition-penalty R  1 = off (default); > 1 discourages the ids seen so far (llava-hf checkpoints:
+                                  prompt and answer; original-layout checkpoints: the answer only, as LLaVA does)
+          --no-repeat-ngram-size K  never repeat an n-gram of K ids among those ids (default 0 = off)
+          --num-beams B           beam search with B beams (default 1 = off; needs --temperature 0, one prompt
+                                  at a time; the answer is printed when the search ends)
+          --length-penalty L      beam search: score = log-probability / length^L (default 1)
+          --early-stopping        beam search: stop once B hypotheses have finished
           --seed S                makes sampling reproducible
           --stop TEXT             stop when TEXT is generated (repeatable)
         """;
 
-    public static MultimodalPipeline Load(CommandLine cl, GenerationOptions generation, int? maxBatchSize = null)
+    public static MultimodalPipeline Load(CommandLine cl, GenerationOptions generation, int? maxBatchSize = null, Preprocessing.ImageAspectMode? aspect = null,
+        PromptOverflow? overflow = null)
     {
         // An external libtorch goes in before anything touches TorchSharp; the CUDA provider resolves cuda, cuda:N and
         // auto (and refuses, saying why, when CUDA cannot be used); cpu never probes for a GPU.
@@ -61,7 +75,11 @@ internal static class Shared
             Threads = cl.Int("threads", 1, 1024),
             ContextLength = cl.Int("context-length", 1, 1 << 24),
             Generation = generation,
-            MaxBatchSize = maxBatchSize ?? new PipelineOptions().MaxBatchSize,
+            Overflow = overflow ?? PromptOverflow.Refuse,
+            // Beam search keeps one cache row per beam: room for them is part of the memory the device is checked for.
+            MaxBatchSize = Math.Max(maxBatchSize ?? new PipelineOptions().MaxBatchSize, generation.NumBeams),
+            ImageAspect = aspect,
+            Hub = new HubOptions { Revision = cl.Value("revision"), Progress = DownloadCommand.ProgressBar() },
         };
         var bar = new ConsoleProgress("loading");
         var pipeline = MultimodalPipeline.Load(options, new SyncProgress<LoadProgress>(p =>
@@ -73,16 +91,25 @@ internal static class Shared
     public static GenerationOptions Generation(CommandLine cl)
     {
         var d = new GenerationOptions();
-        return new GenerationOptions
+        var options = new GenerationOptions
         {
             MaxNewTokens = cl.Int("max-new-tokens", 0, 1 << 20) ?? d.MaxNewTokens,
             Temperature = cl.Double("temperature", 0, 100) ?? d.Temperature,
             TopP = cl.Double("top-p", double.Epsilon, 1) ?? d.TopP,
             TopK = cl.Int("top-k", 0, 1 << 24) ?? d.TopK,
+            MinP = cl.Double("min-p", 0, 1) ?? d.MinP,
             RepetitionPenalty = cl.Double("repetition-penalty", double.Epsilon, 100) ?? d.RepetitionPenalty,
+            NoRepeatNGramSize = cl.Int("no-repeat-ngram-size", 0, 1 << 20) ?? d.NoRepeatNGramSize,
+            NumBeams = cl.Int("num-beams", 1, GenerationOptions.MaxBeams) ?? d.NumBeams,
+            LengthPenalty = cl.Double("length-penalty", -100, 100) ?? d.LengthPenalty,
+            EarlyStopping = cl.Flag("early-stopping"),
             Seed = cl.Int("seed", int.MinValue, int.MaxValue),
             StopStrings = cl.All("stop").Count > 0 ? cl.All("stop").ToList() : d.StopStrings,
         };
+        // Combinations the library refuses (beam search with sampling) are command-line errors.
+        if (options.IsBeamSearch && options.Temperature != 0)
+            throw new UsageException("--num-beams above 1 needs --temperature 0 (beam search with sampling is not supported)");
+        return options;
     }
 
     private static readonly JsonSerializerOptions Json = new()

@@ -1,4 +1,5 @@
 using ShareGPT4V.Checkpoints;
+using ShareGPT4V.Hub;
 
 namespace ShareGPT4V.Cli;
 
@@ -12,8 +13,10 @@ internal static class ConvertCommand
         config, tokenizer and preprocessor files. The checkpoint is checked against the model first: one that would
         not load is not converted. The output folder must not exist or be empty.
 
-          --model DIR             model folder (llava-hf, or the LLM folder of an original checkpoint) (required)
-          --vision-tower DIR      CLIP tower folder, when mm_vision_tower cannot be found next to the model
+          --model DIR|REPO        model folder (llava-hf, or the LLM folder of an original checkpoint), or a hub id
+                                  fetched into the hub cache with its vision tower (required)
+          --revision R            hub branch, tag or commit for a hub id (default main)
+          --vision-tower DIR|REPO CLIP tower folder or hub id, when mm_vision_tower cannot be found next to the model
           --output DIR            where to write (required). llava-hf: the model folder. original: a folder holding
                                   the LLM folder and the tower folder side by side
           --layout NAME           same (default), llava-hf, or original
@@ -26,10 +29,10 @@ internal static class ConvertCommand
                                   the LM head Q8_0), llava-hf layout; the folder loads with the blocks memory-mapped
         """;
 
-    public static int Run(IReadOnlyList<string> args)
+    public static async Task<int> RunAsync(IReadOnlyList<string> args, CancellationToken cancellationToken)
     {
         var cl = CommandLine.Parse("convert", args,
-            new[] { "model", "vision-tower", "output", "layout", "max-shard-size", "llm-folder", "tower-folder", "dtype", "format" }, Array.Empty<string>());
+            new[] { "model", "revision", "vision-tower", "output", "layout", "max-shard-size", "llm-folder", "tower-folder", "dtype", "format" }, Array.Empty<string>());
         if ((cl.Value("format") ?? "safetensors") is var format && format != "safetensors")
         {
             if (format != "gguf") throw new UsageException($"--format must be safetensors or gguf, got '{format}'");
@@ -58,18 +61,21 @@ internal static class ConvertCommand
         if (cl.Value("dtype") is { } d)
             quantization = Modeling.QuantizationFormats.TryParse(d) ?? throw new UsageException($"--dtype must be q8_0 or q4_0, got '{d}'");
         if (quantization is not null && layout == TargetLayout.Same) layout = TargetLayout.LlavaHf;
+        // A hub id (and the tower it names) is fetched into the hub cache first.
+        var (modelPath, towerPath) = await HuggingFaceHub.ResolveModelAsync(cl.Required("model"), cl.Value("vision-tower"),
+            new HubOptions { Revision = cl.Value("revision"), Progress = DownloadCommand.ProgressBar() }, cancellationToken);
         var options = new ModelConversionOptions
         {
             Quantization = quantization,
             Layout = layout,
-            VisionTowerPath = cl.Value("vision-tower"),
+            VisionTowerPath = towerPath,
             MaxShardBytes = cl.Size("max-shard-size") ?? CheckpointConverter.DefaultMaxShardBytes,
             LanguageModelFolderName = cl.Value("llm-folder"),
             VisionTowerFolderName = cl.Value("tower-folder"),
         };
         var bar = new ConsoleProgress("converting");
         var started = System.Diagnostics.Stopwatch.StartNew();
-        var result = ModelConverter.Convert(cl.Required("model"), cl.Required("output"), options,
+        var result = ModelConverter.Convert(modelPath, cl.Required("output"), options,
             new SyncProgress<CheckpointWriteProgress>(p => bar.Report(p.BytesDone, p.TotalBytes, $"{p.TensorsDone}/{p.TensorCount} {Path.GetFileName(p.File)}")));
         bar.Done();
         Console.WriteLine($"Wrote {result.Tensors} tensors ({result.Bytes / 1e6:F1} MB) in {started.Elapsed.TotalSeconds:F1} s as {result.Layout}.");

@@ -1,81 +1,74 @@
+using ShareGPT4V.Generation.Processing;
+
 namespace ShareGPT4V.Generation;
 
 /// <summary>
-/// Picks the next token from one row of logits: argmax for greedy, otherwise repetition penalty, temperature,
-/// top-k, top-p and a draw from a seeded generator owned by the request (no global random state).
+/// Picks the next token of one sequence from its row of logits: the options' logits processors (see
+/// <see cref="GenerationOptions"/> for the list and order), then the first argmax when greedy, otherwise a draw from
+/// the softmax of the processed scores with a generator seeded per request (no global random state).
+/// One sampler serves one sequence on one thread: it keeps its scratch buffers between calls, so a decode step
+/// allocates nothing.
 /// </summary>
 public sealed class Sampler
 {
     private readonly GenerationOptions _options;
+    private readonly LogitsProcessorList _processors;
     private readonly Random _random;
+    private float[] _scores = Array.Empty<float>();
 
+    /// <summary>A sampler for one sequence; the options are validated.</summary>
     public Sampler(GenerationOptions options)
     {
         options.Validate();
         _options = options;
+        _processors = LogitsProcessorList.For(options);
         _random = options.Seed is int s ? new Random(s) : new Random();
     }
 
-    /// <summary>The next token for <paramref name="logits"/> given the ids seen so far (prompt text and output).</summary>
-    public int Sample(ReadOnlySpan<float> logits, IReadOnlyCollection<int> seen)
+    /// <summary>
+    /// True when the processors read the history; when false, <see cref="Sample"/> may be given an empty one.
+    /// </summary>
+    public bool NeedsHistory => _processors.NeedsHistory;
+
+    /// <summary>
+    /// The next token for <paramref name="logits"/> ([vocabulary], one row, unchanged) given
+    /// <paramref name="history"/>, the ids the processors see: for a llava-hf checkpoint the prompt ids (image token
+    /// ids expanded, one per image feature) followed by the generated ids; for an original-layout checkpoint the
+    /// generated ids only.
+    /// </summary>
+    public int Sample(ReadOnlySpan<float> logits, ReadOnlySpan<int> history)
     {
-        var scores = logits.ToArray();
-        if (_options.RepetitionPenalty != 1.0)
-        {
-            float p = (float)_options.RepetitionPenalty;
-            foreach (var id in seen)
-                if ((uint)id < (uint)scores.Length)
-                    scores[id] = scores[id] < 0 ? scores[id] * p : scores[id] / p;
-        }
+        if (_processors.IsEmpty && _options.IsGreedy) return ArgMax(logits);
+        if (_scores.Length != logits.Length) _scores = new float[logits.Length];
+        var scores = _scores.AsSpan();
+        logits.CopyTo(scores);
+        _processors.Apply(history, scores);
         if (_options.IsGreedy) return ArgMax(scores);
-
-        float t = (float)_options.Temperature;
-        for (int i = 0; i < scores.Length; i++) scores[i] /= t;
-
-        // Candidate set sorted by score, descending; ties keep the lower id first as a stable sort does.
-        var order = Enumerable.Range(0, scores.Length).ToArray();
-        Array.Sort(order, (a, b) => scores[b] != scores[a] ? scores[b].CompareTo(scores[a]) : a.CompareTo(b));
-        int keep = order.Length;
-        if (_options.TopK > 0) keep = Math.Min(keep, _options.TopK);
-
-        double max = scores[order[0]];
-        var probs = new double[keep];
-        double sum = 0;
-        for (int i = 0; i < keep; i++) { probs[i] = Math.Exp(scores[order[i]] - max); sum += probs[i]; }
-        for (int i = 0; i < keep; i++) probs[i] /= sum;
-
-        if (_options.TopP < 1.0)
-        {
-            // Keep the most likely tokens until their mass reaches top_p (at least one), as transformers' TopP does:
-            // it removes tokens whose ascending cumulative mass is <= 1 - top_p.
-            double cum = 0;
-            int n = 0;
-            for (; n < keep; n++)
-            {
-                cum += probs[n];
-                if (cum >= _options.TopP) { n++; break; }
-            }
-            keep = Math.Max(1, Math.Min(n, keep));
-            double s2 = 0;
-            for (int i = 0; i < keep; i++) s2 += probs[i];
-            for (int i = 0; i < keep; i++) probs[i] /= s2;
-        }
-
-        double r = _random.NextDouble();
-        double acc = 0;
-        for (int i = 0; i < keep; i++)
-        {
-            acc += probs[i];
-            if (r < acc) return order[i];
-        }
-        return order[keep - 1];
+        return Draw(scores, _random.NextDouble());
     }
 
-    public static int ArgMax(ReadOnlySpan<float> scores)
+    /// <summary>
+    /// The id whose cumulative softmax mass first exceeds <paramref name="u"/> ∈ [0, 1), walking ids in order;
+    /// <paramref name="scores"/> is overwritten with the probabilities.
+    /// </summary>
+    internal static int Draw(Span<float> scores, double u)
     {
-        int best = 0;
-        for (int i = 1; i < scores.Length; i++)
-            if (scores[i] > scores[best]) best = i;
-        return best;
+        ScoreMath.Softmax(scores, scores);
+        double total = 0;
+        foreach (var p in scores) if (p > 0) total += p; // float32 probabilities do not sum to exactly 1
+        if (!(total > 0)) throw new InvalidOperationException("Every token was removed by the logits processors");
+        double target = u * total, acc = 0;
+        int last = -1;
+        for (int i = 0; i < scores.Length; i++)
+        {
+            if (!(scores[i] > 0)) continue;
+            acc += scores[i];
+            last = i;
+            if (target < acc) return i;
+        }
+        return last;
     }
+
+    /// <summary>The first index of the largest score.</summary>
+    public static int ArgMax(ReadOnlySpan<float> scores) => ScoreMath.ArgMax(scores);
 }

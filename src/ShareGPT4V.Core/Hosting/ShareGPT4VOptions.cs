@@ -1,5 +1,6 @@
 using Microsoft.Extensions.Options;
 using ShareGPT4V.Generation;
+using ShareGPT4V.Hub;
 
 namespace ShareGPT4V.Hosting;
 
@@ -9,8 +10,12 @@ namespace ShareGPT4V.Hosting;
 /// </summary>
 public sealed class ShareGPT4VOptions
 {
+    /// <summary>Model folder, or a hub id such as <c>Lin-Chen/ShareGPT4V-7B</c> (fetched into the hub cache at start).</summary>
     public string ModelPath { get; set; } = "";
+    /// <summary>CLIP tower folder or hub id, when <c>mm_vision_tower</c> cannot be found or fetched.</summary>
     public string? VisionTowerPath { get; set; }
+    /// <summary>Hub branch, tag or commit for a hub id (default main); the other hub settings come from HF_* variables.</summary>
+    public string? Revision { get; set; }
     /// <summary>The mmproj GGUF (CLIP tower and projector) when <see cref="ModelPath"/> is an LLM GGUF file.</summary>
     public string? MmprojPath { get; set; }
     /// <summary><c>cpu</c>, <c>cuda:N</c>, <c>cuda</c> or <c>auto</c>; CUDA needs <c>services.AddShareGPT4VCuda()</c>.</summary>
@@ -25,6 +30,16 @@ public sealed class ShareGPT4VOptions
     public double TopP { get; set; } = 1.0;
     public int TopK { get; set; }
     public double RepetitionPenalty { get; set; } = 1.0;
+    /// <summary>See <see cref="GenerationOptions.MinP"/>.</summary>
+    public double? MinP { get; set; }
+    /// <summary>See <see cref="GenerationOptions.NoRepeatNGramSize"/>.</summary>
+    public int NoRepeatNGramSize { get; set; }
+    /// <summary>See <see cref="GenerationOptions.NumBeams"/>.</summary>
+    public int NumBeams { get; set; } = 1;
+    /// <summary>See <see cref="GenerationOptions.LengthPenalty"/>.</summary>
+    public double LengthPenalty { get; set; } = 1.0;
+    /// <summary>See <see cref="GenerationOptions.EarlyStopping"/>.</summary>
+    public bool EarlyStopping { get; set; }
     public int? ContextLength { get; set; }
     public int MaxBatchSize { get; set; } = 8;
     public int MaxQueueLength { get; set; } = 64;
@@ -35,6 +50,7 @@ public sealed class ShareGPT4VOptions
     {
         ModelPath = ModelPath,
         VisionTowerPath = VisionTowerPath,
+        Hub = Revision is null ? null : new HubOptions { Revision = Revision },
         MmprojPath = MmprojPath,
         Device = Device,
         DType = DType,
@@ -48,6 +64,7 @@ public sealed class ShareGPT4VOptions
         Generation = new GenerationOptions
         {
             MaxNewTokens = MaxNewTokens, Temperature = Temperature, TopP = TopP, TopK = TopK, RepetitionPenalty = RepetitionPenalty,
+            MinP = MinP, NoRepeatNGramSize = NoRepeatNGramSize, NumBeams = NumBeams, LengthPenalty = LengthPenalty, EarlyStopping = EarlyStopping,
         },
     };
 }
@@ -66,10 +83,11 @@ public sealed class ShareGPT4VOptionsValidator : IValidateOptions<ShareGPT4VOpti
                 if (!File.Exists(mm)) return ValidateOptionsResult.Fail($"ShareGPT4V: MmprojPath '{mm}' does not exist");
                 return ValidateOptionsResult.Success;
             }
-            if (!Directory.Exists(options.ModelPath))
-                return ValidateOptionsResult.Fail($"ShareGPT4V: ModelPath '{options.ModelPath}' does not exist");
-            if (options.VisionTowerPath is { } t && !Directory.Exists(t))
-                return ValidateOptionsResult.Fail($"ShareGPT4V: VisionTowerPath '{t}' does not exist");
+            // A hub id (owner/name) that is not a folder is fetched at load.
+            if (!Directory.Exists(options.ModelPath) && !HuggingFaceHub.IsRepoId(options.ModelPath))
+                return ValidateOptionsResult.Fail($"ShareGPT4V: ModelPath '{options.ModelPath}' is neither a folder nor a hub id (owner/name)");
+            if (options.VisionTowerPath is { } t && !Directory.Exists(t) && !HuggingFaceHub.IsRepoId(t))
+                return ValidateOptionsResult.Fail($"ShareGPT4V: VisionTowerPath '{t}' is neither a folder nor a hub id (owner/name)");
             return ValidateOptionsResult.Success;
         }
         catch (ShareGPT4VException e)

@@ -288,6 +288,50 @@ public sealed class LlavaTokenizer
     /// <summary>A detokenizer for one generation stream (not shared between threads).</summary>
     public StreamingDetokenizer CreateStreamingDetokenizer(bool skipSpecialTokens = true) => new(this, skipSpecialTokens);
 
+    /// <summary>
+    /// Encodes like the slow <c>LlamaTokenizer</c> LLaVA training loads, whose handling of text right after a special
+    /// token (such as the &lt;/s&gt; that closes a round) depends on its version and <c>legacy</c> flag; the text at the
+    /// start always gets the dummy prefix. Used by the training preprocessing, which must reproduce each variant's ids.
+    /// </summary>
+    internal int[] EncodeSlow(string text, bool addBos, AfterSpecialText after)
+    {
+        ArgumentNullException.ThrowIfNull(text);
+        CheckValidUnicode(text);
+        var ids = new List<int>(text.Length / 3 + 2);
+        if (addBos) ids.Add(BosId);
+        bool atStart = true;
+        int pos = 0;
+        while (pos <= text.Length)
+        {
+            var (at, token) = FindSpecial(text, pos);
+            int end = at < 0 ? text.Length : at;
+            if (end > pos)
+            {
+                var segment = text.Substring(pos, end - pos);
+                if (atStart || after == AfterSpecialText.DummyPrefix) EncodeSegment(segment, true, ids);
+                else if (after == AfterSpecialText.NoPrefix) EncodeSegment(segment, false, ids);
+                else
+                {
+                    // transformers 4.31 (legacy=false): encoded with the dummy prefix, then the first piece loses its ▁.
+                    var part = new List<int>();
+                    EncodeSegment(segment, true, part);
+                    if (part.Count > 0 && IdToToken(part[0]) is { Length: > 0 } first && first[0] == SentencePieceBpe.WhitespaceSymbol)
+                    {
+                        var rest = first[1..];
+                        if (rest.Length == 0) part.RemoveAt(0);
+                        else part[0] = TokenToId(rest) ?? UnkId;
+                    }
+                    ids.AddRange(part);
+                }
+            }
+            if (at < 0) break;
+            ids.Add(TokenToId(token!)!.Value);
+            atStart = false;
+            pos = at + token!.Length;
+        }
+        return ids.ToArray();
+    }
+
     private void EncodeText(string text, List<int> ids)
     {
         bool atStart = true;
@@ -356,4 +400,15 @@ public sealed class LlavaTokenizer
         isWordStart = piece.Length > 0 && piece[0] == SentencePieceBpe.WhitespaceSymbol;
         return Encoding.UTF8.GetBytes(piece.Replace(SentencePieceBpe.WhitespaceSymbol, ' '));
     }
+}
+
+/// <summary>How the slow LLaMA tokenizer encodes text that follows a special token inside one string.</summary>
+internal enum AfterSpecialText
+{
+    /// <summary>With the dummy prefix, like text at the start (<c>legacy=true</c>, any transformers version).</summary>
+    DummyPrefix,
+    /// <summary>Without it (<c>legacy=false</c>, transformers ≥ 4.34): "&lt;/s&gt;USER" → 2, "USER".</summary>
+    NoPrefix,
+    /// <summary>With it, then the first piece's ▁ stripped (<c>legacy=false</c>, transformers 4.31): "&lt;/s&gt;USER" → 2, "US", "ER".</summary>
+    PrefixPieceStripped,
 }

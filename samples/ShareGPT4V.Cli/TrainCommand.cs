@@ -1,0 +1,171 @@
+using Microsoft.Extensions.Logging;
+using ShareGPT4V.Training;
+
+namespace ShareGPT4V.Cli;
+
+/// <summary><c>train</c>: fine-tune a model with ShareGPT4V's / LLaVA's recipe (HF Trainer semantics).</summary>
+internal static class TrainCommand
+{
+    public const string Help = """
+        usage: sharegpt4v train --model DIR --data FILE --image-folder DIR --output DIR --stage pretrain|finetune [options]
+
+        Fine-tunes a LLaVA-1.5 / ShareGPT4V model as LLaVA's train.py with Hugging Face Trainer does: stage pretrain
+        (template plain, images resized and center-cropped, LLM + projector + CLIP layers >= --tune-vit-from-layer),
+        finetune (template vicuna_v1, images padded to a square, projector + LLM) or projector-only. The output folder
+        receives checkpoint-N folders (every --save-steps), the final model in the input's layout,
+        trainer_state.json (log_history: step, loss, learning_rate, grad_norm), training_log.jsonl. Ctrl+C saves a
+        checkpoint of the last completed step; --resume continues from the latest checkpoint bit for bit.
+
+          --model DIR                      model to start from (llava-hf, or the LLM folder of an original checkpoint) (required)
+          --vision-tower DIR               CLIP tower folder, when mm_vision_tower cannot be found next to the model
+          --data FILE                      LLaVA-format records: a JSON array or JSON lines (required)
+          --image-folder DIR               folder the records' image paths are relative to (default: the data file's)
+          --output DIR                     where checkpoints, the final model and the logs go (required)
+          --stage NAME                     pretrain, finetune (default) or projector-only
+          --learning-rate F                peak learning rate (default 2e-5)
+          --mm-projector-lr F              projector learning rate (default: --learning-rate)
+          --vision-tower-lr F              vision tower learning rate (default: --learning-rate)
+          --per-device-batch-size N        examples per micro-batch (default 1)
+          --gradient-accumulation-steps K  micro-batches per optimizer step (default 1)
+          --max-steps S                    optimizer steps (overrides --epochs)
+          --epochs E                       passes over the data (default 1)
+          --lr-scheduler NAME              cosine (default), linear, constant, constant_with_warmup
+          --warmup-ratio F                 warmup as a fraction of the steps, rounded up (default 0)
+          --warmup-steps N                 warmup steps (overrides --warmup-ratio)
+          --weight-decay F                 AdamW weight decay (not on biases and norms) (default 0)
+          --adam-beta1 F, --adam-beta2 F, --adam-epsilon F   AdamW settings (0.9, 0.999, 1e-8)
+          --max-grad-norm F                clip the total gradient norm (default 1; 0 = off)
+          --seed N                         data order seed (default 42)
+          --no-shuffle                     keep the file's order
+          --group-by-modality-length       batches of image records or of text-only records (LLaVA's option)
+          --dtype fp32|bf16                bf16 autocast where the device supports it (the CPU trains in fp32)
+          --tune-vit-from-layer L          pretrain: first CLIP encoder layer trained (default 12)
+          --model-max-length N             longest sequence in tokens, image tokens included (default 2048)
+          --tokenizer-variant NAME         llava (default: LLaVA main, legacy=false), sharegpt4v (transformers 4.31), legacy
+          --save-steps N                   save a checkpoint every N optimizer steps (default: only at the end)
+          --resume                         continue from the latest checkpoint in --output
+          --gradient-checkpointing         recompute decoder-layer activations in the backward pass
+          --fail-on-bad-records            stop at the first broken record or image (default: log and skip it)
+          --lora-r N                       LoRA on the LLM with rank N (finetune stage; the projector is trained in full)
+          --lora-alpha F                   LoRA alpha (default 16)
+          --lora-dropout F                 LoRA dropout (default 0.05)
+          --report-to NAME                 tensorboard: event files in OUTPUT/runs; none (default)
+          --threads N                      CPU threads
+        """;
+
+    public static async Task<int> RunAsync(IReadOnlyList<string> args, CancellationToken ct)
+    {
+        var cl = CommandLine.Parse("train", args,
+            new[]
+            {
+                "model", "vision-tower", "data", "image-folder", "output", "stage", "learning-rate", "mm-projector-lr", "vision-tower-lr",
+                "per-device-batch-size", "gradient-accumulation-steps", "max-steps", "epochs", "lr-scheduler", "warmup-ratio",
+                "warmup-steps", "weight-decay", "adam-beta1", "adam-beta2", "adam-epsilon", "max-grad-norm", "seed", "dtype",
+                "tune-vit-from-layer", "model-max-length", "tokenizer-variant", "save-steps", "report-to", "threads", "lora-r", "lora-alpha", "lora-dropout",
+            },
+            new[] { "no-shuffle", "group-by-modality-length", "resume", "gradient-checkpointing", "fail-on-bad-records" });
+        if (cl.Value("max-steps") is not null && cl.Value("epochs") is not null)
+            throw new UsageException("Give --max-steps or --epochs, not both");
+        var stage = (cl.Value("stage") ?? "finetune") switch
+        {
+            "pretrain" => TrainingStage.Pretrain,
+            "finetune" => TrainingStage.Finetune,
+            "projector-only" => TrainingStage.ProjectorOnly,
+            var s => throw new UsageException($"--stage must be pretrain, finetune or projector-only, got '{s}'"),
+        };
+        var scheduler = (cl.Value("lr-scheduler") ?? "cosine") switch
+        {
+            "cosine" => LrSchedulerKind.Cosine,
+            "linear" => LrSchedulerKind.Linear,
+            "constant" => LrSchedulerKind.Constant,
+            "constant_with_warmup" => LrSchedulerKind.ConstantWithWarmup,
+            var s => throw new UsageException($"--lr-scheduler must be cosine, linear, constant or constant_with_warmup, got '{s}'"),
+        };
+        var variant = (cl.Value("tokenizer-variant") ?? "llava") switch
+        {
+            "llava" => TokenizerVariant.Llava,
+            "sharegpt4v" => TokenizerVariant.ShareGPT4V,
+            "legacy" => TokenizerVariant.Legacy,
+            var s => throw new UsageException($"--tokenizer-variant must be llava, sharegpt4v or legacy, got '{s}'"),
+        };
+        bool tensorboard = (cl.Value("report-to") ?? "none") switch
+        {
+            "tensorboard" => true,
+            "none" => false,
+            var s => throw new UsageException($"--report-to must be tensorboard or none, got '{s}'"),
+        };
+        var dtype = cl.Value("dtype") ?? "fp32";
+        if (dtype is not ("fp32" or "bf16")) throw new UsageException($"--dtype must be fp32 or bf16, got '{dtype}'");
+        double lr = cl.Double("learning-rate", double.MinValue, double.MaxValue) ?? 2e-5;
+        if (!(lr > 0)) throw new UsageException($"--learning-rate must be positive, got {lr}");
+        if (cl.Int("threads", 1, 1024) is int threads) TorchSharp.torch.set_num_threads(threads);
+
+        var options = new TrainerOptions
+        {
+            ModelPath = cl.Required("model"),
+            VisionTowerPath = cl.Value("vision-tower"),
+            DataPath = cl.Required("data"),
+            ImageFolder = cl.Value("image-folder"),
+            OutputDir = cl.Required("output"),
+            Stage = stage,
+            LearningRate = lr,
+            MmProjectorLr = cl.Double("mm-projector-lr", double.Epsilon, double.MaxValue),
+            VisionTowerLr = cl.Double("vision-tower-lr", double.Epsilon, double.MaxValue),
+            PerDeviceBatchSize = cl.Int("per-device-batch-size", 1, 1 << 20) ?? 1,
+            GradientAccumulationSteps = cl.Int("gradient-accumulation-steps", 1, 1 << 20) ?? 1,
+            MaxSteps = cl.Int("max-steps", 1, int.MaxValue),
+            Epochs = cl.Double("epochs", double.Epsilon, 1e6) ?? 1,
+            LrScheduler = scheduler,
+            WarmupRatio = cl.Double("warmup-ratio", 0, 1) ?? 0,
+            WarmupSteps = cl.Int("warmup-steps", 0, int.MaxValue) ?? 0,
+            WeightDecay = cl.Double("weight-decay", 0, 1e6) ?? 0,
+            AdamBeta1 = cl.Double("adam-beta1", 0, 0.999999999) ?? 0.9,
+            AdamBeta2 = cl.Double("adam-beta2", 0, 0.999999999) ?? 0.999,
+            AdamEpsilon = cl.Double("adam-epsilon", 0, 1) ?? 1e-8,
+            MaxGradNorm = cl.Double("max-grad-norm", 0, 1e12) ?? 1.0,
+            Seed = cl.Int("seed", int.MinValue, int.MaxValue) ?? 42,
+            Shuffle = !cl.Flag("no-shuffle"),
+            GroupByModalityLength = cl.Flag("group-by-modality-length"),
+            DType = dtype,
+            TuneVitFromLayer = cl.Int("tune-vit-from-layer", 0, 10_000) ?? 12,
+            ModelMaxLength = cl.Int("model-max-length", 2, 1 << 24) ?? 2048,
+            TokenizerVariant = variant,
+            SaveSteps = cl.Int("save-steps", 0, int.MaxValue) ?? 0,
+            Resume = cl.Flag("resume"),
+            GradientCheckpointing = cl.Flag("gradient-checkpointing"),
+            SkipBadRecords = !cl.Flag("fail-on-bad-records"),
+            ReportToTensorBoard = tensorboard,
+            Lora = cl.Int("lora-r", 1, 1 << 16) is int r
+                ? new LoraOptions(r, cl.Double("lora-alpha", double.Epsilon, 1e9) ?? 16, cl.Double("lora-dropout", 0, 0.999999) ?? 0.05)
+                : null,
+        };
+        if (options.Lora is null && (cl.Value("lora-alpha") is not null || cl.Value("lora-dropout") is not null))
+            throw new UsageException("--lora-alpha and --lora-dropout need --lora-r");
+
+        var trainer = new Trainer(options, new StderrLogger());
+        var bar = new ConsoleProgress("training");
+        var progress = new SyncProgress<TrainingStepLog>(e =>
+        {
+            var eta = e.Step > 0 ? TimeSpan.FromSeconds(e.Elapsed.TotalSeconds / e.Step * (e.TotalSteps - e.Step)) : TimeSpan.Zero;
+            bar.Report(e.Step, e.TotalSteps,
+                $"step {e.Step}/{e.TotalSteps} loss {e.Loss:F4} lr {e.LearningRate:E2} grad {e.GradNorm:F3} {e.TokensPerSecond:F0} tok/s ETA {eta:hh\\:mm\\:ss}");
+        });
+        var result = await trainer.RunAsync(progress, ct);
+        bar.Done();
+        Console.WriteLine($"Trained {result.Steps} steps; the model is in {result.ModelPath}" +
+            (result.SkippedRecords.Count > 0 ? $" ({result.SkippedRecords.Count} record(s) skipped: {string.Join(", ", result.SkippedRecords.Take(10))})" : ""));
+        return 0;
+    }
+
+    /// <summary>Warnings and notes from the trainer, one line each on standard error.</summary>
+    private sealed class StderrLogger : ILogger
+    {
+        public IDisposable? BeginScope<TState>(TState state) where TState : notnull => null;
+        public bool IsEnabled(LogLevel logLevel) => logLevel >= LogLevel.Information;
+        public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter)
+        {
+            if (!IsEnabled(logLevel)) return;
+            Console.Error.WriteLine((logLevel >= LogLevel.Warning ? "warning: " : "") + formatter(state, exception));
+        }
+    }
+}
