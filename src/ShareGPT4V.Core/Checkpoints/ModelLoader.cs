@@ -260,7 +260,11 @@ public static class ModelLoader
                     using var f = other.Dequantize();
                     return QuantizedWeight.Quantize(f, format);
                 }
-                return QuantizedWeight.Quantize(stored, format);
+                var quantized = QuantizedWeight.Quantize(stored, format);
+                // The source was only read: drop its mapped pages from this process (they stay in the page cache), so
+                // a quantizing load does not hold the float checkpoint resident next to the blocks.
+                if (stored.device_type == DeviceType.CPU && stored.is_contiguous()) MappedMemory.Release(stored);
+                return quantized;
             }
         }
 

@@ -63,10 +63,12 @@ public sealed class QuantizedWeight : Parameter
                 long n = Math.Min(panel, rows - r0);
                 using var scope = NewDisposeScope();
                 var f = matrix.narrow(0, r0, n).to(ScalarType.Float32).contiguous();
-                float* src = (float*)Unsafe.AsPointer(ref MemoryMarshal.GetReference(f.bytes));
-                for (long r = 0; r < n; r++)
-                    BlockQuantizer.QuantizeRow(new ReadOnlySpan<float>(src + r * columns, (int)columns),
-                        new Span<byte>(dst + (r0 + r) * rowBytes, (int)rowBytes), format);
+                nint src = (nint)Unsafe.AsPointer(ref MemoryMarshal.GetReference(f.bytes));
+                nint dstRows = (nint)(dst + r0 * rowBytes);
+                // Rows are independent: quantize them on libtorch's thread count.
+                Parallel.For(0, n, new ParallelOptions { MaxDegreeOfParallelism = Math.Max(1, torch.get_num_threads()) }, r =>
+                    BlockQuantizer.QuantizeRow(new ReadOnlySpan<float>((float*)src + r * columns, (int)columns),
+                        new Span<byte>((byte*)dstRows + r * rowBytes, (int)rowBytes), format));
             }
         }
         return new QuantizedWeight(blocks, format, rows, columns);
