@@ -46,8 +46,11 @@ public sealed record BenchOptions
     /// <summary>Skip the machine-limit measurements (the ratios are then absent).</summary>
     public bool SkipLimits { get; init; }
 
-    /// <summary>The dtype asked for: null for auto (the device provider decides).</summary>
-    public torch.ScalarType? RequestedDType => DTypeChoice.Parse(DType, "--dtype");
+    /// <summary>The dtype asked for: null for auto (the device provider decides); float32 compute for q8_0 / q4_0.</summary>
+    public torch.ScalarType? RequestedDType => Quantization is not null ? torch.ScalarType.Float32 : DTypeChoice.Parse(DType, "--dtype");
+
+    /// <summary>q8_0 / q4_0: the language model block-quantized at load (CPU).</summary>
+    public ShareGPT4V.Modeling.QuantizationFormat? Quantization => ShareGPT4V.Modeling.QuantizationFormats.TryParse(DType);
 
     /// <summary>fp32, bf16 or fp16 (make-checkpoint: the dtype the file stores).</summary>
     public static torch.ScalarType ParseDType(string value, string option) => value switch
@@ -68,13 +71,16 @@ public sealed record BenchOptions
     };
 
     public const string Usage = """
-        sharegpt4v-bench run --model DIR --image FILE [--max-new-tokens N] [--threads N] [--dtype auto|fp32|bf16|fp16]
+        sharegpt4v-bench run --model DIR --image FILE [--max-new-tokens N] [--threads N] [--dtype auto|fp32|bf16|fp16|q8_0|q4_0]
                              [--batch N] [--device cpu|cuda|cuda:N|auto] [--libtorch-dir DIR] [--template NAME]
                              [--prompt TEXT] [--warmup-tokens N] [--repeat N] [--bandwidth-mib N] [--skip-limits]
                              [--dump-inputs FILE] [--concurrency 1,2,4,8] [--second-turn] [--json]
         sharegpt4v-bench make-checkpoint --out DIR [--llm-layers N] [--seed S] [--dtype fp32|bf16|fp16] [--overwrite]
                              [--libtorch-dir DIR]
         sharegpt4v-bench limits [--threads N] [--bandwidth-mib N] [--libtorch-dir DIR]
+        sharegpt4v-bench kernels [--threads N]   (the decode mat-vec kernel per weight storage)
+        sharegpt4v-bench quality --model DIR [--dtype q8_0|q4_0|bf16|fp16] [--tokens N] [--threads N]
+                             (top-1 agreement and mean KL against float32 on the same weights, teacher-forced)
         --libtorch-dir (default: the SHAREGPT4V_LIBTORCH_DIR variable) runs on another libtorch, e.g. PyTorch's torch/lib.
         """;
 

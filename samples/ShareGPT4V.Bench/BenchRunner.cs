@@ -39,7 +39,7 @@ public static class BenchRunner
         int context = Math.Min(cfg.Text.MaxPositionEmbeddings, o.SecondTurn ? 2 * (expected + o.MaxNewTokens) + 64 : expected + o.MaxNewTokens);
         var placement = provider.Resolve(new DeviceResolutionRequest
         {
-            Device = o.Device, DType = o.DType, Config = cfg, Positions = context + 1, Batch = slots,
+            Device = o.Device, DType = o.Quantization is null ? o.DType : "float32", Config = cfg, Positions = context + 1, Batch = slots,
         }, new TextWriterLogger(log));
         var device = placement.Device;
         var dtype = placement.DType;
@@ -62,9 +62,10 @@ public static class BenchRunner
             ? PreprocessorConfig.Load(p)
             : new PreprocessorConfig { ShortestEdge = folder.Config.Vision.ImageSize, CropHeight = folder.Config.Vision.ImageSize, CropWidth = folder.Config.Vision.ImageSize };
         var processor = new ClipImageProcessor(pre, ImageAspectModes.FromConfigValue(folder.Config.ImageAspectRatio));
-        using var model = ModelLoader.Load(folder, new LoadOptions { DType = dtype, Device = device });
+        using var model = ModelLoader.Load(folder, new LoadOptions { DType = dtype, Device = device, Quantization = o.Quantization });
         Sync(device);
         double loadSeconds = sw.Elapsed.TotalSeconds;
+        if (o.Quantization is not null) log.WriteLine($"weight storage: {ShareGPT4V.Modeling.WeightStorage.Describe(model)}");
         double rssLoad = ProcessStats.RssBytes() / Mib;
         log.WriteLine($"loaded {folder.ModelPath} in {loadSeconds:F2} s");
 
@@ -184,7 +185,7 @@ public static class BenchRunner
             Device = cuda ? $"cuda:{Math.Max(0, device.index)}" : "cpu",
             Placement = placement.Description,
             LibTorch = ShareGPT4V.Cuda.NativeLibTorchReport.Current().Summary,
-            DType = BenchOptions.ShortName(dtype),
+            DType = o.Quantization is { } q ? ShareGPT4V.Modeling.QuantizationFormats.Name(q) : BenchOptions.ShortName(dtype),
             Threads = o.Threads,
             Batch = o.Batch,
             PromptTokens = promptTokens,

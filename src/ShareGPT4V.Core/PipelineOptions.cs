@@ -95,6 +95,8 @@ public sealed record PipelineOptions
         if (Threads is <= 0) throw new ModelConfigurationException("Threads must be positive", null, nameof(Threads));
         try { Generation.Validate(); }
         catch (ArgumentOutOfRangeException e) { throw new ModelConfigurationException(e.Message, null, "Generation." + e.ParamName, e); }
+        if (Generation.NumBeams > MaxBatchSize)
+            throw new ModelConfigurationException($"Generation.NumBeams ({Generation.NumBeams}) needs one cache row per beam: raise MaxBatchSize ({MaxBatchSize}) to at least that", null, "Generation.NumBeams");
         if (ImageLimits is null) throw new ModelConfigurationException("ImageLimits must not be null", null, nameof(ImageLimits));
         try { ImageLimits.Validate(); }
         catch (ArgumentOutOfRangeException e) { throw new ModelConfigurationException(e.Message, null, "ImageLimits." + e.ParamName, e); }
