@@ -93,7 +93,7 @@ public sealed class GenerationEngine : IDisposable
     /// <summary>The caches' counters.</summary>
     public EngineCounters Counters => new()
     {
-        ImageCacheHits = _images.Hits, ImageCacheMisses = _images.Misses, ImageCacheBytes = _images.Bytes,
+        ImageCacheHits = _images.Hits, ImageCacheMisses = _images.Misses, ImageCacheBytes = _images.Bytes, ImageCacheEntries = _images.Count,
         PrefixCacheHits = _prefixes.Hits, PrefixTokensReused = _prefixes.TokensReused, PrefixCacheEntries = _prefixes.Count,
         PrefixCacheBytes = _prefixes.Bytes, PrefixCacheEvictions = _prefixes.Evictions,
     };
