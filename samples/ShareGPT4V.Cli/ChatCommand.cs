@@ -10,7 +10,9 @@ internal static class ChatCommand
 
         With --prompt, answers once (streamed, or as JSON with --json). Without it, reads your turns from standard
         input and keeps the conversation: /image FILE attaches an image to your next turn, /reset starts over,
-        /exit (or end of input) quits. Ctrl+C stops the answer being generated.
+        /exit (or end of input) quits; a line starting with // sends text that begins with /. Ctrl+C stops the answer
+        being generated; at the prompt, Ctrl+C twice quits. When the conversation outgrows the context window, the oldest
+        turns are dropped and answers are shortened to fit.
 
           --image FILE            image for the first turn (repeatable)
           --prompt TEXT           the question (one answer, then exit)
@@ -31,7 +33,8 @@ internal static class ChatCommand
         string? system = cl.Value("system");
         string? prompt = cl.Value("prompt");
         if (cl.Flag("json") && prompt is null) throw new UsageException("--json needs --prompt (one answer)");
-        using var pipeline = Shared.Load(cl, generation);
+        // The conversation grows with every turn: an answer is shortened to fit rather than refused.
+        using var pipeline = Shared.Load(cl, generation, overflow: prompt is null ? PromptOverflow.ClampNewTokens : null);
 
         if (prompt is not null)
         {
@@ -52,35 +55,66 @@ internal static class ChatCommand
         var history = new List<ChatMessage>();
         var images = new List<ImageInput>();
         if (interactive)
-            Console.Error.WriteLine($"Chatting with {Path.GetFileName(pipeline.Folder.ModelPath.TrimEnd('/'))} (template {pipeline.Template.Name}). /image FILE, /reset, /exit.");
+            Console.Error.WriteLine($"Chatting with {Path.GetFileName(pipeline.Folder.ModelPath.TrimEnd('/'))} (template {pipeline.Template.Name}). {Commands}.");
         while (true)
         {
             if (interactive) Console.Error.Write(pending.Count > 0 ? $"you ({pending.Count} image(s))> " : "you> ");
-            var line = Console.ReadLine();
-            if (line is null || line.Trim() == "/exit") break;
-            if (line.Trim().Length == 0) continue;
-            if (line.StartsWith("/image ", StringComparison.Ordinal))
+            interrupts.AtPrompt = true;
+            string? line;
+            try { line = Console.ReadLine(); }
+            finally { interrupts.AtPrompt = false; }
+            if (line is null) break;
+            var trimmed = line.Trim();
+            if (trimmed.Length == 0) continue;
+            if (trimmed.StartsWith("//", StringComparison.Ordinal)) line = trimmed[1..]; // "//text" sends "/text"
+            else if (trimmed.StartsWith('/'))
             {
-                var file = line[7..].Trim();
-                if (File.Exists(file)) pending.Add(ImageInput.FromFile(file));
-                else Console.Error.WriteLine($"No such file: {file}");
-                continue;
+                var (name, argument) = SplitCommand(trimmed);
+                switch (name)
+                {
+                    case "/exit":
+                        return 0;
+                    case "/reset":
+                        history.Clear();
+                        images.Clear();
+                        pending.Clear();
+                        Console.Error.WriteLine("(conversation cleared)");
+                        continue;
+                    case "/image":
+                        if (CheckImage(argument, pipeline) is { } image)
+                        {
+                            pending.Add(image);
+                            Console.Error.WriteLine($"(image {Path.GetFileName(argument)} attached to your next turn)");
+                        }
+                        continue;
+                    default:
+                        Console.Error.WriteLine($"Unknown command '{name}': {Commands}; start a line with // to send text that begins with /.");
+                        continue;
+                }
             }
-            if (line.Trim() == "/reset")
-            {
-                history.Clear();
-                images.Clear();
-                pending.Clear();
-                continue;
-            }
+
             var turn = new ChatMessage(ChatRole.User, line, pending.Count);
-            var conversation = history.Append(turn).ToList();
-            var turnImages = images.Concat(pending).ToList();
             var answer = new System.Text.StringBuilder();
             using var cts = interrupts.ForOperation();
             try
             {
-                await StreamAsync(pipeline, pipeline.BuildPrompt(conversation, system), turnImages, answer, cts.Token);
+                while (true)
+                {
+                    try
+                    {
+                        var conversation = history.Append(turn).ToList();
+                        await StreamAsync(pipeline, pipeline.BuildPrompt(conversation, system), images.Concat(pending).ToList(), answer, cts.Token);
+                        break;
+                    }
+                    catch (PromptException) when (answer.Length == 0 && history.Count >= 2)
+                    {
+                        // The conversation outgrew the context window: forget the oldest exchange (and its images) and retry,
+                        // rather than failing this turn and every later one.
+                        images.RemoveRange(0, history[0].ImageCount);
+                        history.RemoveRange(0, 2);
+                        Console.Error.WriteLine("(the oldest turn was dropped to fit the context window)");
+                    }
+                }
                 Console.WriteLine();
             }
             catch (OperationCanceledException)
@@ -90,8 +124,9 @@ internal static class ChatCommand
             }
             catch (ShareGPT4VException e)
             {
-                // A bad turn (unreadable image, too long for the context) leaves the conversation as it was.
+                // A bad turn (unreadable image, a turn longer than the whole context window) leaves the conversation as it was.
                 Console.Error.WriteLine("error: " + e.Message);
+                if (e is PromptException) Console.Error.WriteLine("(a shorter message, fewer images or /reset may fit)");
                 pending.Clear();
                 continue;
             }
@@ -102,6 +137,31 @@ internal static class ChatCommand
             pending.Clear();
         }
         return 0;
+    }
+
+    private const string Commands = "/image FILE attaches an image, /reset starts over, /exit quits";
+
+    private static (string Name, string Argument) SplitCommand(string line)
+    {
+        int space = line.IndexOf(' ');
+        return space < 0 ? (line, "") : (line[..space], line[(space + 1)..].Trim());
+    }
+
+    /// <summary>Decodes an image now, with the pipeline's limits, so a bad file is refused at /image, not a turn later.</summary>
+    private static ImageInput? CheckImage(string path, MultimodalPipeline pipeline)
+    {
+        if (path.Length == 0) { Console.Error.WriteLine("usage: /image FILE"); return null; }
+        if (!File.Exists(path)) { Console.Error.WriteLine($"No such file: {path}"); return null; }
+        try
+        {
+            Preprocessing.ImageLoader.Load(path, pipeline.Options.ImageLimits);
+            return ImageInput.FromFile(path);
+        }
+        catch (ShareGPT4VException e)
+        {
+            Console.Error.WriteLine($"error: {e.Message}");
+            return null;
+        }
     }
 
     /// <summary>Generates from a rendered prompt, printing text as it becomes final; <paramref name="answer"/> collects it (also when stopped).</summary>

@@ -55,7 +55,8 @@ internal static class Shared
           --stop TEXT             stop when TEXT is generated (repeatable)
         """;
 
-    public static MultimodalPipeline Load(CommandLine cl, GenerationOptions generation, int? maxBatchSize = null, Preprocessing.ImageAspectMode? aspect = null)
+    public static MultimodalPipeline Load(CommandLine cl, GenerationOptions generation, int? maxBatchSize = null, Preprocessing.ImageAspectMode? aspect = null,
+        PromptOverflow? overflow = null)
     {
         // An external libtorch goes in before anything touches TorchSharp; the CUDA provider resolves cuda, cuda:N and
         // auto (and refuses, saying why, when CUDA cannot be used); cpu never probes for a GPU.
@@ -74,6 +75,7 @@ internal static class Shared
             Threads = cl.Int("threads", 1, 1024),
             ContextLength = cl.Int("context-length", 1, 1 << 24),
             Generation = generation,
+            Overflow = overflow ?? PromptOverflow.Refuse,
             // Beam search keeps one cache row per beam: room for them is part of the memory the device is checked for.
             MaxBatchSize = Math.Max(maxBatchSize ?? new PipelineOptions().MaxBatchSize, generation.NumBeams),
             ImageAspect = aspect,

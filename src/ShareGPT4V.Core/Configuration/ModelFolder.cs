@@ -107,6 +107,7 @@ public sealed record ModelFolder
             ImageTokenIndex = r.Int("image_token_index", r.Int("image_token_id", 32000)),
             // Not a transformers key: llava-hf processors always resize + crop. Folders converted from a "pad" model keep it here.
             ImageAspectRatio = r.String("image_aspect_ratio", "square")!,
+            ConversationTemplate = r.String(LlavaConfig.ConversationTemplateKey),
         };
         cfg.Validate(configPath);
         return cfg;
@@ -154,6 +155,7 @@ public sealed record ModelFolder
             KeepClsToken = select == "cls_patch",
             ImageTokenIndex = -200,
             ImageAspectRatio = r.String("image_aspect_ratio", "square")!,
+            ConversationTemplate = r.String(LlavaConfig.ConversationTemplateKey),
             VisionTowerName = towerName,
         };
         cfg.Validate(configPath);
@@ -188,7 +190,7 @@ public sealed record ModelFolder
                 return c;
         throw new ModelConfigurationException(
             $"Vision tower '{towerName}' named by mm_vision_tower was not found locally (looked in: {string.Join(", ", candidates)}). " +
-            "Hub ids are not downloaded; download the tower and set the vision tower path option (VisionTowerPath, CLI --vision-tower)",
+            "Loading through MultimodalPipeline (or HuggingFaceHub.ResolveModelAsync) fetches a hub id from the hub; otherwise download the tower and set the vision tower path option (VisionTowerPath, CLI --vision-tower)",
             configPath, "mm_vision_tower");
     }
 

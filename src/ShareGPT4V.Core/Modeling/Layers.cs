@@ -33,7 +33,9 @@ public sealed class Linear : nn.Module<Tensor, Tensor>
     {
         var source = new GivenWeights(computeType ?? ComputePrecision.For(weight.dtype, weight.device)) { ["w.weight"] = weight };
         if (bias is not null) source["w.bias"] = bias;
-        return new Linear("w", weight.shape[1], weight.shape[0], bias is not null, source);
+        return weight is QuantizedWeight q
+            ? new Linear("w", q.Columns, q.Rows, bias is not null, source)
+            : new Linear("w", weight.shape[1], weight.shape[0], bias is not null, source);
     }
 
     /// <summary>

@@ -1,0 +1,105 @@
+using System.Diagnostics;
+using ShareGPT4V.Tests.Oracle;
+using Xunit;
+
+namespace ShareGPT4V.Tests.Samples;
+
+/// <summary>
+/// The interactive <c>chat</c> loop, driven through standard input as a script and, for Ctrl+C, with a real SIGINT:
+/// slash commands, images checked when attached, context overflow, and a Ctrl+C at the prompt.
+/// </summary>
+public sealed class InteractiveChatTests : IDisposable
+{
+    private readonly string _dir = Directory.CreateTempSubdirectory("sgpt4v-chat-").FullName;
+    private readonly GoldenCase _case = GoldenCase.Get("hf_llama2vocab");
+
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+
+    private Process Start(params string[] extra)
+    {
+        var psi = new ProcessStartInfo(Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") ?? "dotnet")
+        {
+            RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true, UseShellExecute = false,
+        };
+        psi.Environment.Remove("SHAREGPT4V_LIBTORCH_DIR");
+        psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "sharegpt4v.dll"));
+        foreach (var a in new[] { "chat", "--model", _case.ModelPath, "--template", "llava_v1", "--max-new-tokens", "4", "--temperature", "0" }.Concat(extra))
+            psi.ArgumentList.Add(a);
+        return Process.Start(psi)!;
+    }
+
+    private (int Exit, string Out, string Err) Script(string stdin, params string[] extra)
+    {
+        using var p = Start(extra);
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        var stderr = p.StandardError.ReadToEndAsync();
+        p.StandardInput.Write(stdin);
+        p.StandardInput.Close();
+        if (!p.WaitForExit(120_000)) { p.Kill(entireProcessTree: true); Assert.Fail("chat did not finish within 2 minutes"); }
+        return (p.ExitCode, stdout.Result, stderr.Result);
+    }
+
+    private static int Answers(string stdout) => stdout.Count(c => c == '\n');
+
+    [Fact]
+    public void AnUnknownCommandIsNotSentToTheModelAndDoubleSlashSendsText()
+    {
+        var r = Script("/bogus\n//bogus is a word here\n/exit\n");
+        Assert.Equal(0, r.Exit);
+        Assert.Contains("Unknown command '/bogus'", r.Err);
+        Assert.Equal(1, Answers(r.Out)); // only the // line was a turn
+    }
+
+    [Fact]
+    public void AnImageIsCheckedWhenAttachedAndResetSaysSo()
+    {
+        var fake = Path.Combine(_dir, "fake.png");
+        File.WriteAllText(fake, "this is not a picture");
+        var good = Path.Combine(_case.Dir, "image2.png");
+        var r = Script($"/image {fake}\n/image {Path.Combine(_dir, "missing.png")}\n/image {good}\nWhat is this?\n/reset\n/exit\n");
+        Assert.Equal(0, r.Exit);
+        var err = r.Err.Split('\n');
+        Assert.Contains(err, l => l.StartsWith("error:") && l.Contains("fake.png")); // refused at /image, before any turn
+        Assert.Contains(err, l => l.Contains("No such file") && l.Contains("missing.png"));
+        Assert.Contains(err, l => l.Contains("image2.png attached"));
+        Assert.DoesNotContain(err, l => l.Contains("fake.png attached"));
+        Assert.Contains("(conversation cleared)", r.Err);
+        Assert.Equal(1, Answers(r.Out));
+    }
+
+    [Fact]
+    public void AConversationThatOutgrowsTheContextDropsItsOldestTurnsInsteadOfFailingEveryTurn()
+    {
+        var turns = string.Concat(Enumerable.Range(1, 6).Select(i => $"Tell me something about the number {i} please.\n"));
+        var r = Script(turns + "/exit\n", "--context-length", "96");
+        Assert.Equal(0, r.Exit);
+        Assert.Equal(6, Answers(r.Out));
+        Assert.Contains("(the oldest turn was dropped to fit the context window)", r.Err);
+        Assert.DoesNotContain("error:", r.Err);
+        Assert.DoesNotContain("Overflow", r.Err); // no advice about options the CLI does not have
+    }
+
+    [Fact]
+    public async Task CtrlCAtThePromptOnlyHintsAndLaterAnswersAreNotStopped()
+    {
+        using var p = Start();
+        var stderr = p.StandardError.ReadToEndAsync();
+        p.StandardInput.WriteLine("What is the capital of France?");
+        p.StandardInput.Flush();
+        var first = await p.StandardOutput.ReadLineAsync().WaitAsync(TimeSpan.FromMinutes(2));
+        Assert.NotNull(first);
+        await Task.Delay(500); // back at the prompt
+        using (var kill = Process.Start("kill", $"-INT {p.Id}")) await kill!.WaitForExitAsync();
+        await Task.Delay(500);
+        p.StandardInput.WriteLine("And what about Italy?");
+        p.StandardInput.WriteLine("/exit");
+        p.StandardInput.Close();
+        var rest = await p.StandardOutput.ReadToEndAsync().WaitAsync(TimeSpan.FromMinutes(2));
+        await p.WaitForExitAsync().WaitAsync(TimeSpan.FromMinutes(2));
+        var err = await stderr;
+        Assert.Equal(0, p.ExitCode);
+        Assert.Contains("(Ctrl+C again quits", err);
+        Assert.DoesNotContain("[stopped]", err);
+        Assert.Equal(1, Answers(rest));
+    }
+}
