@@ -29,6 +29,7 @@ public sealed class ServerFixture : IAsyncLifetime
         MaxImageBytes = 2 * 1024 * 1024,
         MaxImagePixels = 20_000_000,
         RequestTimeout = TimeSpan.FromMinutes(2),
+        AllowedImageUrlPrefixes = new[] { new Uri(Path.Combine(ModelDir, "allowed") + "/").AbsoluteUri },
     };
 
     public MultimodalPipeline Pipeline => App.Services.GetRequiredService<ModelHost>().Pipeline!;
