@@ -118,7 +118,8 @@ internal static class CaptionJob
         using var file = outputPath is null ? null : new FileStream(outputPath, FileMode.Append, FileAccess.Write, FileShare.Read);
         var bar = new ConsoleProgress("captioning");
         int done = 0, failed = 0;
-        foreach (var chunk in items.Chunk(pipeline.Options.MaxBatchSize))
+        // Beam search runs one prompt at a time (its cache rows are the beams).
+        foreach (var chunk in items.Chunk(pipeline.Options.Generation.IsBeamSearch ? 1 : pipeline.Options.MaxBatchSize))
         {
             ct.ThrowIfCancellationRequested();
             bar.Report(done, items.Count, $"{done}/{items.Count} images");

@@ -30,6 +30,16 @@ public sealed class ShareGPT4VOptions
     public double TopP { get; set; } = 1.0;
     public int TopK { get; set; }
     public double RepetitionPenalty { get; set; } = 1.0;
+    /// <summary>See <see cref="GenerationOptions.MinP"/>.</summary>
+    public double? MinP { get; set; }
+    /// <summary>See <see cref="GenerationOptions.NoRepeatNGramSize"/>.</summary>
+    public int NoRepeatNGramSize { get; set; }
+    /// <summary>See <see cref="GenerationOptions.NumBeams"/>.</summary>
+    public int NumBeams { get; set; } = 1;
+    /// <summary>See <see cref="GenerationOptions.LengthPenalty"/>.</summary>
+    public double LengthPenalty { get; set; } = 1.0;
+    /// <summary>See <see cref="GenerationOptions.EarlyStopping"/>.</summary>
+    public bool EarlyStopping { get; set; }
     public int? ContextLength { get; set; }
     public int MaxBatchSize { get; set; } = 8;
     public int MaxQueueLength { get; set; } = 64;
@@ -54,6 +64,7 @@ public sealed class ShareGPT4VOptions
         Generation = new GenerationOptions
         {
             MaxNewTokens = MaxNewTokens, Temperature = Temperature, TopP = TopP, TopK = TopK, RepetitionPenalty = RepetitionPenalty,
+            MinP = MinP, NoRepeatNGramSize = NoRepeatNGramSize, NumBeams = NumBeams, LengthPenalty = LengthPenalty, EarlyStopping = EarlyStopping,
         },
     };
 }

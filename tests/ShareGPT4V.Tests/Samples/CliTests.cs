@@ -13,9 +13,9 @@ public sealed class CliTests : IDisposable
 
     public void Dispose() => Directory.Delete(_dir, recursive: true);
 
-    private sealed record Run(int ExitCode, string Out, string Err);
+    internal sealed record Run(int ExitCode, string Out, string Err);
 
-    private static Run Cli(string? stdin, params string[] args)
+    internal static Run Cli(string? stdin, params string[] args)
     {
         var psi = new ProcessStartInfo(Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") ?? "dotnet")
         {

@@ -29,7 +29,8 @@ internal static class ScoreMath
         double sum = 0; // libtorch sums in vector lanes; a double sum is as close to the exact value
         for (int i = 0; i < scores.Length; i++)
         {
-            float e = MathF.Exp(scores[i] - max);
+            float x = scores[i];
+            float e = float.IsNegativeInfinity(x) ? 0f : MathF.Exp(x - max); // after top-k most entries are -inf
             probs[i] = e;
             sum += e;
         }
@@ -59,17 +60,55 @@ internal static class ScoreMath
     }
 
     /// <summary>
-    /// The k-th largest value of <paramref name="scores"/> (k ≥ 1), by quickselect on <paramref name="scratch"/>
-    /// (same length): O(V) on average instead of a sort of the whole vocabulary.
+    /// The k-th largest value of <paramref name="scores"/> (1 ≤ k ≤ length, duplicates counted), without sorting the
+    /// vocabulary: for a small k one pass keeps the k largest in a min-heap (most values fail the first comparison);
+    /// otherwise quickselect on <paramref name="scratch"/> (same length as the scores).
     /// </summary>
     public static float KthLargest(ReadOnlySpan<float> scores, int k, Span<float> scratch)
     {
+        if (k <= 0 || k > scores.Length) throw new ArgumentOutOfRangeException(nameof(k), k, $"k must be in [1, {scores.Length}]");
+        return k <= 1024 && k * 8 <= scores.Length ? KthLargestByHeap(scores, k, scratch[..k]) : KthLargestBySelect(scores, k, scratch);
+    }
+
+    private static float KthLargestByHeap(ReadOnlySpan<float> scores, int k, Span<float> heap)
+    {
+        for (int i = 0; i < k; i++) heap[i] = scores[i];
+        for (int i = k / 2 - 1; i >= 0; i--) SiftDown(heap, i);
+        for (int i = k; i < scores.Length; i++)
+        {
+            float v = scores[i];
+            if (!(v > heap[0])) continue;
+            heap[0] = v;
+            SiftDown(heap, 0);
+        }
+        return heap[0];
+    }
+
+    private static void SiftDown(Span<float> heap, int i)
+    {
+        int n = heap.Length;
+        float v = heap[i];
+        while (true)
+        {
+            int c = 2 * i + 1;
+            if (c >= n) break;
+            if (c + 1 < n && heap[c + 1] < heap[c]) c++;
+            if (!(heap[c] < v)) break;
+            heap[i] = heap[c];
+            i = c;
+        }
+        heap[i] = v;
+    }
+
+    private static float KthLargestBySelect(ReadOnlySpan<float> scores, int k, Span<float> scratch)
+    {
         scores.CopyTo(scratch);
         int lo = 0, hi = scores.Length - 1, target = k - 1; // index in descending order
-        var rng = new Random(17); // fixed pivots: the result does not depend on them, only the time does
+        uint state = 0x9E3779B9; // fixed pivots: the result does not depend on them, only the time does
         while (lo < hi)
         {
-            float pivot = scratch[lo + rng.Next(hi - lo + 1)];
+            state = state * 1664525 + 1013904223;
+            float pivot = scratch[lo + (int)(state % (uint)(hi - lo + 1))];
             // Three-way partition into > pivot, == pivot, < pivot (descending), so ties cannot make it loop.
             int lt = lo, i = lo, gt = hi;
             while (i <= gt)

@@ -3,8 +3,8 @@ namespace ShareGPT4V.Generation.Processing;
 /// <summary>
 /// transformers' <c>TopPLogitsWarper</c> (nucleus): the scores sorted ascending, their softmax accumulated; the ids
 /// whose cumulative probability is ≤ 1 - p are removed (-inf), except the <c>minTokensToKeep</c> largest. Ids of
-/// probability exactly 0 are therefore always removed, even with p = 1. Only the finite scores are sorted (the others
-/// have probability 0 and stay -inf). Where the boundary falls inside a group of equal scores, which of them survive
+/// probability exactly 0 are therefore always removed, even with p = 1. Only the high end of the scores is sorted
+/// (the part the nucleus can reach). Where the boundary falls inside a group of equal scores, which of them survive
 /// depends on the sort; transformers' unstable sort makes that choice arbitrary too (the count is what matches).
 /// </summary>
 internal sealed class TopP : LogitsProcessor
@@ -28,27 +28,48 @@ internal sealed class TopP : LogitsProcessor
 
     public override void Apply(ReadOnlySpan<int> history, Span<float> scores)
     {
-        if (_order.Length < scores.Length)
+        int v = scores.Length;
+        if (_order.Length < v)
         {
-            _order = new int[scores.Length];
-            _sorted = new float[scores.Length];
-            _probs = new float[scores.Length];
+            _order = new int[v];
+            _sorted = new float[v];
+            _probs = new float[v];
         }
-        int n = 0;
-        for (int i = 0; i < scores.Length; i++)
-            if (!float.IsNegativeInfinity(scores[i])) { _order[n] = i; _sorted[n] = scores[i]; n++; }
-        var sorted = _sorted.AsSpan(0, n);
-        var order = _order.AsSpan(0, n);
-        sorted.Sort(order); // ascending
-        var probs = _probs.AsSpan(0, n);
-        ScoreMath.Softmax(sorted, probs);
-        // libtorch's CPU cumsum accumulates float32 in double and rounds each partial sum to float32.
-        double cum = 0;
-        int keepFrom = n - MinTokensToKeep; // positions >= keepFrom are always kept
-        for (int j = 0; j < n; j++)
+        var probs = _probs.AsSpan(0, v);
+        ScoreMath.Softmax(scores, probs); // elementwise as over the sorted row; the sum is taken in double, so its order does not matter
+        int finite = 0;
+        foreach (var x in scores) if (!float.IsNegativeInfinity(x)) finite++;
+
+        // Only the high end needs sorting: take the m largest scores (ties at the m-th included); if everything
+        // below them has an ascending cumulative mass ≤ 1 - p (so it is all removed, whatever its order), sort just
+        // those m; otherwise double m. A cumulative sum only grows, so the low part's last partial sum decides.
+        for (int m = Math.Min(64, finite); ; m = Math.Min(2 * m, finite))
         {
-            cum += probs[j];
-            if (j < keepFrom && (float)cum <= _removeAtOrBelow) scores[order[j]] = float.NegativeInfinity;
+            float threshold = m >= finite ? float.NegativeInfinity : ScoreMath.KthLargest(scores, m, _sorted.AsSpan(0, v));
+            double low = 0;
+            int n = 0;
+            for (int i = 0; i < v; i++)
+            {
+                float x = scores[i];
+                if (float.IsNegativeInfinity(x)) continue;
+                if (x >= threshold) { _order[n] = i; _sorted[n] = x; n++; }
+                else low += probs[i];
+            }
+            if (m < finite && !(n >= MinTokensToKeep && (float)low <= _removeAtOrBelow)) continue;
+            for (int i = 0; i < v; i++)
+                if (scores[i] < threshold) scores[i] = float.NegativeInfinity;
+            var sorted = _sorted.AsSpan(0, n);
+            var order = _order.AsSpan(0, n);
+            sorted.Sort(order); // ascending
+            // libtorch's CPU cumsum accumulates float32 in double and rounds each partial sum to float32.
+            double cum = low;
+            int keepFrom = n - MinTokensToKeep; // the last minTokensToKeep positions are always kept
+            for (int j = 0; j < n; j++)
+            {
+                cum += probs[order[j]];
+                if (j < keepFrom && (float)cum <= _removeAtOrBelow) scores[order[j]] = float.NegativeInfinity;
+            }
+            return;
         }
     }
 
