@@ -128,7 +128,8 @@ public sealed class MultimodalPipeline : IDisposable
         CheckProcessorMatchesTower(processor, folder.Config.Vision, folder.PreprocessorConfigPath); // before any weight is read
         var template = options.Template is { } name
             ? ConversationTemplates.Get(name)
-            : ConversationTemplates.ChooseDefault(folder.Config.ModelType, folder.Config.Layout == CheckpointLayout.LlavaHf, Path.GetFileName(folder.ModelPath));
+            : ConversationTemplates.ChooseDefault(folder.Config.ModelType, folder.Config.Layout == CheckpointLayout.LlavaHf,
+                Path.GetFileName(folder.ModelPath), folder.Config.ConversationTemplate);
         // A GGUF model on the CPU with the default dtype keeps every tensor as the file stores it (F16 stays F16, Q4_0
         // blocks are used as they are).
         bool asStored = gguf && quantization is null && DTypeChoice.Parse(options.DType) is null && placement.Device.type == DeviceType.CPU;

@@ -1,6 +1,7 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using ShareGPT4V.Configuration;
+using ShareGPT4V.Conversation;
 using TorchSharp;
 
 namespace ShareGPT4V.Checkpoints;
@@ -101,10 +102,18 @@ public static class ModelConverter
     /// Used by conversion and by training checkpoints (the trained weights in the input's layout).
     /// </summary>
     internal static ModelConversionResult WriteModel(ModelFolder folder, ITensorReader tensors, string outDir, CheckpointLayout layout,
-        ModelConversionOptions options, IProgress<CheckpointWriteProgress>? progress = null) =>
-        layout == CheckpointLayout.LlavaHf
-            ? WriteLlavaHf(folder, tensors, outDir, options, progress)
-            : WriteOriginal(folder, tensors, outDir, options, progress);
+        ModelConversionOptions options, IProgress<CheckpointWriteProgress>? progress = null)
+    {
+        // The template is chosen from the layout and the folder name when a config names none; both may change here, so
+        // the written config names the source's template and the same weights keep getting the same prompts.
+        var source = folder.Config;
+        var template = ConversationTemplates.ChooseDefault(source.ModelType, source.Layout == CheckpointLayout.LlavaHf,
+            Path.GetFileName(folder.ModelPath.TrimEnd('/', '\\')), source.ConversationTemplate).Name;
+        var kept = folder with { Config = source with { ConversationTemplate = template } };
+        return layout == CheckpointLayout.LlavaHf
+            ? WriteLlavaHf(kept, tensors, outDir, options, progress)
+            : WriteOriginal(kept, tensors, outDir, options, progress);
+    }
 
     private static ModelConversionResult WriteLlavaHf(ModelFolder folder, ITensorReader tensors, string outDir,
         ModelConversionOptions options, IProgress<CheckpointWriteProgress>? progress)
@@ -115,7 +124,10 @@ public static class ModelConverter
         var cfg = folder.Config;
         JsonObject config;
         if (cfg.Layout == CheckpointLayout.LlavaHf)
+        {
             config = ReadJson(Path.Combine(folder.ModelPath, "config.json"));
+            if (cfg.ConversationTemplate is { } t && t != ConversationTemplates.LlavaHf.Name) config[LlavaConfig.ConversationTemplateKey] = t;
+        }
         else
         {
             // The placeholder becomes a token id just past the vocabulary (llava-hf needs a non-negative id); it is
@@ -155,6 +167,7 @@ public static class ModelConverter
         if (fromOriginal)
         {
             llmConfig = ReadJson(Path.Combine(folder.ModelPath, "config.json"));
+            if (cfg.ConversationTemplate is { } t) llmConfig[LlavaConfig.ConversationTemplateKey] = t;
             towerConfig = ReadJson(Path.Combine(folder.VisionTowerPath, "config.json"));
             if (towerConfig["model_type"]?.GetValue<string>() == "clip")
                 towerConfig = ConfigJson.ClipVision(cfg.Vision); // a full CLIPModel's text tower is not written

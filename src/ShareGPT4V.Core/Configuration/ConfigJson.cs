@@ -86,6 +86,7 @@ public static class ConfigJson
             ["vision_config"] = vision,
         };
         if (c.Text.PadTokenId is int pad) o["pad_token_id"] = pad;
+        if (c.ConversationTemplate is { } t) o[LlavaConfig.ConversationTemplateKey] = t;
         return o;
     }
 
@@ -102,6 +103,7 @@ public static class ConfigJson
         o["mm_use_im_start_end"] = false;
         o["mm_use_im_patch_token"] = false;
         o["image_aspect_ratio"] = c.ImageAspectRatio;
+        if (c.ConversationTemplate is { } t) o[LlavaConfig.ConversationTemplateKey] = t;
         return o;
     }
 }

@@ -32,6 +32,15 @@ public sealed record LlavaConfig
     public string ImageAspectRatio { get; init; } = "square";
     /// <summary>The <c>mm_vision_tower</c> value of an original-layout config.</summary>
     public string? VisionTowerName { get; init; }
+    /// <summary>
+    /// <c>sharegpt4v_conv_mode</c>: the conversation template a converted or trained folder keeps from its source, so the
+    /// same weights get the same prompts whatever layout or folder name they end up with (not a transformers or LLaVA
+    /// key; both ignore it). Null when the config names none.
+    /// </summary>
+    public string? ConversationTemplate { get; init; }
+
+    /// <summary>The config.json key of <see cref="ConversationTemplate"/>.</summary>
+    public const string ConversationTemplateKey = "sharegpt4v_conv_mode";
 
     /// <summary>Number of language-model positions one image takes.</summary>
     public int ImageSeqLength => Vision.NumPatches + (KeepClsToken ? 1 : 0);

@@ -107,6 +107,7 @@ public sealed record ModelFolder
             ImageTokenIndex = r.Int("image_token_index", r.Int("image_token_id", 32000)),
             // Not a transformers key: llava-hf processors always resize + crop. Folders converted from a "pad" model keep it here.
             ImageAspectRatio = r.String("image_aspect_ratio", "square")!,
+            ConversationTemplate = r.String(LlavaConfig.ConversationTemplateKey),
         };
         cfg.Validate(configPath);
         return cfg;
@@ -154,6 +155,7 @@ public sealed record ModelFolder
             KeepClsToken = select == "cls_patch",
             ImageTokenIndex = -200,
             ImageAspectRatio = r.String("image_aspect_ratio", "square")!,
+            ConversationTemplate = r.String(LlavaConfig.ConversationTemplateKey),
             VisionTowerName = towerName,
         };
         cfg.Validate(configPath);

@@ -71,8 +71,11 @@ public static class ConversationTemplates
     /// <param name="modelType">config.json model_type (e.g. "share4v", "llava", "llama"), may be null.</param>
     /// <param name="isLlavaHfLayout">True for LlavaForConditionalGeneration checkpoints (vision_config/text_config).</param>
     /// <param name="modelName">Folder or hub name, may be null.</param>
-    public static ConversationTemplate ChooseDefault(string? modelType, bool isLlavaHfLayout, string? modelName)
+    /// <param name="configured">The template the config names (<c>sharegpt4v_conv_mode</c>, written by conversion and
+    /// training); wins when it is a known template.</param>
+    public static ConversationTemplate ChooseDefault(string? modelType, bool isLlavaHfLayout, string? modelName, string? configured = null)
     {
+        if (configured is not null && TryGet(configured, out var named)) return named;
         if (isLlavaHfLayout) return LlavaHf;
         string name = (modelName ?? "").ToLowerInvariant();
         if ((name.Contains("llama-2") || name.Contains("llama_2") || name.Contains("llama2")) && !name.Contains("vicuna"))

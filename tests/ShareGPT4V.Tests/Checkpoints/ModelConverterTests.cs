@@ -46,7 +46,8 @@ public sealed class ModelConverterTests : IDisposable
         AssertSameTensors(Fixtures.Path("oracle/llava_tiny336/model"), r.ModelPath);
         AssertSameTensors(Fixtures.Path("oracle/llava_tiny336/clip-vit-tiny-336"), r.VisionTowerPath);
         var folder = ModelFolder.Open(r.ModelPath);
-        Assert.Equal(ModelFolder.Open(Fixtures.Path("oracle/llava_tiny336/model")).Config with { VisionTowerName = "clip-vit-tiny-336" }, folder.Config);
+        // The written config also names the template the source defaulted to (ConversionTemplateTests).
+        Assert.Equal(ModelFolder.Open(Fixtures.Path("oracle/llava_tiny336/model")).Config with { VisionTowerName = "clip-vit-tiny-336", ConversationTemplate = "llava_v1" }, folder.Config);
         Assert.Equal(File.ReadAllText(Fixtures.Path("oracle/llava_tiny336/clip-vit-tiny-336/preprocessor_config.json")),
             File.ReadAllText(folder.PreprocessorConfigPath!));
     }
@@ -79,7 +80,7 @@ public sealed class ModelConverterTests : IDisposable
         AssertSameTensors(Fixtures.Path("oracle/llava_tiny336/model"), back.ModelPath);
         AssertSameTensors(Fixtures.Path("oracle/llava_tiny336/clip-vit-tiny-336"), back.VisionTowerPath);
         var again = ModelFolder.Open(back.ModelPath).Config;
-        Assert.Equal(source with { ModelType = "llava", VisionTowerName = "tower" }, again);
+        Assert.Equal(source with { ModelType = "llava", VisionTowerName = "tower", ConversationTemplate = "llava_v1" }, again);
     }
 
     [Fact]
