@@ -39,11 +39,18 @@ public sealed record BenchOptions
     public long BandwidthBytes { get; init; } = 1L << 30;
     /// <summary>Seconds the FMA loop runs per trial.</summary>
     public double FmaSeconds { get; init; } = 0.25;
+    /// <summary>Numbers of concurrent requests whose aggregate decode speed is measured (--concurrency 1,2,4,8); empty = none.</summary>
+    public IReadOnlyList<int> Concurrency { get; init; } = Array.Empty<int>();
+    /// <summary>Measure a chat's second-turn time to first token (image and KV prefix reused) against the first turn's.</summary>
+    public bool SecondTurn { get; init; }
     /// <summary>Skip the machine-limit measurements (the ratios are then absent).</summary>
     public bool SkipLimits { get; init; }
 
-    /// <summary>The dtype asked for: null for auto (the device provider decides).</summary>
-    public torch.ScalarType? RequestedDType => DTypeChoice.Parse(DType, "--dtype");
+    /// <summary>The dtype asked for: null for auto (the device provider decides); float32 compute for q8_0 / q4_0.</summary>
+    public torch.ScalarType? RequestedDType => Quantization is not null ? torch.ScalarType.Float32 : DTypeChoice.Parse(DType, "--dtype");
+
+    /// <summary>q8_0 / q4_0: the language model block-quantized at load (CPU).</summary>
+    public ShareGPT4V.Modeling.QuantizationFormat? Quantization => ShareGPT4V.Modeling.QuantizationFormats.TryParse(DType);
 
     /// <summary>fp32, bf16 or fp16 (make-checkpoint: the dtype the file stores).</summary>
     public static torch.ScalarType ParseDType(string value, string option) => value switch
@@ -64,19 +71,22 @@ public sealed record BenchOptions
     };
 
     public const string Usage = """
-        sharegpt4v-bench run --model DIR --image FILE [--max-new-tokens N] [--threads N] [--dtype auto|fp32|bf16|fp16]
+        sharegpt4v-bench run --model DIR --image FILE [--max-new-tokens N] [--threads N] [--dtype auto|fp32|bf16|fp16|q8_0|q4_0]
                              [--batch N] [--device cpu|cuda|cuda:N|auto] [--libtorch-dir DIR] [--template NAME]
                              [--prompt TEXT] [--warmup-tokens N] [--repeat N] [--bandwidth-mib N] [--skip-limits]
-                             [--dump-inputs FILE] [--json]
+                             [--dump-inputs FILE] [--concurrency 1,2,4,8] [--second-turn] [--json]
         sharegpt4v-bench make-checkpoint --out DIR [--llm-layers N] [--seed S] [--dtype fp32|bf16|fp16] [--overwrite]
                              [--libtorch-dir DIR]
         sharegpt4v-bench limits [--threads N] [--bandwidth-mib N] [--libtorch-dir DIR]
+        sharegpt4v-bench kernels [--threads N]   (the decode mat-vec kernel per weight storage)
+        sharegpt4v-bench quality --model DIR [--dtype q8_0|q4_0|bf16|fp16] [--tokens N] [--threads N]
+                             (top-1 agreement and mean KL against float32 on the same weights, teacher-forced)
         --libtorch-dir (default: the SHAREGPT4V_LIBTORCH_DIR variable) runs on another libtorch, e.g. PyTorch's torch/lib.
         """;
 
     public static BenchOptions Parse(IReadOnlyList<string> args)
     {
-        var a = new ArgReader(args, flags: new[] { "--json", "--skip-limits" });
+        var a = new ArgReader(args, flags: new[] { "--json", "--skip-limits", "--second-turn" });
         var o = new BenchOptions
         {
             Model = a.Required("--model"),
@@ -95,6 +105,8 @@ public sealed record BenchOptions
             Repeat = a.Int("--repeat", 1, min: 1, max: 100),
             BandwidthBytes = (long)a.Int("--bandwidth-mib", 1024, min: 1, max: 1 << 20) << 20,
             SkipLimits = a.Flag("--skip-limits"),
+            Concurrency = a.IntList("--concurrency", min: 1, max: 256),
+            SecondTurn = a.Flag("--second-turn"),
         };
         a.EnsureAllUsed();
         _ = o.RequestedDType; // validates --dtype
@@ -180,6 +192,22 @@ internal sealed class ArgReader
         if (n < min || n > max)
             throw new ModelConfigurationException($"{n} is outside [{min}, {max}]", null, name);
         return n;
+    }
+
+    /// <summary>A comma-separated list of integers (empty when the option is absent).</summary>
+    public IReadOnlyList<int> IntList(string name, int min, int max)
+    {
+        _used.Add(name);
+        if (!_values.TryGetValue(name, out var v)) return Array.Empty<int>();
+        var list = new List<int>();
+        foreach (var part in v!.Split(',', StringSplitOptions.TrimEntries))
+        {
+            if (!int.TryParse(part, NumberStyles.Integer, CultureInfo.InvariantCulture, out var n))
+                throw new ModelConfigurationException($"'{part}' is not an integer (expected a list such as 1,2,4,8)", null, name);
+            if (n < min || n > max) throw new ModelConfigurationException($"{n} is outside [{min}, {max}]", null, name);
+            list.Add(n);
+        }
+        return list;
     }
 
     public void EnsureAllUsed()

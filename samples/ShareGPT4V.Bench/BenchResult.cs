@@ -92,6 +92,11 @@ public sealed record BenchResult
     [JsonPropertyName("load_avg_start")] public double? LoadAverageStart { get; init; }
     [JsonPropertyName("load_avg_end")] public double? LoadAverageEnd { get; init; }
 
+    /// <summary>--concurrency: aggregate decode speed with 1, 2, 4, 8 ... requests in the engine's slots.</summary>
+    [JsonPropertyName("concurrency")] public IReadOnlyList<ConcurrencyReading>? Concurrency { get; init; }
+    /// <summary>--second-turn: time to first token of a chat's second turn with the engine's caches, and without.</summary>
+    [JsonPropertyName("second_turn")] public SecondTurnReading? SecondTurn { get; init; }
+
     /// <summary>The greedy ids of row 0, the prefill's included (compared with transformers' on the same weights).</summary>
     [JsonPropertyName("token_ids")] public required IReadOnlyList<long> TokenIds { get; init; }
 
@@ -125,8 +130,36 @@ public sealed record BenchResult
             $"machine         {(Device == "cpu" ? "read" : "device copy")} bandwidth {F(BandwidthGBs, "F1")} GB/s   FMA peak {F(FmaPeakGFlops, "F1")} GFLOP/s ({FmaVectorBits}-bit)   GEMM {F(GemmGFlops, "F1")} GFLOP/s ({GemmShape})   decode kernel {F(MatVecGBs, "F1")} GB/s   load avg {F(LoadAverageStart, "F2")} -> {F(LoadAverageEnd, "F2")}",
             $"other work      other processes used {F(OtherCpuVisionPercent, "F0")}% / {F(OtherCpuPrefillPercent, "F0")}% / {F(OtherCpuDecodePercent, "F0")}% of the CPUs during vision / prefill / decode",
         };
+        double? single = Concurrency?.FirstOrDefault(c => c.Requests == 1)?.TokensPerSecond;
+        foreach (var c in Concurrency ?? Array.Empty<ConcurrencyReading>())
+            lines.Add($"concurrent {c.Requests,-4} {F(c.TokensPerSecond, "F2")} tokens/s aggregate   {F(c.StepMsMedian, "F1")} ms/step   {F(c.TokensPerSecond / single, "F2")} x one request   (other processes {F(c.OtherCpuPercent, "F0")}% of the CPUs)");
+        if (SecondTurn is { } t)
+            lines.Add($"second turn     time to first token {F(t.SecondTurnTtftMs, "F0")} ms ({t.SecondTurnReusedTokens} of {t.SecondTurnPromptTokens} prompt tokens reused)   from empty caches {F(t.SecondTurnFreshTtftMs, "F0")} ms   first turn {F(t.FirstTurnTtftMs, "F0")} ms");
         return string.Join(Environment.NewLine, lines.Where(l => l is not null));
     }
+}
+
+/// <summary>Aggregate decode speed at one level of concurrency.</summary>
+public sealed record ConcurrencyReading
+{
+    [JsonPropertyName("requests")] public required int Requests { get; init; }
+    [JsonPropertyName("step_ms_median")] public required double StepMsMedian { get; init; }
+    /// <summary>requests / median step time: tokens per second over all requests.</summary>
+    [JsonPropertyName("tokens_per_s")] public required double TokensPerSecond { get; init; }
+    [JsonPropertyName("other_cpu_pct")] public double? OtherCpuPercent { get; init; }
+}
+
+/// <summary>Time to first token of a chat's turns (preprocessing, vision and prefill, up to the first sampled id).</summary>
+public sealed record SecondTurnReading
+{
+    [JsonPropertyName("first_turn_ttft_ms")] public required double FirstTurnTtftMs { get; init; }
+    /// <summary>The second turn with the image embedding and the first turn's KV prefix reused.</summary>
+    [JsonPropertyName("second_turn_ttft_ms")] public required double SecondTurnTtftMs { get; init; }
+    /// <summary>The same second turn from empty caches (the image encoded, the whole prompt prefilled).</summary>
+    [JsonPropertyName("second_turn_fresh_ttft_ms")] public required double SecondTurnFreshTtftMs { get; init; }
+    [JsonPropertyName("second_turn_prompt_tokens")] public required int SecondTurnPromptTokens { get; init; }
+    [JsonPropertyName("second_turn_reused_tokens")] public required int SecondTurnReusedTokens { get; init; }
+    [JsonPropertyName("image_cache_hits")] public required long ImageCacheHits { get; init; }
 }
 
 [JsonSerializable(typeof(BenchResult))]

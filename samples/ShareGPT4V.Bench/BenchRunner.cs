@@ -34,9 +34,12 @@ public static class BenchRunner
         var cfg = ModelFolder.Open(o.Model).Config;
         var promptIds = LlavaTokenizer.Load(o.Model).EncodePrompt(new ConversationBuilder(o.Template).AddUser(o.Prompt, 1).BuildPrompt(), cfg.ImageTokenIndex);
         int expected = promptIds.Count(x => x != cfg.ImageTokenIndex) + promptIds.Count(x => x == cfg.ImageTokenIndex) * cfg.ImageSeqLength;
+        // The engine's KV cache: one slot per concurrent request, each long enough for a second turn when asked for.
+        int slots = Math.Max(o.Batch, o.Concurrency.DefaultIfEmpty(1).Max());
+        int context = Math.Min(cfg.Text.MaxPositionEmbeddings, o.SecondTurn ? 2 * (expected + o.MaxNewTokens) + 64 : expected + o.MaxNewTokens);
         var placement = provider.Resolve(new DeviceResolutionRequest
         {
-            Device = o.Device, DType = o.DType, Config = cfg, Positions = expected + o.MaxNewTokens + 1, Batch = o.Batch,
+            Device = o.Device, DType = o.Quantization is null ? o.DType : "float32", Config = cfg, Positions = context + 1, Batch = slots,
         }, new TextWriterLogger(log));
         var device = placement.Device;
         var dtype = placement.DType;
@@ -59,15 +62,15 @@ public static class BenchRunner
             ? PreprocessorConfig.Load(p)
             : new PreprocessorConfig { ShortestEdge = folder.Config.Vision.ImageSize, CropHeight = folder.Config.Vision.ImageSize, CropWidth = folder.Config.Vision.ImageSize };
         var processor = new ClipImageProcessor(pre, ImageAspectModes.FromConfigValue(folder.Config.ImageAspectRatio));
-        using var model = ModelLoader.Load(folder, new LoadOptions { DType = dtype, Device = device });
+        using var model = ModelLoader.Load(folder, new LoadOptions { DType = dtype, Device = device, Quantization = o.Quantization });
         Sync(device);
         double loadSeconds = sw.Elapsed.TotalSeconds;
+        if (o.Quantization is not null) log.WriteLine($"weight storage: {ShareGPT4V.Modeling.WeightStorage.Describe(model)}");
         double rssLoad = ProcessStats.RssBytes() / Mib;
         log.WriteLine($"loaded {folder.ModelPath} in {loadSeconds:F2} s");
 
         var prompt = new ConversationBuilder(o.Template).AddUser(o.Prompt, 1).BuildPrompt();
         var ids = tokenizer.EncodePrompt(prompt, folder.Config.ImageTokenIndex).Select(x => (long)x).ToArray();
-        var rows = Enumerable.Range(0, o.Batch).Select(_ => ids).ToList();
 
         using var noGrad = torch.no_grad();
         using var scope = NewDisposeScope();
@@ -97,48 +100,58 @@ public static class BenchRunner
         double? otherVision = ProcessStats.OtherCpuPercent(cpuVision, ProcessStats.SampleCpu());
         double rssVision = ProcessStats.RssBytes() / Mib;
 
-        sw.Restart();
-        using var inputs = model.BuildInputs(rows, imageEmbeddings);
-        double inputsMs = sw.Elapsed.TotalMilliseconds;
-        int promptTokens = (int)inputs.Length;
-        using var cache = model.CreateCache(o.Batch, promptTokens + o.MaxNewTokens + 1);
-        using var generator = new TokenGenerator(model, cache);
-
-        Tensor logits = null!;
-        var prefillRuns = new List<double>();
+        // From here on, the generation engine users call: each request takes a slot and is prefilled alone (its image
+        // embedding from the engine's image cache after the first), then every decode step advances all rows together.
+        using var engine = new GenerationEngine(model, tokenizer, new EngineOptions
+        {
+            MaxBatchSize = slots, ContextLength = context, PrefixCacheBytes = o.SecondTurn ? 256L << 20 : 0,
+        });
+        var imageKey = GenerationEngine.ImageKey(File.ReadAllBytes(o.Image), "bench");
+        var intIds = ids.Select(x => (int)x).ToArray();
+        SequenceRequest Request(int maxNew, bool prefix = false) => new()
+        {
+            PromptIds = intIds, Images = new[] { new EngineImage(images[0], imageKey) },
+            Options = new GenerationOptions { MaxNewTokens = maxNew, StopAtEndOfSequence = false }, UsePrefixCache = prefix,
+        };
         var cpuPrefill = ProcessStats.SampleCpu();
+        var prefillRuns = new List<double>();
+        var sequences = new List<EngineSequence>();
+        double firstPrefillMs = 0;
         for (int r = 0; r < o.Repeat; r++)
         {
-            if (r > 0) logits.Dispose();
-            sw.Restart();
-            logits = generator.Prefill(inputs); // each prefill starts the cache over
-            Sync(device);
-            prefillRuns.Add(sw.Elapsed.TotalMilliseconds);
-            log.WriteLine($"prefill of {promptTokens} tokens: {prefillRuns[^1]:F0} ms");
+            engine.CancelAll();
+            sequences.Clear();
+            double total = 0;
+            for (int row = 0; row < o.Batch; row++)
+            {
+                var seq = engine.Admit(Request(o.MaxNewTokens)); // the first admission encodes the image; the rest hit the cache
+                sequences.Add(seq);
+                total += seq.PrefillTime.TotalMilliseconds;
+                if (row == 0) firstPrefillMs = seq.PrefillTime.TotalMilliseconds;
+            }
+            prefillRuns.Add(total);
+            log.WriteLine($"prefill of {o.Batch} x {sequences[0].PromptTokens} tokens: {total:F0} ms");
         }
+        int promptTokens = sequences[0].PromptTokens;
         double prefillMs = MachineLimits.Median(prefillRuns);
         double? otherPrefill = ProcessStats.OtherCpuPercent(cpuPrefill, ProcessStats.SampleCpu());
         double rssPrefill = ProcessStats.RssBytes() / Mib;
-        sw.Restart();
-        var next = Argmax(logits);
-        // Time to first token: every stage of one request up to the first sampled id (medians where repeated).
-        double ttftMs = preprocessMs + visionMs + inputsMs + prefillMs + sw.Elapsed.TotalMilliseconds;
-        var tokenIds = new List<long> { next[0] };
+        // Time to first token: every stage of one request up to its first sampled id (medians where repeated).
+        double ttftMs = preprocessMs + visionMs + firstPrefillMs;
 
-        // Greedy decoding without an early stop, one step per token; RSS sampled after each step.
+        // Greedy decoding without an early stop, one engine step per token; RSS sampled after each step.
         var stepMs = new List<double>();
         var cpuDecode = ProcessStats.SampleCpu();
         double? rssAt100 = null;
         for (int token = 1; token < o.MaxNewTokens; token++)
         {
             sw.Restart();
-            using (NewDisposeScope())
-                next = Argmax(generator.DecodeOneToken(next)); // reading the ids back waits for the device
+            engine.Step(); // reading the logits back waits for the device
             stepMs.Add(sw.Elapsed.TotalMilliseconds);
-            tokenIds.Add(next[0]);
             if (token + 1 == 100) rssAt100 = ProcessStats.RssBytes() / Mib;
             if (token % 50 == 0) log.WriteLine($"decoded {token + 1} tokens, last step {stepMs[^1]:F1} ms");
         }
+        var tokenIds = sequences[0].Result!.TokenIds.Select(x => (long)x).ToList();
         double? otherDecode = ProcessStats.OtherCpuPercent(cpuDecode, ProcessStats.SampleCpu());
         double rssEnd = ProcessStats.RssBytes() / Mib;
         double peakRss = ProcessStats.PeakRssBytes() / Mib;
@@ -148,6 +161,8 @@ public static class BenchRunner
         double stepMedian = measured.Count > 0 ? MachineLimits.Median(measured) : double.NaN;
         double decodeTokensPerSecond = o.Batch * 1000.0 / stepMedian;
         double decodeBytes = ModelCost.DecodeBytesPerStep(model, o.Batch, promptTokens + o.MaxNewTokens / 2);
+        var concurrency = o.Concurrency.Select(c => MeasureConcurrency(engine, c, () => Request(o.MaxNewTokens), o, log)).ToList();
+        SecondTurnReading? secondTurn = o.SecondTurn ? MeasureSecondTurn(engine, tokenizer, o, images[0], imageKey, preprocessMs, log) : null;
 
         // The limits again, after the run: the machine is shared, so each figure is the better of the two readings
         // (other work can only lower a reading, never raise it), and both readings are reported.
@@ -162,7 +177,7 @@ public static class BenchRunner
         double visionFlops = ModelCost.VisionFlops(model.Config) * o.Batch;
         double prefillFlops = ModelCost.PrefillFlops(model.Config.Text, promptTokens) * o.Batch;
         double weightsMb = ModelCost.WeightBytes(model) / Mib;
-        double cacheMb = cache.Bytes / Mib;
+        double cacheMb = engine.Cache.Bytes / Mib;
         double visionGFlops = visionFlops / visionMs / 1e6;
         double prefillGFlops = prefillFlops / prefillMs / 1e6;
         return new BenchResult
@@ -171,7 +186,7 @@ public static class BenchRunner
             Device = cuda ? $"cuda:{Math.Max(0, device.index)}" : "cpu",
             Placement = placement.Description,
             LibTorch = ShareGPT4V.Cuda.NativeLibTorchReport.Current().Summary,
-            DType = BenchOptions.ShortName(dtype),
+            DType = o.Quantization is { } q ? ShareGPT4V.Modeling.QuantizationFormats.Name(q) : BenchOptions.ShortName(dtype),
             Threads = o.Threads,
             Batch = o.Batch,
             PromptTokens = promptTokens,
@@ -213,6 +228,8 @@ public static class BenchRunner
             DecodeBandwidthRatio = bandwidth is double bw ? decodeBytes * (decodeTokensPerSecond / o.Batch) / (bw * 1e9) : null,
             DecodeRooflineTokensPerSecond = bandwidth is double bw2 ? o.Batch * bw2 * 1e9 / decodeBytes : null,
             TokenIds = tokenIds,
+            Concurrency = concurrency.Count > 0 ? concurrency : null,
+            SecondTurn = secondTurn,
             VisionGFlop = visionFlops / 1e9,
             VisionGFlops = visionGFlops,
             VisionFmaRatio = fmaPeak is double f1 ? visionGFlops / f1 : null,
@@ -259,13 +276,71 @@ public static class BenchRunner
 
     private const double Mib = 1 << 20;
 
-    private static long[] Argmax(Tensor logits)
+    /// <summary>
+    /// Aggregate decode speed with <paramref name="count"/> requests in the engine's slots: all admitted, then every
+    /// step advances all of them; the median step after the warm-up gives count / step tokens per second.
+    /// </summary>
+    private static ConcurrencyReading MeasureConcurrency(GenerationEngine engine, int count, Func<SequenceRequest> request, BenchOptions o, TextWriter log)
     {
-        using var am = logits.argmax(-1);
-        using var onCpu = am.cpu();
-        var result = onCpu.data<long>().ToArray();
-        logits.Dispose();
-        return result;
+        engine.CancelAll();
+        for (int i = 0; i < count; i++) engine.Admit(request());
+        var cpu = ProcessStats.SampleCpu();
+        var steps = new List<double>();
+        var sw = new Stopwatch();
+        for (int token = 1; token < o.MaxNewTokens; token++)
+        {
+            sw.Restart();
+            engine.Step();
+            steps.Add(sw.Elapsed.TotalMilliseconds);
+        }
+        engine.CancelAll();
+        var measured = steps.Skip(Math.Min(o.WarmupTokens, Math.Max(0, steps.Count - 1))).ToList();
+        double median = measured.Count > 0 ? MachineLimits.Median(measured) : double.NaN;
+        log.WriteLine($"{count} concurrent request(s): {median:F1} ms/step, {count * 1000.0 / median:F2} tokens/s");
+        return new ConcurrencyReading
+        {
+            Requests = count, StepMsMedian = median, TokensPerSecond = count * 1000.0 / median,
+            OtherCpuPercent = ProcessStats.OtherCpuPercent(cpu, ProcessStats.SampleCpu()),
+        };
+    }
+
+    /// <summary>
+    /// A two-turn chat about the image: the first turn from empty caches, the second with the image embedding and the
+    /// first turn's keys and values reused, and the same second turn again from empty caches.
+    /// </summary>
+    private static SecondTurnReading MeasureSecondTurn(GenerationEngine engine, LlavaTokenizer tokenizer, BenchOptions o,
+        PreprocessedImage image, string imageKey, double preprocessMs, TextWriter log)
+    {
+        var cfg = engine.Model.Config;
+        engine.CancelAll();
+        engine.ClearCaches();
+        const string question = "What else can you see? Answer briefly.";
+        SequenceRequest Turn(string prompt, bool reuse) => new()
+        {
+            PromptIds = tokenizer.EncodePrompt(prompt, cfg.ImageTokenIndex),
+            Images = new[] { new EngineImage(image, reuse ? imageKey : null) }, UsePrefixCache = reuse,
+            Options = new GenerationOptions { MaxNewTokens = o.MaxNewTokens, StopAtEndOfSequence = false },
+        };
+        var first = new ConversationBuilder(o.Template).AddUser(o.Prompt, 1);
+        var r1 = engine.Run(new[] { Turn(first.BuildPrompt(), reuse: true) })[0];
+        double firstMs = preprocessMs + r1.Timings.Vision.TotalMilliseconds + r1.Timings.Prefill.TotalMilliseconds;
+        var second = new ConversationBuilder(o.Template).AddUser(o.Prompt, 1).AddAssistant(r1.Text).AddUser(question).BuildPrompt();
+        var before = engine.Counters;
+        var seq = engine.Admit(Turn(second, reuse: true)); // the image is cached: no preprocessing either
+        double secondMs = seq.VisionTime.TotalMilliseconds + seq.PrefillTime.TotalMilliseconds;
+        int reused = seq.ReusedPrefixTokens, total = seq.PromptTokens;
+        engine.CancelAll();
+        engine.ClearCaches();
+        var fresh = engine.Admit(Turn(second, reuse: false));
+        double freshMs = preprocessMs + fresh.VisionTime.TotalMilliseconds + fresh.PrefillTime.TotalMilliseconds;
+        engine.CancelAll();
+        log.WriteLine($"second turn: {total} prompt tokens, {reused} reused; time to first token {secondMs:F0} ms (from empty caches {freshMs:F0} ms; first turn {firstMs:F0} ms)");
+        return new SecondTurnReading
+        {
+            FirstTurnTtftMs = firstMs, SecondTurnTtftMs = secondMs, SecondTurnFreshTtftMs = freshMs,
+            SecondTurnPromptTokens = total, SecondTurnReusedTokens = reused,
+            ImageCacheHits = engine.Counters.ImageCacheHits - before.ImageCacheHits,
+        };
     }
 
     /// <summary>Waits for the work queued on a GPU, so a stage's time includes it (CPU work is synchronous already).</summary>

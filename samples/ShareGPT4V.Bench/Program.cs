@@ -26,6 +26,21 @@ try
             Console.WriteLine(result.ToJsonLine());
             return 0;
         }
+        case "kernels":
+        {
+            var a = new ArgReader(rest, flags: Array.Empty<string>());
+            int threads = a.Int("--threads", Environment.ProcessorCount, 1, 1024);
+            a.EnsureAllUsed();
+            KernelBench.Run(threads, Console.Out);
+            return 0;
+        }
+        case "quality":
+        {
+            var options = QualityOptions.Parse(rest);
+            var r = QualityRunner.Run(options, Console.Error);
+            Console.WriteLine(System.Text.Json.JsonSerializer.Serialize(r, new System.Text.Json.JsonSerializerOptions { PropertyNamingPolicy = System.Text.Json.JsonNamingPolicy.SnakeCaseLower }));
+            return 0;
+        }
         case "limits":
         {
             // Only the machine's limits (no model): quick checks of contention before a run.

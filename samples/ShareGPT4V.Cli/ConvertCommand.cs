@@ -23,12 +23,14 @@ internal static class ConvertCommand
           --max-shard-size SIZE   largest shard, e.g. 2GB or 500MB (default 5GB)
           --llm-folder NAME       original layout: name of the LLM folder (default: the source's)
           --tower-folder NAME     original layout: name of the tower folder (default: the source's, or clip-vision-tower)
+          --dtype q8_0|q4_0       write the language model's matrices block-quantized (llama.cpp's Q8_0 / Q4_0 blocks;
+                                  the LM head Q8_0), llava-hf layout; the folder loads with the blocks memory-mapped
         """;
 
     public static async Task<int> RunAsync(IReadOnlyList<string> args, CancellationToken cancellationToken)
     {
         var cl = CommandLine.Parse("convert", args,
-            new[] { "model", "revision", "vision-tower", "output", "layout", "max-shard-size", "llm-folder", "tower-folder" }, Array.Empty<string>());
+            new[] { "model", "revision", "vision-tower", "output", "layout", "max-shard-size", "llm-folder", "tower-folder", "dtype" }, Array.Empty<string>());
         var layout = (cl.Value("layout") ?? "same") switch
         {
             "same" => TargetLayout.Same,
@@ -36,11 +38,16 @@ internal static class ConvertCommand
             "original" or "llava" => TargetLayout.Original,
             var other => throw new UsageException($"--layout must be same, llava-hf or original, got '{other}'"),
         };
+        Modeling.QuantizationFormat? quantization = null;
+        if (cl.Value("dtype") is { } d)
+            quantization = Modeling.QuantizationFormats.TryParse(d) ?? throw new UsageException($"--dtype must be q8_0 or q4_0, got '{d}'");
+        if (quantization is not null && layout == TargetLayout.Same) layout = TargetLayout.LlavaHf;
         // A hub id (and the tower it names) is fetched into the hub cache first.
         var (modelPath, towerPath) = await HuggingFaceHub.ResolveModelAsync(cl.Required("model"), cl.Value("vision-tower"),
             new HubOptions { Revision = cl.Value("revision"), Progress = DownloadCommand.ProgressBar() }, cancellationToken);
         var options = new ModelConversionOptions
         {
+            Quantization = quantization,
             Layout = layout,
             VisionTowerPath = towerPath,
             MaxShardBytes = cl.Size("max-shard-size") ?? CheckpointConverter.DefaultMaxShardBytes,

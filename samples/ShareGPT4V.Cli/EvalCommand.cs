@@ -42,7 +42,7 @@ internal static class EvalCommand
 
     public static async Task<int> RunAsync(IReadOnlyList<string> args, CancellationToken ct)
     {
-        if (args.Count == 0) throw new UsageException("eval needs a sub-command: score, run, merge or summary");
+        if (args.Count == 0) throw new UsageException("eval needs a sub-command: score, run, merge, summary, judge or submission");
         var rest = args.Skip(1).ToList();
         return args[0] switch
         {

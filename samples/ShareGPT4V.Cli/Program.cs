@@ -13,7 +13,8 @@ const string Usage = """
       eval      run a benchmark (reference prompts), merge shards, score answers exactly as the official scripts
       download  fetch a Hugging Face hub repository into the hub cache (or a folder), with its vision tower
       merge     join the JSON lines of sharded caption runs in input order
-      train     fine-tune a model (ShareGPT4V / LLaVA stages, HF Trainer semantics), resumable checkpoints
+      train     fine-tune a model (ShareGPT4V / LLaVA stages, LoRA, HF Trainer semantics), resumable checkpoints
+      merge-lora  fold a LoRA adapter (PEFT format) into its base model
 
     Each command's options: sharegpt4v <command> --help. sharegpt4v --version prints the version.
     """;
@@ -43,6 +44,7 @@ string? help = command switch
     "download" => DownloadCommand.Help,
     "merge" => MergeCommand.Help,
     "train" => TrainCommand.Help,
+    "merge-lora" => MergeLoraCommand.Help,
     _ => null,
 };
 if (help is null)
@@ -68,6 +70,7 @@ try
         "download" => await DownloadCommand.RunAsync(rest, interrupts.Process),
         "merge" => MergeCommand.Run(rest),
         "train" => await TrainCommand.RunAsync(rest, interrupts.Process),
+        "merge-lora" => MergeLoraCommand.Run(rest),
         _ => throw new InvalidOperationException($"no handler for '{command}'"), // every command with a Help has a line here
     };
 }

@@ -46,6 +46,9 @@ internal static class TrainCommand
           --resume                         continue from the latest checkpoint in --output
           --gradient-checkpointing         recompute decoder-layer activations in the backward pass
           --fail-on-bad-records            stop at the first broken record or image (default: log and skip it)
+          --lora-r N                       LoRA on the LLM with rank N (finetune stage; the projector is trained in full)
+          --lora-alpha F                   LoRA alpha (default 16)
+          --lora-dropout F                 LoRA dropout (default 0.05)
           --report-to NAME                 tensorboard: event files in OUTPUT/runs; none (default)
           --threads N                      CPU threads
         """;
@@ -58,7 +61,7 @@ internal static class TrainCommand
                 "model", "vision-tower", "data", "image-folder", "output", "stage", "learning-rate", "mm-projector-lr", "vision-tower-lr",
                 "per-device-batch-size", "gradient-accumulation-steps", "max-steps", "epochs", "lr-scheduler", "warmup-ratio",
                 "warmup-steps", "weight-decay", "adam-beta1", "adam-beta2", "adam-epsilon", "max-grad-norm", "seed", "dtype",
-                "tune-vit-from-layer", "model-max-length", "tokenizer-variant", "save-steps", "report-to", "threads",
+                "tune-vit-from-layer", "model-max-length", "tokenizer-variant", "save-steps", "report-to", "threads", "lora-r", "lora-alpha", "lora-dropout",
             },
             new[] { "no-shuffle", "group-by-modality-length", "resume", "gradient-checkpointing", "fail-on-bad-records" });
         if (cl.Value("max-steps") is not null && cl.Value("epochs") is not null)
@@ -132,7 +135,12 @@ internal static class TrainCommand
             GradientCheckpointing = cl.Flag("gradient-checkpointing"),
             SkipBadRecords = !cl.Flag("fail-on-bad-records"),
             ReportToTensorBoard = tensorboard,
+            Lora = cl.Int("lora-r", 1, 1 << 16) is int r
+                ? new LoraOptions(r, cl.Double("lora-alpha", double.Epsilon, 1e9) ?? 16, cl.Double("lora-dropout", 0, 0.999999) ?? 0.05)
+                : null,
         };
+        if (options.Lora is null && (cl.Value("lora-alpha") is not null || cl.Value("lora-dropout") is not null))
+            throw new UsageException("--lora-alpha and --lora-dropout need --lora-r");
 
         var trainer = new Trainer(options, new StderrLogger());
         var bar = new ConsoleProgress("training");

@@ -86,6 +86,7 @@ public sealed class LibTorchNotFoundException : DeviceException
     /// <summary>The runtime package for this platform (e.g. <c>libtorch-cpu-linux-x64</c>), or null when none exists.</summary>
     public string? PackageId { get; }
 
+    /// <summary>Creates the error; <paramref name="packageId"/> is the runtime package to add, when one exists.</summary>
     public LibTorchNotFoundException(string message, string? packageId, Exception? inner = null) : base(message, inner) => PackageId = packageId;
 }
 
@@ -102,6 +103,7 @@ public class HubException : ShareGPT4VException
     /// <summary>The HTTP status the hub answered, when there was an answer.</summary>
     public int? StatusCode { get; }
 
+    /// <summary>Creates the error; the message gets the repository, file and status appended.</summary>
     public HubException(string message, string repoId, string? fileName = null, int? statusCode = null, Exception? inner = null)
         : base(message + $" (repository '{repoId}'" + (fileName is null ? "" : $", file '{fileName}'") + (statusCode is null ? "" : $", HTTP {statusCode}") + ")", inner)
     {
@@ -114,6 +116,7 @@ public class HubException : ShareGPT4VException
 /// <summary>The hub refused access (HTTP 401 / 403): a gated or private repository needs a token (HF_TOKEN).</summary>
 public sealed class HubAuthenticationException : HubException
 {
+    /// <summary>Creates the error for the status the hub answered.</summary>
     public HubAuthenticationException(string message, string repoId, string? fileName, int statusCode)
         : base(message, repoId, fileName, statusCode) { }
 }
@@ -121,5 +124,6 @@ public sealed class HubAuthenticationException : HubException
 /// <summary>A downloaded file's size or sha256 differs from what the hub announced; it was not made visible.</summary>
 public sealed class HubIntegrityException : HubException
 {
+    /// <summary>Creates the error for the file whose bytes did not match.</summary>
     public HubIntegrityException(string message, string repoId, string fileName) : base(message, repoId, fileName) { }
 }

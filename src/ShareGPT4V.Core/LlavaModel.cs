@@ -155,6 +155,21 @@ public sealed class LlavaModel : nn.Module<Tensor, Tensor>
         };
     }
 
+    /// <summary>How many images the placeholders of one id row stand for (by the rule of <see cref="BuildInputs"/>).</summary>
+    public int CountImages(IReadOnlyList<long> ids)
+    {
+        int placeholder = Config.ImageTokenIndex, perImage = Config.ImageSeqLength, images = 0;
+        for (int i = 0; i < ids.Count;)
+        {
+            if (ids[i] != placeholder) { i++; continue; }
+            int run = 0;
+            while (i + run < ids.Count && ids[i + run] == placeholder) run++;
+            images += perImage > 1 && run % perImage == 0 ? run / perImage : run;
+            i += run;
+        }
+        return images;
+    }
+
     /// <summary>A KV cache sized for this model.</summary>
     public KvCache CreateCache(int maxBatch, int maxSequence) =>
         new(Config.Text.NumHiddenLayers, maxBatch, Config.Text.NumKeyValueHeads, maxSequence, Config.Text.HeadDim,

@@ -1,6 +1,5 @@
 using System.Diagnostics;
 using System.Runtime.CompilerServices;
-using System.Runtime.InteropServices;
 using System.Threading.Channels;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
@@ -25,9 +24,11 @@ public sealed record PromptRequest(string Prompt, IReadOnlyList<ImageInput> Imag
 /// The facade over a loaded model, tokenizer and image processor: caption, chat (also streamed) and batches.
 /// <para>
 /// Threading: every model computation runs on one dedicated inference thread fed by a bounded queue
-/// (<see cref="PipelineOptions.MaxQueueLength"/>), so the pipeline may be called from any number of threads at once;
-/// requests run one after another in arrival order (a batch call runs its rows together), and all per-request state
-/// (samplers, detokenizers, outputs) belongs to the request, so an answer does not depend on what else is queued.
+/// (<see cref="PipelineOptions.MaxQueueLength"/>), so the pipeline may be called from any number of threads at once.
+/// That thread drives a <see cref="GenerationEngine"/> (continuous batching): waiting rows take free sequence slots in
+/// arrival order (at most <see cref="PipelineOptions.MaxBatchSize"/>), each is prefilled alone, then every decode step
+/// advances all active rows together; a finished or cancelled row frees its slot at once. All per-request state
+/// (samplers, detokenizers, outputs, KV rows) belongs to the request, so an answer does not depend on what else runs.
 /// When the queue is full, callers wait asynchronously for room. Images are decoded and preprocessed on the
 /// caller's side, in parallel with inference. Cancellation completes the caller's task at once whether the request
 /// is waiting for room, queued or running; a running request stops computing after its current token.
@@ -42,11 +43,12 @@ public sealed class MultimodalPipeline : IDisposable
     private readonly ClipImageProcessor _processor;
     private readonly ConversationTemplate _template;
     private readonly ILogger _logger;
-    private readonly Channel<Action> _queue;
+    private readonly Channel<PendingRow> _queue;
     private readonly Thread _worker;
     private readonly CancellationTokenSource _disposing = new();
     private readonly int _context;
-    private KvCache? _cache; // reused across requests while big enough (inference thread only)
+    private readonly GenerationEngine _engine; // driven by the inference thread only
+    private readonly string _imageSettings;    // what, besides the bytes, decides an image's pixels
     private int _disposed;
     private volatile bool _releaseOnWorkerExit; // Dispose was called on the inference thread itself
 
@@ -76,7 +78,13 @@ public sealed class MultimodalPipeline : IDisposable
         _template = template;
         _logger = logger;
         _context = Math.Min(options.ContextLength ?? model.Config.Text.MaxPositionEmbeddings, model.Config.Text.MaxPositionEmbeddings);
-        _queue = Channel.CreateBounded<Action>(new BoundedChannelOptions(options.MaxQueueLength)
+        _engine = new GenerationEngine(model, tokenizer, new EngineOptions
+        {
+            MaxBatchSize = options.MaxBatchSize, ContextLength = _context, Overflow = options.Overflow,
+            ImageCacheBytes = options.ImageCacheBytes, PrefixCacheBytes = options.PrefixCacheBytes,
+        });
+        _imageSettings = System.Text.Json.JsonSerializer.Serialize(processor.Config) + "|" + processor.AspectMode + "|" + options.ImageLimits;
+        _queue = Channel.CreateBounded<PendingRow>(new BoundedChannelOptions(options.MaxQueueLength)
         {
             SingleReader = true,
             FullMode = BoundedChannelFullMode.Wait,
@@ -172,7 +180,7 @@ public sealed class MultimodalPipeline : IDisposable
         var request = new DeviceResolutionRequest
         {
             Device = options.Device, DType = options.DType, AllowCpuFallback = options.AllowCpuFallback, Config = config,
-            Positions = context + 1, Batch = options.MaxBatchSize, // the largest KV cache EnsureCache can allocate
+            Positions = context + 1, Batch = options.MaxBatchSize, // exactly the KV cache the engine allocates
         };
         return (options.DeviceProvider ?? CpuDeviceProvider.Instance).Resolve(request, logger);
     }
@@ -253,8 +261,9 @@ public sealed class MultimodalPipeline : IDisposable
     }
 
     /// <summary>
-    /// Runs several rendered prompts together (left-padded), each row generated as it would be alone.
-    /// <paramref name="onText"/> receives (row, text piece) on the inference thread as text becomes final.
+    /// Runs several rendered prompts; each row takes a sequence slot of the engine (at most
+    /// <see cref="PipelineOptions.MaxBatchSize"/> decode together, more wait for a slot) and is generated exactly as it
+    /// would be alone. <paramref name="onText"/> receives (row, text piece) on the inference thread as text becomes final.
     /// </summary>
     public async Task<IReadOnlyList<GenerationResult>> GenerateBatchAsync(IReadOnlyList<PromptRequest> requests, GenerationOptions? options,
         Action<int, string>? onText, CancellationToken cancellationToken = default)
@@ -281,222 +290,170 @@ public sealed class MultimodalPipeline : IDisposable
                 throw new PromptException($"The prompt has {markers} <image> marker(s) but {r.Images.Count} image(s) were given");
             rows.Add(_tokenizer.EncodePrompt(r.Prompt, Config.ImageTokenIndex));
         }
-        var images = await Task.Run(() => requests.SelectMany(r => r.Images).Select(Preprocess).ToList(), cancellationToken).ConfigureAwait(false);
+        var images = await Task.Run(() => requests.Select(r => (IReadOnlyList<EngineImage>)r.Images.Select(MakeImage).ToList()).ToList(),
+            cancellationToken).ConfigureAwait(false);
         var preprocessTime = started.Elapsed;
 
         var tcs = new TaskCompletionSource<IReadOnlyList<GenerationResult>>(TaskCreationOptions.RunContinuationsAsynchronously);
         using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, _disposing.Token);
         var ct = linked.Token;
         // Complete the caller's task as soon as the token fires, not when the inference thread reaches the request:
-        // a queued request may sit behind long generations. The inference thread skips (or stops) it on its own.
+        // a queued request may sit behind long generations. The inference thread drops it (or stops it) on its own.
         using var onCancel = ct.Register(() => tcs.TrySetCanceled(cancellationToken.IsCancellationRequested ? cancellationToken : ct));
-        void Work()
+        var results = new GenerationResult[requests.Count];
+        int remaining = requests.Count;
+        var stops = _template.StopStrings;
+        for (int i = 0; i < requests.Count; i++)
         {
-            if (ct.IsCancellationRequested) { tcs.TrySetCanceled(cancellationToken.IsCancellationRequested ? cancellationToken : ct); return; }
-            try { tcs.TrySetResult(Run(rows, images, options, onText, preprocessTime, started, ct)); }
-            catch (OperationCanceledException) { tcs.TrySetCanceled(cancellationToken.IsCancellationRequested ? cancellationToken : ct); }
-            catch (System.Runtime.InteropServices.ExternalException e)
+            int row = i;
+            var request = new SequenceRequest
             {
-                // libtorch reports its own failures (an allocation it could not make, an internal check) this way;
-                // give callers the library's type, with libtorch's first line and the full error inside.
-                tcs.TrySetException(new DeviceException(
-                    $"libtorch failed while running the request on {_model.LanguageModel.Device}: {e.Message.Split('\n')[0].Trim()}", e));
-            }
-            catch (Exception e) { tcs.TrySetException(e); }
+                PromptIds = rows[i], Images = images[i], Options = options, ExtraStopStrings = stops,
+                OnText = onText is null ? null : piece => onText(row, piece),
+                CancellationToken = ct, PreprocessTime = preprocessTime, Started = started,
+            };
+            var pending = new PendingRow(request,
+                result =>
+                {
+                    results[row] = result;
+                    if (Interlocked.Decrement(ref remaining) == 0) tcs.TrySetResult(results);
+                },
+                error =>
+                {
+                    tcs.TrySetException(error);
+                    try { linked.Cancel(); } catch (ObjectDisposedException) { } // the other rows stop too
+                },
+                () => tcs.TrySetCanceled(cancellationToken.IsCancellationRequested ? cancellationToken : ct));
+            try { await _queue.Writer.WriteAsync(pending, ct).ConfigureAwait(false); }
+            catch (ChannelClosedException) { throw new ObjectDisposedException(nameof(MultimodalPipeline)); }
+            catch (OperationCanceledException) when (tcs.Task.IsCompleted) { break; }
         }
-        try { await _queue.Writer.WriteAsync(Work, ct).ConfigureAwait(false); }
-        catch (ChannelClosedException) { throw new ObjectDisposedException(nameof(MultimodalPipeline)); }
         return await tcs.Task.ConfigureAwait(false);
     }
+
+    /// <summary>Sequence slots in use and free, and the engine caches' counters (a snapshot; read from any thread).</summary>
+    public EngineCounters CacheCounters => _engine.Counters;
+
+    /// <summary>The engine; drive it only from the inference thread (tests read its sizes and counters).</summary>
+    internal GenerationEngine Engine => _engine;
+
+    /// <summary>Sequences holding a slot now.</summary>
+    public int ActiveSequences => _engine.ActiveCount;
 
     private PreprocessedImage Preprocess(ImageInput image) =>
         image.FilePath is { } path ? _processor.Preprocess(path, Options.ImageLimits) : _processor.Preprocess(image.Bytes!, image.Name, Options.ImageLimits);
 
+    /// <summary>
+    /// An image for the engine: keyed by its bytes' hash and the preprocessing settings, and preprocessed here unless
+    /// its embedding is cached already (then only if the cache dropped it before the request runs).
+    /// </summary>
+    private EngineImage MakeImage(ImageInput image)
+    {
+        if (Options.ImageCacheBytes == 0) return new EngineImage(Preprocess(image));
+        string? key = null;
+        try
+        {
+            if (image.FilePath is { } path)
+            {
+                var info = new FileInfo(path);
+                if (info.Exists && info.Length <= Options.ImageLimits.MaxFileBytes)
+                    using (var stream = File.OpenRead(path)) key = GenerationEngine.ImageKey(stream, _imageSettings);
+            }
+            else key = GenerationEngine.ImageKey(image.Bytes!, _imageSettings);
+        }
+        catch (IOException) { } // Preprocess names the problem
+        catch (UnauthorizedAccessException) { }
+        if (key is not null && _engine.HasImage(key)) return new EngineImage(key, () => Preprocess(image));
+        return new EngineImage(Preprocess(image), key);
+    }
+
     // ---------------------------------------------------------------- inference thread
+
+    /// <summary>A row waiting for a slot, with what to do when it ends.</summary>
+    private sealed record PendingRow(SequenceRequest Request, Action<GenerationResult> Done, Action<Exception> Fail, Action Cancelled);
+
+    private readonly Dictionary<EngineSequence, PendingRow> _running = new(); // inference thread only
 
     private void WorkerLoop()
     {
         var reader = _queue.Reader;
         while (true)
         {
-            Action? work;
+            // Waiting rows take the free slots (in arrival order), then one step advances every active row. A beam
+            // search needs its beams' slots: it waits until the active rows are done, then runs to its end.
+            while (reader.TryPeek(out var head))
+            {
+                bool beams = head.Request.Options.IsBeamSearch;
+                if (beams ? _engine.ActiveCount > 0 : _engine.FreeSlots == 0) break;
+                reader.TryRead(out var row);
+                if (beams) RunBeams(row!); else Admit(row!);
+            }
+            if (_engine.ActiveCount > 0) { StepAll(); continue; }
             try
             {
                 if (!reader.WaitToReadAsync().AsTask().GetAwaiter().GetResult()) break;
-                if (!reader.TryRead(out work)) continue;
             }
             catch (Exception) { break; }
-            work();
         }
+        foreach (var (_, row) in _running) row.Cancelled();
+        _running.Clear();
+        _engine.CancelAll();
         if (_releaseOnWorkerExit) ReleaseNative();
     }
 
-    private IReadOnlyList<GenerationResult> Run(List<int[]> rows, List<PreprocessedImage> images, GenerationOptions options,
-        Action<int, string>? onText, TimeSpan preprocessTime, Stopwatch started, CancellationToken ct)
+    private void Admit(PendingRow row)
     {
-        using var noGrad = torch.no_grad();
-        using var scope = NewDisposeScope();
-        var sw = Stopwatch.StartNew();
-        Tensor? imageEmbeddings = null;
-        if (images.Count > 0)
+        if (row.Request.CancellationToken.IsCancellationRequested) { row.Cancelled(); return; }
+        try
         {
-            var pixels = PreprocessedImage.Stack(images).to(_model.LanguageModel.Device);
-            imageEmbeddings = _model.EncodeImages(pixels);
-            WaitForDevice(); // device work is asynchronous: finish it so the phase timings are real
+            var seq = _engine.Admit(row.Request);
+            if (seq.IsFinished) End(seq, row);
+            else _running[seq] = row;
         }
-        var visionTime = sw.Elapsed;
-        ct.ThrowIfCancellationRequested();
-
-        using var inputs = _model.BuildInputs(rows.Select(r => r.Select(x => (long)x).ToArray()).ToList(), imageEmbeddings);
-        int promptLength = (int)inputs.Length;
-        int maxNew = options.MaxNewTokens;
-        if (promptLength + maxNew > _context)
-        {
-            if (Options.Overflow == PromptOverflow.ClampNewTokens && promptLength < _context)
-                maxNew = _context - promptLength;
-            else
-                throw new PromptException(promptLength >= _context
-                    ? $"The prompt takes {promptLength} tokens (image tokens included), more than the context window of {_context}"
-                    : $"The prompt takes {promptLength} tokens and {maxNew} new tokens were asked for: {promptLength + maxNew} exceeds the context window of {_context} (lower MaxNewTokens or set Overflow = ClampNewTokens)");
-        }
-        if (options.IsBeamSearch)
-            return new[] { RunBeams(rows[0], imageEmbeddings, options, maxNew, onText, preprocessTime, visionTime, started, ct) };
-        var cache = EnsureCache(rows.Count, promptLength + maxNew + 1);
-        using var generator = new TokenGenerator(_model, cache);
-        int batch = rows.Count;
-        var samplers = Enumerable.Range(0, batch).Select(_ => new Sampler(options)).ToArray();
-        var texts = Enumerable.Range(0, batch).Select(_ => new OutputText(_tokenizer, options.StopStrings.Concat(_template.StopStrings).Distinct().ToList())).ToArray();
-        var outputs = Enumerable.Range(0, batch).Select(_ => new List<int>()).ToArray();
-        var histories = rows.Select(r => ProcessorHistory.ForPrompt(Config, r)).ToArray(); // what the processors see, per layout
-        var finish = new FinishReason?[batch];
-        int eos = _tokenizer.EosId;
-
-        sw.Restart();
-        var logits = generator.Prefill(inputs);
-        WaitForDevice();
-        var prefillTime = sw.Elapsed;
-        TimeSpan ttft = started.Elapsed;
-        sw.Restart();
-        var next = new long[batch];
-        // One buffer for the whole request: a fresh array per token would be a large-object-heap allocation
-        // (128 KB for a 32k vocabulary) and a gen-2 collection every few tokens.
-        float[]? rowsLogits = null;
-        for (int step = 0; ; step++)
-        {
-            if (step >= maxNew)
-            {
-                for (int r = 0; r < batch; r++) finish[r] ??= maxNew < options.MaxNewTokens ? FinishReason.ContextFull : FinishReason.Length;
-                break;
-            }
-            long vocab = logits.shape[1];
-            if (rowsLogits is null || rowsLogits.LongLength != batch * vocab) rowsLogits = new float[checked(batch * (int)vocab)];
-            if (logits.device_type == DeviceType.CPU) logits.data<float>().CopyTo(rowsLogits);
-            else using (var host = logits.cpu()) host.data<float>().CopyTo(rowsLogits); // data<T> reads CPU memory only
-            logits.Dispose();
-            for (int r = 0; r < batch; r++)
-            {
-                if (finish[r] is not null) { next[r] = eos; continue; }
-                int id = samplers[r].Sample(rowsLogits.AsSpan((int)(r * vocab), (int)vocab), CollectionsMarshal.AsSpan(histories[r]));
-                next[r] = id;
-                if (options.StopAtEndOfSequence && id == eos) { finish[r] = FinishReason.EndOfSequence; continue; }
-                outputs[r].Add(id);
-                histories[r].Add(id);
-                var piece = texts[r].Append(id);
-                if (piece.Length > 0) onText?.Invoke(r, piece);
-                if (texts[r].Stopped) finish[r] = FinishReason.StopString;
-            }
-            if (step == 0) ttft = started.Elapsed;
-            if (finish.All(f => f is not null)) break;
-            ct.ThrowIfCancellationRequested();
-            if (step + 1 >= maxNew) continue;
-            logits = generator.DecodeOneToken(next);
-        }
-        var decodeTime = sw.Elapsed;
-        var results = new GenerationResult[batch];
-        for (int r = 0; r < batch; r++)
-        {
-            var rest = texts[r].Complete();
-            if (rest.Length > 0) onText?.Invoke(r, rest);
-            results[r] = new GenerationResult
-            {
-                Text = texts[r].FinalText,
-                TokenIds = outputs[r],
-                FinishReason = finish[r]!.Value,
-                PromptTokens = inputs.Lengths[r],
-                Timings = new GenerationTimings
-                {
-                    Preprocess = preprocessTime, Vision = visionTime, Prefill = prefillTime, Decode = decodeTime,
-                    TimeToFirstToken = ttft, Total = started.Elapsed,
-                },
-            };
-        }
-        _logger.LogDebug("Generated {Rows} row(s): prompt {Prompt} tokens, {Tokens} new tokens, prefill {Prefill:F0} ms, decode {Decode:F0} ms",
-            batch, promptLength, outputs.Sum(o => o.Count), prefillTime.TotalMilliseconds, decodeTime.TotalMilliseconds);
-        return results;
+        catch (OperationCanceledException) { row.Cancelled(); }
+        catch (Exception e) { row.Fail(Wrap(e)); }
     }
 
-    /// <summary>Beam search for one prompt: the prompt is run once per beam, the answer is released whole at the end.</summary>
-    private GenerationResult RunBeams(int[] row, Tensor? imageEmbeddings, GenerationOptions options, int maxNew,
-        Action<int, string>? onText, TimeSpan preprocessTime, TimeSpan visionTime, Stopwatch started, CancellationToken ct)
+    private void RunBeams(PendingRow row)
     {
-        int beams = options.NumBeams;
-        var ids = row.Select(x => (long)x).ToArray();
-        using var copies = imageEmbeddings?.repeat(beams, 1, 1);
-        using var inputs = _model.BuildInputs(Enumerable.Repeat(ids, beams).ToList(), copies);
-        var cache = EnsureCache(beams, (int)inputs.Length + maxNew + 1);
-        using var generator = new TokenGenerator(_model, cache);
-        int eos = options.StopAtEndOfSequence ? _tokenizer.EosId : -1;
-        var search = new BeamSearch(options, ProcessorHistory.ForPrompt(Config, row), eos, maxNew);
-        var sw = Stopwatch.StartNew();
-        TimeSpan prefillTime = TimeSpan.Zero, ttft = TimeSpan.Zero;
-        var (tokens, endedWithEos, _) = maxNew == 0 ? (Array.Empty<int>(), false, 0.0)
-            : BeamSearchRunner.Run(generator, inputs, search, () =>
-            {
-                if (prefillTime == TimeSpan.Zero) { prefillTime = sw.Elapsed; ttft = started.Elapsed; }
-                ct.ThrowIfCancellationRequested();
-            });
-        var decodeTime = sw.Elapsed - prefillTime;
-        var text = new OutputText(_tokenizer, options.StopStrings.Concat(_template.StopStrings).Distinct().ToList());
-        var kept = new List<int>();
-        var whole = new System.Text.StringBuilder();
-        foreach (var id in tokens)
+        if (row.Request.CancellationToken.IsCancellationRequested) { row.Cancelled(); return; }
+        try { row.Done(_engine.RunBeams(row.Request)); }
+        catch (OperationCanceledException) { row.Cancelled(); }
+        catch (Exception e) { row.Fail(Wrap(e)); }
+    }
+
+    private void StepAll()
+    {
+        IReadOnlyList<EngineSequence> ended;
+        try { ended = _engine.Step(); }
+        catch (Exception e)
         {
-            kept.Add(id);
-            whole.Append(text.Append(id));
-            if (text.Stopped) break;
+            // The step was shared: every row in it failed.
+            var error = Wrap(e);
+            foreach (var seq in _engine.CancelAll())
+                if (_running.Remove(seq, out var row)) row.Fail(error);
+            return;
         }
-        whole.Append(text.Complete());
-        if (whole.Length > 0) onText?.Invoke(0, whole.ToString());
-        var finish = text.Stopped ? FinishReason.StopString : endedWithEos ? FinishReason.EndOfSequence
-            : maxNew < options.MaxNewTokens ? FinishReason.ContextFull : FinishReason.Length;
-        return new GenerationResult
+        foreach (var seq in ended)
+            if (_running.Remove(seq, out var row)) End(seq, row);
+    }
+
+    private void End(EngineSequence seq, PendingRow row)
+    {
+        if (seq.Result is { } result)
         {
-            Text = text.FinalText, TokenIds = kept, FinishReason = finish, PromptTokens = inputs.Lengths[0],
-            Timings = new GenerationTimings
-            {
-                Preprocess = preprocessTime, Vision = visionTime, Prefill = prefillTime, Decode = decodeTime,
-                TimeToFirstToken = ttft == TimeSpan.Zero ? started.Elapsed : ttft, Total = started.Elapsed,
-            },
-        };
+            _logger.LogDebug("Generated: prompt {Prompt} tokens ({Reused} from the prefix cache), {Tokens} new tokens, prefill {Prefill:F0} ms, decode {Decode:F0} ms",
+                result.PromptTokens, seq.ReusedPrefixTokens, result.GeneratedTokens, result.Timings.Prefill.TotalMilliseconds, result.Timings.Decode.TotalMilliseconds);
+            row.Done(result);
+        }
+        else row.Cancelled();
     }
 
-    private void WaitForDevice()
-    {
-        if (Placement.Device.type == DeviceType.CUDA) torch.cuda.synchronize(Placement.Device);
-    }
-
-    private KvCache EnsureCache(int batch, int positions)
-    {
-        if (_cache is not null && _cache.MaxBatch >= batch && _cache.MaxSequence >= positions) return _cache;
-        int keepBatch = _cache?.MaxBatch ?? 0;
-        // Forget the old cache before allocating: if the allocation fails, no later request may use a disposed cache.
-        _cache?.Dispose();
-        _cache = null;
-        // Round up so a run of similar requests reuses one allocation instead of growing per request.
-        int size = Math.Min(_context + 1, (positions + 255) / 256 * 256);
-        _cache = _model.CreateCache(Math.Max(batch, keepBatch), Math.Max(size, positions));
-        return _cache;
-    }
+    private Exception Wrap(Exception e) => e is System.Runtime.InteropServices.ExternalException
+        // libtorch reports its own failures (an allocation it could not make, an internal check) this way;
+        // give callers the library's type, with libtorch's first line and the full error inside.
+        ? new DeviceException($"libtorch failed while running the request on {_model.LanguageModel.Device}: {e.Message.Split('\n')[0].Trim()}", e)
+        : e;
 
     public void Dispose()
     {
@@ -516,10 +473,9 @@ public sealed class MultimodalPipeline : IDisposable
 
     private void ReleaseNative()
     {
-        // Requests still queued were cancelled through the linked token; run them so their tasks complete.
-        while (_queue.Reader.TryRead(out var work)) work();
-        _cache?.Dispose();
-        _cache = null;
+        // Requests still queued were cancelled through the linked token; complete their tasks.
+        while (_queue.Reader.TryRead(out var row)) row.Cancelled();
+        _engine.Dispose();
         _model.Dispose();
     }
 }

@@ -60,8 +60,18 @@ public sealed record PipelineOptions
     public PromptOverflow Overflow { get; init; } = PromptOverflow.Refuse;
     /// <summary>Prompt texts longer than this many characters are refused before tokenization.</summary>
     public int MaxPromptCharacters { get; init; } = 1_000_000;
-    /// <summary>Most requests rows run together by the batch calls.</summary>
+    /// <summary>
+    /// Sequence slots: the most requests (or batch rows) that decode together. The KV cache is allocated once for this
+    /// many rows of the whole context; further requests wait for a free slot.
+    /// </summary>
     public int MaxBatchSize { get; init; } = 8;
+    /// <summary>Budget in bytes of the image embedding cache (keyed by the image bytes' hash and preprocessing settings); 0 = off.</summary>
+    public long ImageCacheBytes { get; init; } = 128L << 20;
+    /// <summary>
+    /// Budget in bytes of the KV prefix cache: finished conversations' keys and values, so the next turn prefills only
+    /// its new tokens; 0 = off. Held on the model's device, beside the KV cache.
+    /// </summary>
+    public long PrefixCacheBytes { get; init; } = 256L << 20;
     /// <summary>Requests that may wait for the inference thread; callers beyond this wait (asynchronously) for room.</summary>
     public int MaxQueueLength { get; init; } = 64;
     /// <summary>
@@ -78,6 +88,8 @@ public sealed record PipelineOptions
         DeviceRequest.Parse(Device, nameof(Device));
         if (ContextLength is <= 0) throw new ModelConfigurationException("ContextLength must be positive", null, nameof(ContextLength));
         if (MaxBatchSize <= 0) throw new ModelConfigurationException("MaxBatchSize must be positive", null, nameof(MaxBatchSize));
+        if (ImageCacheBytes < 0) throw new ModelConfigurationException("ImageCacheBytes must be >= 0", null, nameof(ImageCacheBytes));
+        if (PrefixCacheBytes < 0) throw new ModelConfigurationException("PrefixCacheBytes must be >= 0", null, nameof(PrefixCacheBytes));
         if (MaxQueueLength <= 0) throw new ModelConfigurationException("MaxQueueLength must be positive", null, nameof(MaxQueueLength));
         if (MaxPromptCharacters <= 0) throw new ModelConfigurationException("MaxPromptCharacters must be positive", null, nameof(MaxPromptCharacters));
         if (Threads is <= 0) throw new ModelConfigurationException("Threads must be positive", null, nameof(Threads));

@@ -5,11 +5,15 @@ namespace ShareGPT4V.Evaluation;
 /// <summary>The few Python string operations the official scorers use, with Python's exact semantics.</summary>
 internal static class PythonText
 {
+    // Python's str.isspace also counts the separators U+001C..U+001F, which .NET does not.
+    private static readonly char[] Whitespace = Enumerable.Range(0, 0x10000).Select(i => (char)i)
+        .Where(c => char.IsWhiteSpace(c) || c is >= '\x1c' and <= '\x1f').ToArray();
+
     /// <summary><c>str.split()</c> without arguments: runs of whitespace separate, no empty pieces.</summary>
-    public static string[] SplitWhitespace(string s) => s.Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries);
+    public static string[] SplitWhitespace(string s) => s.Split(Whitespace, StringSplitOptions.RemoveEmptyEntries);
 
     /// <summary><c>str.strip()</c>.</summary>
-    public static string Strip(string s) => s.Trim();
+    public static string Strip(string s) => s.Trim(Whitespace);
 
     /// <summary><c>str.lower()</c> (the scorers' data is ASCII in practice; invariant lower-casing elsewhere).</summary>
     public static string Lower(string s) => s.ToLowerInvariant();

@@ -99,9 +99,9 @@ public sealed class BadRequestTests(ServerFixture server)
     }
 
     [Fact]
-    public async Task AFullQueueAnswers429WithRetryAfter()
+    public async Task AFullQueueAnswers429WithRetryAfterAndATimeoutAnswers504()
     {
-        var options = server.Options with { MaxQueue = 1, ApiKey = null };
+        var options = server.Options with { MaxQueue = 1, ApiKey = null, RequestTimeout = TimeSpan.FromSeconds(2) };
         await using var app = ServerApp.Build(options);
         await app.StartAsync();
         await ((ModelHost)app.Services.GetService(typeof(ModelHost))!).Loaded;
@@ -116,6 +116,14 @@ public sealed class BadRequestTests(ServerFixture server)
         Assert.Equal("queue_full", JsonDocument.Parse(await response.Content.ReadAsStringAsync()).RootElement.GetProperty("error").GetProperty("code").GetString());
         cts.Cancel();
         await busy;
+        var metrics = (ServerMetrics)app.Services.GetService(typeof(ServerMetrics))!;
+        for (int i = 0; i < 200 && metrics.Admitted > 0; i++) await Task.Delay(10); // the dropped stream's slot frees
+        Assert.Equal(0, metrics.Admitted);
+
+        // The per-request timeout: 1500 tokens take longer than 2 s here, so the request ends with 504.
+        var slow = await http.PostAsync("/v1/chat/completions", Json(Sse.Body(options.EffectiveModelName, "Talk a lot.", 1500, stream: false)));
+        Assert.Equal(HttpStatusCode.GatewayTimeout, slow.StatusCode);
+        Assert.Equal("request_timeout", JsonDocument.Parse(await slow.Content.ReadAsStringAsync()).RootElement.GetProperty("error").GetProperty("code").GetString());
         await app.StopAsync();
     }
 

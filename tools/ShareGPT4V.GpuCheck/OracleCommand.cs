@@ -155,24 +155,40 @@ internal static class OracleCommand
             using var scope = NewDisposeScope();
             var p = c.Prompt(prompt);
             long[][] rows;
-            Tensor? images = null;
+            var images = new List<Tensor>();
             string variant = p.TryGetProperty("pixel_variant", out var v) ? v.GetString()! : c.PrimaryVariant;
             if (p.TryGetProperty("texts", out _))
             {
                 rows = Golden.IdRows(p.GetProperty("input_ids"));
                 if (p.GetProperty("images").ValueKind == JsonValueKind.Array)
-                    images = model.EncodeImages(torch.cat(p.GetProperty("images").EnumerateArray().Select(i => c.Pixels(i.GetString()!, variant)).ToArray(), 0).to(device));
+                    images.AddRange(p.GetProperty("images").EnumerateArray().Select(i => c.Pixels(i.GetString()!, variant)));
             }
             else
             {
                 rows = new[] { Golden.Ids(p.GetProperty("input_ids")) };
-                if (p.TryGetProperty("image", out var img)) images = model.EncodeImages(c.Pixels(img.GetString()!, variant).to(device));
+                if (p.TryGetProperty("image", out var img)) images.Add(c.Pixels(img.GetString()!, variant));
             }
-            using var inputs = model.BuildInputs(rows, images);
-            using var cache = model.CreateCache(rows.Length, (int)inputs.Length + maxNew + 1);
-            using var gen = new TokenGenerator(model, cache);
+            // Through the generation engine users call: each row in its own slot, decode steps batched.
             Tensor? steps = prompt == "main" && c.HasTensor("logits.safetensors", "main_gen_step_logits") ? c.Tensor("logits.safetensors", "main_gen_step_logits") : null;
-            var outputs = gen.Greedy(inputs, maxNew, (step, logits) => { if (steps is not null) r.Record("greedy step logits", steps[step], logits[0]); });
+            using var engine = new GenerationEngine(model, null, new EngineOptions
+            {
+                MaxBatchSize = rows.Length, ContextLength = model.Config.Text.MaxPositionEmbeddings, ImageCacheBytes = 0, PrefixCacheBytes = 0,
+            });
+            var requests = new List<SequenceRequest>();
+            int cursor = 0;
+            for (int i = 0; i < rows.Length; i++)
+            {
+                int count = model.CountImages(rows[i]), row = i;
+                requests.Add(new SequenceRequest
+                {
+                    PromptIds = rows[i].Select(x => (int)x).ToArray(),
+                    Images = images.Skip(cursor).Take(count).Select(t => new EngineImage(t)).ToList(),
+                    Options = new GenerationOptions { MaxNewTokens = maxNew, StopAtEndOfSequence = false },
+                    OnStepLogits = (step, logits) => { if (steps is not null && row == 0) r.Record("greedy step logits", steps[step], logits); },
+                });
+                cursor += count;
+            }
+            var outputs = engine.Run(requests).Select(x => x.TokenIds.Select(id => (long)id).ToArray()).ToArray();
             var expected = p.GetProperty("generated_ids");
             var expectedRows = expected[0].ValueKind == JsonValueKind.Array ? Golden.IdRows(expected) : new[] { Golden.Ids(expected) };
             for (int i = 0; i < rows.Length; i++)

@@ -149,7 +149,13 @@ public sealed class FuzzTargets : IDisposable
             var info = r.GetInfo(name);
             using var scope = torch.NewDisposeScope();
             var t = r.Load(name);
-            if (!t.shape.SequenceEqual(info.Shape) || t.dtype != info.DType)
+            if (t is Modeling.QuantizedWeight q)
+            {
+                if (q.Rows != info.Shape[0] || q.Columns != info.Shape[1] || q.Format != info.Format)
+                    throw new InvalidOperationException($"Quantized tensor '{name}' loaded as {q.Format} {q.Rows} x {q.Columns} but the header says {info}");
+                t = q.Dequantize();
+            }
+            else if (!t.shape.SequenceEqual(info.Shape) || t.dtype != info.DType)
                 throw new InvalidOperationException($"Tensor '{name}' loaded as {t.dtype} [{string.Join(", ", t.shape)}] but the header says {info}");
             if (t.numel() is > 0 and <= 1 << 22)
                 _ = t.to_type(torch.ScalarType.Float64).sum().item<double>();

@@ -29,6 +29,13 @@ public sealed record ModelConversionOptions
     public string? LanguageModelFolderName { get; init; }
     /// <inheritdoc cref="LanguageModelFolderName"/>
     public string? VisionTowerFolderName { get; init; }
+    /// <summary>
+    /// Write the language model's matrices block-quantized (llava-hf layout only), with the per-tensor choice of
+    /// <see cref="LoadOptions.Quantization"/>: the blocks are stored as U8 [rows, row bytes] tensors and named in the
+    /// header's <c>__metadata__</c> (<see cref="SafeTensorsFile.QuantizationKeyPrefix"/>), so the folder loads with
+    /// its matrices memory-mapped as blocks. Every other tensor is written as stored.
+    /// </summary>
+    public Modeling.QuantizationFormat? Quantization { get; init; }
 }
 
 /// <summary>What a model conversion wrote.</summary>
@@ -83,12 +90,16 @@ public static class ModelConverter
         if (Directory.Exists(outFull) && Directory.EnumerateFileSystemEntries(outFull).Any())
             throw new ModelConfigurationException($"The output folder '{outFull}' is not empty", null, "output");
 
+        if (options.Quantization is not null && layout != CheckpointLayout.LlavaHf)
+            throw new ModelConfigurationException("A quantized conversion writes the llava-hf layout only; use Layout = LlavaHf (CLI --layout llava-hf)", null, "Layout");
         var readers = ModelLoader.OpenReaders(folder);
         try
         {
             // The same check a load makes: a checkpoint that would not load is not converted.
             var (sources, _) = ModelLoader.MatchCheckpoint(folder.Config, readers, torch.ScalarType.Float32);
-            return WriteModel(folder, new ModelTensors(sources), outFull, layout, options, progress);
+            ITensorReader byOurName = new ModelTensors(sources);
+            if (options.Quantization is { } q) byOurName = new QuantizingTensors(byOurName, q);
+            return WriteModel(folder, byOurName, outFull, layout, options, progress);
         }
         finally
         {
@@ -120,7 +131,8 @@ public static class ModelConverter
     {
         Directory.CreateDirectory(outDir);
         // Our parameter names are the llava-hf (4.36–4.51) names, which the hub checkpoints use.
-        var written = SafeTensorsWriter.WriteSharded(outDir, tensors, options.MaxShardBytes, null, progress);
+        var written = SafeTensorsWriter.WriteSharded(outDir, tensors, options.MaxShardBytes, null, progress,
+            (tensors as QuantizingTensors)?.Metadata);
         var cfg = folder.Config;
         JsonObject config;
         if (cfg.Layout == CheckpointLayout.LlavaHf)
@@ -251,6 +263,51 @@ public static class ModelConverter
         File.WriteAllText(path, o.ToJsonString(new JsonSerializerOptions { WriteIndented = true }) + "\n");
 
     /// <summary>The model's tensors under our parameter names, read from whichever checkpoint holds each.</summary>
+    /// <summary>The model's tensors with the language model's matrices quantized as they are read.</summary>
+    private sealed class QuantizingTensors : ITensorReader
+    {
+        private readonly ITensorReader _inner;
+        private readonly Dictionary<string, Modeling.QuantizationFormat> _formats = new(StringComparer.Ordinal);
+
+        public QuantizingTensors(ITensorReader inner, Modeling.QuantizationFormat requested)
+        {
+            _inner = inner;
+            foreach (var name in inner.Names)
+            {
+                var info = inner.GetInfo(name);
+                if (!name.StartsWith("language_model.", StringComparison.Ordinal) || info.Shape.Length != 2 || !Modeling.QuantizedWeight.Fits(info.Shape[1]))
+                    continue;
+                // As a quantized load: the LM head keeps Q8_0.
+                _formats[name] = name.EndsWith("lm_head.weight", StringComparison.Ordinal) ? Modeling.QuantizationFormat.Q8_0 : requested;
+            }
+            Metadata = new Dictionary<string, string>(SafeTensorsWriter.DefaultMetadata);
+            foreach (var (name, f) in _formats) Metadata[SafeTensorsFile.QuantizationKeyPrefix + name] = Modeling.QuantizationFormats.Name(f);
+        }
+
+        public Dictionary<string, string> Metadata { get; }
+        public string Source => _inner.Source;
+        public IReadOnlyList<string> Names => _inner.Names;
+        public bool Contains(string name) => _inner.Contains(name);
+
+        public TensorInfo GetInfo(string name)
+        {
+            var info = _inner.GetInfo(name);
+            if (!_formats.TryGetValue(name, out var f)) return info;
+            return info with { DType = torch.ScalarType.Byte, Shape = new[] { info.Shape[0], Modeling.QuantizationFormats.RowBytes(f, info.Shape[1]) }, Format = null };
+        }
+
+        public torch.Tensor Load(string name, torch.ScalarType? dtype = null, torch.Device? device = null)
+        {
+            if (!_formats.TryGetValue(name, out var f)) return _inner.Load(name, dtype, device);
+            using var stored = _inner.Load(name);
+            if (stored is Modeling.QuantizedWeight sq && sq.Format == f) return sq.alias();
+            using var values = stored is Modeling.QuantizedWeight other ? other.Dequantize() : stored.alias();
+            return Modeling.QuantizedWeight.Quantize(values, f);
+        }
+
+        public void Dispose() { }
+    }
+
     private sealed class ModelTensors(Dictionary<string, (ITensorReader Reader, string Key)> sources) : ITensorReader
     {
         private readonly List<string> _names = sources.Keys.ToList();

@@ -108,7 +108,11 @@ public static class ModelLoader
         var (sources, meta) = MatchCheckpoint(config, readers, options.DType ?? ScalarType.Float32);
         // 3. Materialise: every parameter straight from its checkpoint tensor.
         long totalBytes = meta.Requested.Sum(r =>
-            r.Shape.Aggregate(1L, (a, b) => a * b) * ElementSize(options.DType ?? sources[r.Name].Reader.GetInfo(sources[r.Name].Key).DType));
+        {
+            var info = sources[r.Name].Reader.GetInfo(sources[r.Name].Key);
+            if (info.Format is { } f && r.Shape.Length == 2) return r.Shape[0] * QuantizationFormats.RowBytes(f, r.Shape[1]); // stored blocks
+            return r.Shape.Aggregate(1L, (a, b) => a * b) * ElementSize(options.DType ?? info.DType);
+        });
         var source = new CheckpointWeightSource(sources, options, meta.Requested.Count, totalBytes, progress, cancellationToken);
         LlavaModel model;
         try

@@ -19,7 +19,18 @@ public sealed class SafeTensorsFile : ITensorReader
     private readonly long _dataStart;
     private bool _disposed;
 
-    private sealed record Entry(TensorInfo Info, long Begin, long End);
+    private sealed record Entry(TensorInfo Info, long Begin, long End)
+    {
+        /// <summary>The stored [rows, row bytes] of a block-quantized matrix (see <see cref="QuantizationKeyPrefix"/>).</summary>
+        public long[]? StoredShape { get; init; }
+    }
+
+    /// <summary>
+    /// <c>__metadata__</c> keys <c>sharegpt4v.quant.NAME</c> = <c>q8_0</c> / <c>q4_0</c> mark tensor NAME as a
+    /// block-quantized matrix: stored as U8 [rows, row bytes] (llama.cpp's blocks, rows of whole blocks), read as a
+    /// rows × (row bytes / block bytes · 32) matrix.
+    /// </summary>
+    public const string QuantizationKeyPrefix = "sharegpt4v.quant.";
 
     public string FilePath { get; }
     public string Source => FilePath;
@@ -120,6 +131,24 @@ public sealed class SafeTensorsFile : ITensorReader
                         ? $"Data offsets run to byte {cursor} but the data section has only {dataLen} bytes: the file is truncated"
                         : $"Data section has {dataLen} bytes but the tensors cover only {cursor}",
                     full);
+            foreach (var (key, value) in metadata)
+            {
+                if (!key.StartsWith(QuantizationKeyPrefix, StringComparison.Ordinal)) continue;
+                var name = key[QuantizationKeyPrefix.Length..];
+                var format = Modeling.QuantizationFormats.TryParse(value)
+                    ?? throw new CheckpointFormatException($"__metadata__ '{key}' names unknown format '{value}' (known: q8_0, q4_0)", full, name);
+                if (!entries.TryGetValue(name, out var q))
+                    throw new CheckpointFormatException($"__metadata__ '{key}' names a tensor the file does not have", full, name);
+                int bb = Modeling.QuantizationFormats.BlockBytes(format);
+                var sh = q.Info.Shape;
+                if (q.Info.DType != torch.ScalarType.Byte || sh.Length != 2 || sh[1] == 0 || sh[1] % bb != 0)
+                    throw new CheckpointFormatException($"A {value} tensor must be U8 [rows, a multiple of {bb}]; it is {q.Info.DType} [{string.Join(", ", sh)}]", full, name);
+                entries[name] = q with
+                {
+                    Info = new TensorInfo(name, torch.ScalarType.Float32, new[] { sh[0], sh[1] / bb * 32 }, full) { Format = format },
+                    StoredShape = sh,
+                };
+            }
             return new SafeTensorsFile(full, fileLength, dataStart, entries, names, metadata);
         }
     }
@@ -223,6 +252,7 @@ public sealed class SafeTensorsFile : ITensorReader
         if (!_entries.TryGetValue(name, out var e))
             throw new CheckpointFormatException("Tensor not found", FilePath, name);
         CheckUnchanged(name);
+        if (e.StoredShape is { } storedShape) return LoadQuantized(e, storedShape, dtype, device);
         var info = e.Info;
         var target = dtype ?? info.DType;
         long bytes = e.End - e.Begin;
@@ -270,6 +300,23 @@ public sealed class SafeTensorsFile : ITensorReader
         if (device is not null && device.type != DeviceType.CPU)
             result = result.to(device);
         return result.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>A quantized matrix: the mapped blocks as a <see cref="Modeling.QuantizedWeight"/>, or dequantized when a dtype is asked for.</summary>
+    private torch.Tensor LoadQuantized(Entry e, long[] storedShape, torch.ScalarType? dtype, torch.Device? device)
+    {
+        var format = e.Info.Format!.Value;
+        long offset = _dataStart + e.Begin;
+        using var scope = torch.NewDisposeScope();
+        var blocks = Mapped(torch.ScalarType.Byte).as_strided(storedShape, ContiguousStrides(storedShape), offset).DetachFromDisposeScope();
+        var q = new Modeling.QuantizedWeight(blocks, format, e.Info.Shape[0], e.Info.Shape[1]);
+        if (dtype is null && (device is null || device.type == DeviceType.CPU)) return q;
+        using (q)
+        {
+            var result = q.Dequantize().to(dtype ?? torch.ScalarType.Float32);
+            if (device is not null && device.type != DeviceType.CPU) result = result.to(device);
+            return result.MoveToOuterDisposeScope();
+        }
     }
 
     internal static long[] ContiguousStrides(long[] shape)

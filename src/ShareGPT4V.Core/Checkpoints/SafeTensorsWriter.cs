@@ -52,10 +52,11 @@ public static class SafeTensorsWriter
     /// packed in source order into shards of at most <paramref name="maxShardBytes"/> data bytes (a larger tensor gets a
     /// shard of its own) named <c>model-0000N-of-0000M.safetensors</c>, plus <c>model.safetensors.index.json</c>
     /// (<c>metadata.total_size</c>, <c>weight_map</c>). When everything fits in one shard, a single
-    /// <c>model.safetensors</c> is written and no index, as transformers does.
+    /// <c>model.safetensors</c> is written and no index, as transformers does. Every shard's <c>__metadata__</c> is
+    /// <c>metadata</c> (default: <see cref="DefaultMetadata"/>).
     /// </summary>
     public static SafeTensorsWriteResult WriteSharded(string outDir, ITensorReader source, long maxShardBytes,
-        Func<string, string?>? rename = null, IProgress<CheckpointWriteProgress>? progress = null)
+        Func<string, string?>? rename = null, IProgress<CheckpointWriteProgress>? progress = null, IReadOnlyDictionary<string, string>? metadata = null)
     {
         if (maxShardBytes <= 0) throw new ArgumentOutOfRangeException(nameof(maxShardBytes), "must be positive");
         Directory.CreateDirectory(outDir);
@@ -83,7 +84,7 @@ public static class SafeTensorsWriter
         {
             string file = shards.Count == 1 ? "model.safetensors" : $"model-{i + 1:D5}-of-{shards.Count:D5}.safetensors";
             var path = Path.Combine(outDir, file);
-            WriteFile(path, shards[i], DefaultMetadata, counter);
+            WriteFile(path, shards[i], metadata ?? DefaultMetadata, counter);
             files.Add(Path.GetFullPath(path));
             foreach (var p in shards[i]) weightMap[p.Name] = file;
         }

@@ -190,7 +190,7 @@ public sealed record ModelFolder
                 return c;
         throw new ModelConfigurationException(
             $"Vision tower '{towerName}' named by mm_vision_tower was not found locally (looked in: {string.Join(", ", candidates)}). " +
-            "Hub ids are not downloaded; download the tower and set the vision tower path option (VisionTowerPath, CLI --vision-tower)",
+            "Loading through MultimodalPipeline (or HuggingFaceHub.ResolveModelAsync) fetches a hub id from the hub; otherwise download the tower and set the vision tower path option (VisionTowerPath, CLI --vision-tower)",
             configPath, "mm_vision_tower");
     }
 

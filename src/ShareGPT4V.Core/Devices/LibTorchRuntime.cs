@@ -49,8 +49,10 @@ internal static class LibTorchRuntime
             ? $"no libtorch CPU runtime package is published for this platform ({rid}); load a libtorch from a folder with ShareGPT4V.Cuda's NativeLibTorch.Load"
             : $"add the libtorch runtime package for this platform ({rid}) to the app: dotnet add package {package} --version {Version}";
         return new LibTorchNotFoundException(
-            $"The native libtorch runtime could not be loaded: {what}. (TorchSharp said: {Innermost(inner).Message})", package, inner);
+            $"The native libtorch runtime could not be loaded: {what}. (TorchSharp said: {FirstLine(Innermost(inner).Message)})", package, inner);
     }
+
+    private static string FirstLine(string s) => s.Split('\n', 2)[0].Trim();
 
     private static Exception Innermost(Exception e)
     {

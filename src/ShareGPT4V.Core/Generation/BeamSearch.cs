@@ -179,35 +179,3 @@ internal sealed class BeamSearch
         return (vals, ids);
     }
 }
-
-/// <summary>Runs a <see cref="BeamSearch"/> on a model: the prompt is prefilled once per beam, then one decode step per token.</summary>
-internal static class BeamSearchRunner
-{
-    /// <summary>
-    /// Beam search for <paramref name="inputs"/> (B identical rows, B = the beam count) in <paramref name="generator"/>,
-    /// whose cache must hold B rows. <paramref name="onStep"/> runs after each step (cancellation checks).
-    /// </summary>
-    public static (int[] Ids, bool EndedWithEos, double Score) Run(TokenGenerator generator, MultimodalInputs inputs,
-        BeamSearch search, Action? onStep = null)
-    {
-        if (inputs.Lengths.Length != search.Beams)
-            throw new ArgumentException($"Beam search needs {search.Beams} copies of the prompt, got {inputs.Lengths.Length} rows", nameof(inputs));
-        var logits = generator.Prefill(inputs);
-        float[]? host = null;
-        var next = new long[search.Beams];
-        while (true)
-        {
-            int vocab = (int)logits.shape[1];
-            host ??= new float[search.Beams * vocab];
-            if (logits.device_type == TorchSharp.DeviceType.CPU) logits.data<float>().CopyTo(host);
-            else using (var cpu = logits.cpu()) cpu.data<float>().CopyTo(host);
-            logits.Dispose();
-            if (!search.Step(host, vocab)) break;
-            onStep?.Invoke();
-            generator.Cache.Reorder(search.SourceBeams, generator.Length);
-            for (int b = 0; b < next.Length; b++) next[b] = search.NextTokens[b];
-            logits = generator.DecodeOneToken(next);
-        }
-        return search.Result();
-    }
-}

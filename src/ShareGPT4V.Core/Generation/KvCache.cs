@@ -61,29 +61,74 @@ public sealed class KvCache : IDisposable
     }
 
     /// <summary>
-    /// Beam search: rows [0, n) of every layer take the contents of rows <paramref name="sources"/>[i] for positions
-    /// [0, <paramref name="positions"/>), n = sources.Length (an index-select over the batch dimension).
+    /// Writes k/v [rows, kvHeads, T, headDim] of each row r at positions [starts[r], starts[r] + T) of slot slots[r].
     /// </summary>
-    internal void Reorder(ReadOnlySpan<int> sources, long positions)
+    internal void WriteSlots(int layer, SlotRows rows, Tensor k, Tensor v)
     {
-        var changed = new List<long>();
-        var from = new List<long>();
-        for (int i = 0; i < sources.Length; i++)
+        long t = k.shape[2];
+        for (int r = 0; r < rows.Count; r++)
         {
-            if ((uint)sources[i] >= (uint)MaxBatch) throw new ArgumentOutOfRangeException(nameof(sources), sources[i], $"Row {sources[i]} is outside the cache's batch of {MaxBatch}");
-            if (sources[i] != i) { changed.Add(i); from.Add(sources[i]); }
+            int slot = rows.Slots[r];
+            long start = rows.Starts[r];
+            if ((uint)slot >= (uint)MaxBatch || start + t > MaxSequence)
+                throw new PromptException($"Slot {slot} needs {start + t} positions but the KV cache holds {MaxSequence} in each of {MaxBatch} slots");
+            using var kslot = _keys[layer].select(0, slot);
+            using var vslot = _values[layer].select(0, slot);
+            using var kd = kslot.narrow(1, start, t);
+            using var vd = vslot.narrow(1, start, t);
+            using var ks = k.select(0, r);
+            using var vs = v.select(0, r);
+            kd.copy_(ks);
+            vd.copy_(vs);
         }
-        if (changed.Count == 0 || positions <= 0) return;
+    }
+
+    /// <summary>Views of one slot's keys and values for positions [0, length): [1, kvHeads, length, headDim].</summary>
+    internal (Tensor Keys, Tensor Values) Slot(int layer, int slot, long length)
+    {
+        using var k = _keys[layer].narrow(0, slot, 1);
+        using var v = _values[layer].narrow(0, slot, 1);
+        return (k.narrow(2, 0, length), v.narrow(2, 0, length));
+    }
+
+    /// <summary>Bytes one position of one slot takes over all layers (keys and values).</summary>
+    public long BytesPerPosition => Bytes / MaxBatch / MaxSequence;
+
+    /// <summary>Slots <paramref name="to"/> take positions [0, <paramref name="positions"/>) of slot <paramref name="from"/> (beams starting from one prompt).</summary>
+    internal void CopySlot(int from, ReadOnlySpan<int> to, long positions)
+    {
         using var scope = torch.NewDisposeScope();
-        var dst = torch.tensor(changed.ToArray(), device: Device);
-        var src = torch.tensor(from.ToArray(), device: Device);
         foreach (var buffers in new[] { _keys, _values })
             foreach (var layer in buffers)
             {
-                // Only the rows that change are copied; the gather completes before the scatter, so a row may be
-                // both read and overwritten.
-                var used = layer.narrow(2, 0, positions);
-                used.index_copy_(0, dst, used.index_select(0, src));
+                var source = layer.select(0, from).narrow(1, 0, positions);
+                foreach (int slot in to) layer.select(0, slot).narrow(1, 0, positions).copy_(source);
+            }
+    }
+
+    /// <summary>
+    /// Beam search: slot <paramref name="slots"/>[i] takes positions [0, <paramref name="positions"/>) of slot
+    /// <paramref name="slots"/>[<paramref name="sources"/>[i]] (an index-select over the batch dimension).
+    /// </summary>
+    internal void ReorderSlots(int[] slots, ReadOnlySpan<int> sources, long positions)
+    {
+        bool identity = true;
+        var from = new long[sources.Length];
+        for (int i = 0; i < sources.Length; i++)
+        {
+            if ((uint)sources[i] >= (uint)slots.Length) throw new ArgumentOutOfRangeException(nameof(sources), sources[i], $"Beam {sources[i]} is outside the {slots.Length} beams");
+            from[i] = slots[sources[i]];
+            identity &= sources[i] == i;
+        }
+        if (identity || positions <= 0) return;
+        using var scope = torch.NewDisposeScope();
+        var src = torch.tensor(from, device: Device);
+        var dst = torch.tensor(slots.Select(x => (long)x).ToArray(), device: Device);
+        foreach (var buffers in new[] { _keys, _values })
+            foreach (var layer in buffers)
+            {
+                var view = layer.narrow(2, 0, positions);
+                view.index_copy_(0, dst, view.index_select(0, src)); // index_select copies first, so overlapping slots are safe
             }
     }
 
@@ -95,4 +140,19 @@ public sealed class KvCache : IDisposable
         foreach (var t in _keys) t.Dispose();
         foreach (var t in _values) t.Dispose();
     }
+}
+
+/// <summary>The rows of a forward pass over cache slots: row r lives in slot <see cref="Slots"/>[r] and starts at position <see cref="Starts"/>[r].</summary>
+internal sealed class SlotRows
+{
+    public SlotRows(int[] slots, long[] starts)
+    {
+        if (slots.Length != starts.Length) throw new ArgumentException("One start per slot is needed", nameof(starts));
+        Slots = slots;
+        Starts = starts;
+    }
+
+    public int[] Slots { get; }
+    public long[] Starts { get; }
+    public int Count => Slots.Length;
 }

@@ -10,43 +10,45 @@ namespace ShareGPT4V.Generation;
 /// </summary>
 public sealed class OutputText
 {
+    // Work per token is bounded by the piece and the longest stop string, not by the answer so far: the raw text
+    // lives in one growing buffer, stop strings are searched only where a new one could end, and only the released
+    // piece becomes a string.
     private readonly StreamingDetokenizer _detok;
-    private readonly IReadOnlyList<string> _stops;
-    private readonly System.Text.StringBuilder _raw = new();
-    private int _emitted; // characters of the cleaned text already released
+    private readonly string[] _stops;
+    private readonly int _longestStop;
+    private char[] _buf = new char[256];
+    private int _len;
+    private int _lead;      // leading whitespace characters (final once a non-whitespace character arrived)
+    private int _cut = -1;  // where the first stop string starts, once seen
+    private int _emitted;   // characters of the cleaned text already released
     private string? _final;
 
     public OutputText(LlavaTokenizer tokenizer, IReadOnlyList<string> stopStrings)
     {
         _detok = tokenizer.CreateStreamingDetokenizer(skipSpecialTokens: true);
-        _stops = stopStrings;
+        _stops = stopStrings.ToArray();
+        _longestStop = _stops.Length == 0 ? 0 : _stops.Max(x => x.Length);
     }
 
     /// <summary>True once a stop string has appeared.</summary>
-    public bool Stopped { get; private set; }
+    public bool Stopped => _cut >= 0;
 
     /// <summary>Adds a token; returns the newly releasable text (maybe empty).</summary>
     public string Append(int tokenId)
     {
         if (_final is not null) throw new InvalidOperationException("The answer is complete");
-        _raw.Append(_detok.Append(tokenId));
-        var text = _raw.ToString();
-        int cut = FirstStop(text);
-        if (cut >= 0)
-        {
-            Stopped = true;
-            return string.Empty; // Complete() releases the rest
-        }
+        if (Stopped) return string.Empty;
+        Add(_detok.Append(tokenId));
+        if (Stopped) return string.Empty; // Complete() releases the rest
         // Clean view: leading whitespace dropped; hold back trailing whitespace and a possible stop-string start.
-        int start = LeadingWhitespace(text);
-        int end = text.Length;
-        end = Math.Min(end, text.Length - PossibleStopPrefix(text));
-        while (end > start && char.IsWhiteSpace(text[end - 1])) end--;
+        int start = _lead;
+        int end = _len - PossibleStopPrefix();
+        while (end > start && char.IsWhiteSpace(_buf[end - 1])) end--;
         // Never split a surrogate pair.
-        if (end > start && char.IsHighSurrogate(text[end - 1])) end--;
+        if (end > start && char.IsHighSurrogate(_buf[end - 1])) end--;
         int available = end - start;
         if (available <= _emitted) return string.Empty;
-        var piece = text.Substring(start + _emitted, available - _emitted);
+        var piece = new string(_buf, start + _emitted, available - _emitted);
         _emitted = available;
         return piece;
     }
@@ -56,11 +58,9 @@ public sealed class OutputText
     {
         if (_final is null)
         {
-            _raw.Append(_detok.Flush());
-            var text = _raw.ToString();
-            int cut = FirstStop(text);
-            if (cut >= 0) { text = text[..cut]; Stopped = true; }
-            _final = text.Trim();
+            if (!Stopped) Add(_detok.Flush());
+            int end = Stopped ? _cut : _len;
+            _final = new string(_buf, 0, end).Trim();
         }
         var rest = _emitted < _final.Length ? _final[_emitted..] : string.Empty;
         _emitted = _final.Length;
@@ -70,30 +70,31 @@ public sealed class OutputText
     /// <summary>The answer after <see cref="Complete"/>.</summary>
     public string FinalText => _final ?? throw new InvalidOperationException("Complete() has not been called");
 
-    private int FirstStop(string text)
+    private void Add(string piece)
     {
-        int best = -1;
+        if (piece.Length == 0) return;
+        int before = _len;
+        if (_len + piece.Length > _buf.Length) Array.Resize(ref _buf, Math.Max(_buf.Length * 2, _len + piece.Length));
+        piece.CopyTo(0, _buf, _len, piece.Length);
+        _len += piece.Length;
+        if (_lead == before) while (_lead < _len && char.IsWhiteSpace(_buf[_lead])) _lead++;
+        // No stop string lay in the text before: a new one must end inside the piece.
+        int from = Math.Max(0, before - _longestStop + 1);
+        var window = new ReadOnlySpan<char>(_buf, from, _len - from);
         foreach (var s in _stops)
         {
-            int i = text.IndexOf(s, StringComparison.Ordinal);
-            if (i >= 0 && (best < 0 || i < best)) best = i;
+            int i = window.IndexOf(s.AsSpan(), StringComparison.Ordinal);
+            if (i >= 0 && (_cut < 0 || from + i < _cut)) _cut = from + i;
         }
-        return best;
     }
 
-    private int PossibleStopPrefix(string text)
+    private int PossibleStopPrefix()
     {
         int longest = 0;
+        var text = new ReadOnlySpan<char>(_buf, 0, _len);
         foreach (var s in _stops)
-            for (int k = Math.Min(s.Length - 1, text.Length); k > longest; k--)
-                if (string.CompareOrdinal(text, text.Length - k, s, 0, k) == 0) { longest = k; break; }
+            for (int k = Math.Min(s.Length - 1, _len); k > longest; k--)
+                if (text[^k..].SequenceEqual(s.AsSpan(0, k))) { longest = k; break; }
         return longest;
-    }
-
-    private static int LeadingWhitespace(string text)
-    {
-        int i = 0;
-        while (i < text.Length && char.IsWhiteSpace(text[i])) i++;
-        return i;
     }
 }

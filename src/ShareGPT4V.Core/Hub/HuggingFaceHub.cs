@@ -193,9 +193,21 @@ public sealed partial class HuggingFaceHub : IDisposable
     {
         var url = $"{_o.Endpoint}/api/models/{repoId}/revision/{Uri.EscapeDataString(revision)}?blobs=true";
         using var response = await SendAsync(url, null, repoId, null, cancellationToken).ConfigureAwait(false);
-        if (response.Content.Headers.ContentLength is > 64L << 20)
+        const int MaxListingBytes = 64 << 20;
+        if (response.Content.Headers.ContentLength is > MaxListingBytes)
             throw new HubException("The hub's repository listing is larger than 64 MiB", repoId);
-        var body = await response.Content.ReadAsByteArrayAsync(cancellationToken).ConfigureAwait(false);
+        using var listing = new MemoryStream();
+        await using (var stream = await response.Content.ReadAsStreamAsync(cancellationToken).ConfigureAwait(false))
+        {
+            var chunk = new byte[81920];
+            int n;
+            while ((n = await stream.ReadAsync(chunk, cancellationToken).ConfigureAwait(false)) > 0)
+            {
+                if (listing.Length + n > MaxListingBytes) throw new HubException("The hub's repository listing is larger than 64 MiB", repoId);
+                listing.Write(chunk, 0, n);
+            }
+        }
+        var body = listing.ToArray();
         try
         {
             using var doc = JsonDocument.Parse(body);
@@ -363,5 +375,6 @@ public sealed partial class HuggingFaceHub : IDisposable
         name.Length is > 0 and < 1024 && !name.Contains('\\') && !name.Contains('\0') && !Path.IsPathRooted(name) && !name.StartsWith('/')
         && name.Split('/').All(part => part.Length > 0 && part != "." && part != "..");
 
+    /// <summary>Releases the HTTP connections.</summary>
     public void Dispose() => _http.Dispose();
 }

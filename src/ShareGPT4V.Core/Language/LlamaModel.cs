@@ -69,6 +69,69 @@ public sealed class LlamaModel : nn.Module<Tensor, Tensor>
         using (rows) return rows.to(_computeType);
     }
 
+    /// <summary>
+    /// Token ids [rows, T] given on the host → embeddings [rows, T, H]: the range check runs on the host, so a decode
+    /// step waits for nothing on the device.
+    /// </summary>
+    internal Tensor EmbedHostIds(long[] ids, long rows)
+    {
+        foreach (var id in ids)
+            if (id < 0 || id >= Config.VocabSize)
+                throw new PromptException($"Token id {id} is outside the vocabulary [0, {Config.VocabSize})");
+        using var scope = NewDisposeScope();
+        var t = torch.tensor(ids, device: Device).reshape(rows, ids.Length / rows);
+        var emb = _model.EmbedTokens.forward(t);
+        if (emb.dtype != _computeType) emb = emb.to(_computeType);
+        return emb.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// One forward pass of rows that each live in their own KV cache slot (the generation engine's layout): row r
+    /// writes its keys and values at [starts[r], starts[r] + T) of slot slots[r] and attends to that slot's positions
+    /// [0, starts[r] + T) only, so each row is computed as it would be alone. A prefill runs one row (T tokens,
+    /// start > 0 when a cached prefix is reused); a decode step runs every active row with T = 1.
+    /// </summary>
+    internal Tensor ForwardSlots(Tensor inputsEmbeds, Tensor positionIds, KvCache cache, SlotRows rows, LogitsMode logits)
+    {
+        using var scope = NewDisposeScope();
+        long b = inputsEmbeds.shape[0], t = inputsEmbeds.shape[1];
+        if (b != rows.Count) throw new ArgumentException($"{b} rows of embeddings for {rows.Count} slots");
+        if (b > 1 && t > 1) throw new ArgumentException("Several slots advance one token at a time");
+        if (b > MatVec.MaxRows && inputsEmbeds.device_type == DeviceType.CPU)
+        {
+            // More rows than the decode kernel takes: run them in groups it takes, so every row is still computed
+            // as it is alone (a GEMM over all rows would round differently), at the cost of reading the weights again.
+            var parts = new List<Tensor>();
+            for (int first = 0; first < b; first += MatVec.MaxRows)
+            {
+                int n = (int)Math.Min(MatVec.MaxRows, b - first);
+                var group = new SlotRows(rows.Slots[first..(first + n)], rows.Starts[first..(first + n)]);
+                parts.Add(ForwardSlots(inputsEmbeds.narrow(0, first, n), positionIds.narrow(0, first, n), cache, group, logits));
+            }
+            return torch.cat(parts, 0).MoveToOuterDisposeScope();
+        }
+        var h = inputsEmbeds.to(DType);
+        var (cos, sin) = _rope.Get(positionIds, h.dtype);
+        long start = rows.Starts[0];
+        bool causal = b == 1 && start == 0 && t > 1;
+        // One row continuing a cached prefix: causal over the new positions, everything cached visible.
+        var mask = b == 1 && !causal ? BuildMask(null, 1, t, start, h.dtype, h.device) : null;
+        for (int i = 0; i < _model.Layers.Count; i++)
+        {
+            var next = _model.Layers[i].ForwardSlots(h, cos, sin, mask, causal, cache, i, rows);
+            h.Dispose();
+            h = next;
+        }
+        h = _model.Norm.forward(h);
+        Tensor result = logits switch
+        {
+            LogitsMode.None => torch.empty(0),
+            LogitsMode.Last => Project(h.narrow(1, t - 1, 1)),
+            _ => Project(h),
+        };
+        return result.MoveToOuterDisposeScope();
+    }
+
     /// <summary>Full forward on token ids without cache (logits for every position).</summary>
     public override Tensor forward(Tensor ids)
     {
@@ -220,6 +283,14 @@ internal sealed class LlamaDecoderLayer : nn.Module<Tensor, Tensor>
         return h.MoveToOuterDisposeScope();
     }
 
+    public Tensor ForwardSlots(Tensor x, Tensor cos, Tensor sin, Tensor? mask, bool causal, KvCache cache, int layer, SlotRows rows)
+    {
+        using var scope = NewDisposeScope();
+        var h = HeldScalars.Add(x, _selfAttn.ForwardSlots(_inputLayernorm.forward(x), cos, sin, mask, causal, cache, layer, rows));
+        h = HeldScalars.Add(h, _mlp.forward(_postAttentionLayernorm.forward(h)));
+        return h.MoveToOuterDisposeScope();
+    }
+
     public override Tensor forward(Tensor x) => throw new NotSupportedException("Use Forward with rotary tables");
 }
 
@@ -289,6 +360,54 @@ internal sealed class LlamaAttention : nn.Module<Tensor, Tensor>
         }
         o = o.transpose(1, 2).reshape(b, t, (long)_heads * _headDim);
         return _oProj.forward(o).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Attention of rows in their own cache slots (see <see cref="LlamaModel.ForwardSlots"/>).</summary>
+    public Tensor ForwardSlots(Tensor x, Tensor cos, Tensor sin, Tensor? mask, bool causal, KvCache cache, int layer, SlotRows rows)
+    {
+        using var scope = NewDisposeScope();
+        long b = x.shape[0], t = x.shape[1];
+        var qkv = Linear.ForwardMany(x, _qProj, _kProj, _vProj);
+        var q = qkv[0].view(b, t, _heads, _headDim).transpose(1, 2);
+        var k = qkv[1].view(b, t, _kvHeads, _headDim).transpose(1, 2);
+        var v = qkv[2].view(b, t, _kvHeads, _headDim).transpose(1, 2);
+        q = RotaryEmbedding.Apply(q, cos, sin);
+        k = RotaryEmbedding.Apply(k, cos, sin);
+        cache.WriteSlots(layer, rows, k, v);
+        var (kAll, vAll) = cache.Buffers(layer);
+        Tensor o;
+        if (t == 1 && DecodeAttention.Applies(q, kAll, null))
+        {
+            var lengths = new long[b];
+            for (int r = 0; r < b; r++) lengths[r] = rows.Starts[r] + 1;
+            o = DecodeAttention.RunSlots(q, kAll, vAll, rows.Slots, lengths);
+        }
+        else
+        {
+            // Elsewhere (GPU, no AVX2) each row attends on its own over its slot's used positions: no padding to mask.
+            var outs = new Tensor[b];
+            for (int r = 0; r < b; r++)
+            {
+                var (keys, values) = cache.Slot(layer, rows.Slots[r], rows.Starts[r] + t);
+                outs[r] = Attend(q.narrow(0, r, 1), keys, values, mask, causal);
+            }
+            o = b == 1 ? outs[0] : torch.cat(outs, 0);
+        }
+        o = o.transpose(1, 2).reshape(b, t, (long)_heads * _headDim);
+        return _oProj.forward(o).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Scaled dot-product attention of q [B, H, T, D] over keys / values [B, kvH, S, D] with grouped-query heads.</summary>
+    private Tensor Attend(Tensor q, Tensor keys, Tensor values, Tensor? mask, bool causal)
+    {
+        long b = q.shape[0], t = q.shape[2], s = keys.shape[2];
+        int groups = _heads / _kvHeads;
+        if (groups == 1) return nn.functional.scaled_dot_product_attention(q, keys, values, mask, 0.0, causal);
+        if (causal)
+            return nn.functional.scaled_dot_product_attention(q, keys.repeat_interleave(groups, 1), values.repeat_interleave(groups, 1), null, 0.0, true);
+        var qg = q.reshape(b, _kvHeads, groups * t, _headDim);
+        Tensor? mg = mask is null ? null : mask.unsqueeze(2).expand(b, 1, groups, t, s).reshape(b, 1, groups * t, s);
+        return nn.functional.scaled_dot_product_attention(qg, keys, values, mg).reshape(b, _heads, t, _headDim);
     }
 
     public override Tensor forward(Tensor x) => throw new NotSupportedException("Use Forward with rotary tables");

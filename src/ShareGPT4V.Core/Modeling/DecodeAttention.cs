@@ -21,7 +21,7 @@ internal static unsafe class DecodeAttention
     /// under 2 GiB (the span that gives us a tensor's data pointer cannot be longer); otherwise libtorch's attention runs.
     /// </summary>
     public static bool Applies(Tensor q, Tensor keys, Tensor? mask) =>
-        MatVec.IsSupported && q.shape[2] == 1 && q.dtype == ScalarType.Float32 && keys.dtype == ScalarType.Float32
+        !DisabledForTests && MatVec.IsSupported && q.shape[2] == 1 && q.dtype == ScalarType.Float32 && keys.dtype == ScalarType.Float32
         && q.device_type == DeviceType.CPU && keys.device_type == DeviceType.CPU && keys.is_contiguous() && !q.requires_grad
         && (mask is null || mask.dtype == ScalarType.Float32)
         && FitsSpan(q) && FitsSpan(keys) && (mask is null || FitsSpan(mask));
@@ -34,7 +34,18 @@ internal static unsafe class DecodeAttention
     /// [maxB, kvH, maxS, D] (contiguous), of which positions [0, <paramref name="length"/>) are used; <paramref name="mask"/>
     /// null or additive [B, length] (contiguous). Returns [B, H, 1, D].
     /// </summary>
-    public static Tensor Run(Tensor q, Tensor keys, Tensor values, long length, Tensor? mask)
+    public static Tensor Run(Tensor q, Tensor keys, Tensor values, long length, Tensor? mask) =>
+        Run(q, keys, values, null, null, length, mask);
+
+    /// <summary>
+    /// As <see cref="Run(Tensor, Tensor, Tensor, long, Tensor?)"/> for rows in cache slots: row r reads slot
+    /// <paramref name="slots"/>[r] over positions [0, <paramref name="lengths"/>[r]), unmasked. Each row is computed
+    /// exactly as it would be alone.
+    /// </summary>
+    public static Tensor RunSlots(Tensor q, Tensor keys, Tensor values, int[] slots, long[] lengths) =>
+        Run(q, keys, values, slots, lengths, lengths.Max(), null);
+
+    private static Tensor Run(Tensor q, Tensor keys, Tensor values, int[]? slots, long[]? lengths, long length, Tensor? mask)
     {
         long b = q.shape[0], heads = q.shape[1], d = q.shape[3];
         long kvHeads = keys.shape[1], maxS = keys.shape[2];
@@ -45,11 +56,15 @@ internal static unsafe class DecodeAttention
             Q = (float*)Pointer(qc), K = (float*)Pointer(keys), V = (float*)Pointer(values), O = (float*)Pointer(output),
             Mask = mask is null ? null : (float*)Pointer(mask),
             Rows = b, Heads = heads, KvHeads = kvHeads, Groups = heads / kvHeads, D = d, MaxS = maxS, Length = length,
+            RowSlots = slots, RowLengths = lengths,
             Scale = (float)(1.0 / Math.Sqrt(d)),
         };
         KernelThreads.Shared.Run(job, torch.get_num_threads());
         return output;
     }
+
+    /// <summary>Set on a test's thread to run the portable attention path (the one GPUs take) instead of this kernel.</summary>
+    [ThreadStatic] internal static bool DisabledForTests;
 
     private static void* Pointer(Tensor t) => Unsafe.AsPointer(ref MemoryMarshal.GetReference(t.bytes));
 
@@ -57,6 +72,8 @@ internal static unsafe class DecodeAttention
     {
         public float* Q, K, V, O, Mask;
         public long Rows, Heads, KvHeads, Groups, D, MaxS, Length;
+        public int[]? RowSlots;
+        public long[]? RowLengths;
         public float Scale;
 
         public override long BlockCount => Rows * KvHeads;
@@ -65,10 +82,11 @@ internal static unsafe class DecodeAttention
         protected override void RunBlock(long block)
         {
             long row = block / KvHeads, g = block % KvHeads;
-            float* k = K + (row * KvHeads + g) * MaxS * D;
-            float* v = V + (row * KvHeads + g) * MaxS * D;
+            long slot = RowSlots is null ? row : RowSlots[row];
+            float* k = K + (slot * KvHeads + g) * MaxS * D;
+            float* v = V + (slot * KvHeads + g) * MaxS * D;
             float* mask = Mask == null ? null : Mask + row * Length;
-            int length = (int)Length;
+            int length = (int)(RowLengths is null ? Length : RowLengths[row]);
             Span<float> scoreSpan = length <= 4096 ? stackalloc float[length] : new float[length];
             fixed (float* scores = scoreSpan)
             {

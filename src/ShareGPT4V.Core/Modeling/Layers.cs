@@ -33,10 +33,23 @@ public sealed class Linear : nn.Module<Tensor, Tensor>
     {
         var source = new GivenWeights(computeType ?? ComputePrecision.For(weight.dtype, weight.device)) { ["w.weight"] = weight };
         if (bias is not null) source["w.bias"] = bias;
-        return new Linear("w", weight.shape[1], weight.shape[0], bias is not null, source);
+        return weight is QuantizedWeight q
+            ? new Linear("w", q.Columns, q.Rows, bias is not null, source)
+            : new Linear("w", weight.shape[1], weight.shape[0], bias is not null, source);
     }
 
-    public override Tensor forward(Tensor x) => Apply(x, _weight, _bias);
+    /// <summary>
+    /// Training: a low-rank update added to this layer's output (LoRA), or null. Kept apart from the weight so the
+    /// weight stays frozen and shared; merging folds it into the weight.
+    /// </summary>
+    internal Func<Tensor, Tensor>? Adapter { get; set; }
+
+    public override Tensor forward(Tensor x)
+    {
+        if (Adapter is null) return Apply(x, _weight, _bias);
+        using var scope = NewDisposeScope();
+        return HeldScalars.Add(Apply(x, _weight, _bias), Adapter(x)).MoveToOuterDisposeScope();
+    }
 
     /// <summary>
     /// Several layers that read the same input (q/k/v, gate/up), computed together: for the few-row inputs of a decode
@@ -46,7 +59,7 @@ public sealed class Linear : nn.Module<Tensor, Tensor>
     public static Tensor[] ForwardMany(Tensor x, params Linear[] layers)
     {
         bool fused = true;
-        foreach (var l in layers) fused &= MatVec.Applies(x, l._weight, l._bias);
+        foreach (var l in layers) fused &= l.Adapter is null && MatVec.Applies(x, l._weight, l._bias);
         if (fused)
         {
             var parts = new (Tensor, Tensor?)[layers.Length];

@@ -82,7 +82,23 @@ internal static unsafe class MatVec
                 blocks += (outFeatures + RowsPerBlock - 1) / RowsPerBlock;
             }
             job.Blocks = blocks;
-            KernelThreads.Shared.Run(job, threads);
+            // Quantized weights with int8 dot products: x as Q8_0 blocks, once for every part.
+            sbyte[]? xq = null;
+            float[]? xd = null;
+            if (QuantKernels.Int8Activations && inFeatures % 32 == 0 && job.Segments.Any(g => g.Quantized))
+            {
+                xq = new sbyte[rows * inFeatures];
+                xd = new float[rows * inFeatures / 32];
+            }
+            fixed (sbyte* q = xq)
+            fixed (float* d = xd)
+            {
+                if (q != null) QuantKernels.QuantizeActivations(job.X, rows, inFeatures, q, d);
+                job.Xq = q;
+                job.Xd = d;
+                job.QuantVector = QuantKernels.Vector; // the caller's choice, for every helper thread
+                KernelThreads.Shared.Run(job, threads);
+            }
         }
         return outputs;
     }
@@ -107,6 +123,9 @@ internal static unsafe class MatVec
     private sealed class Job : BlockJob
     {
         public float* X;
+        public sbyte* Xq; // x as Q8_0 blocks when the int8 path runs
+        public float* Xd;
+        public bool QuantVector;
         public int Rows;
         public long In;
         public Segment[] Segments = Array.Empty<Segment>();
@@ -128,7 +147,9 @@ internal static unsafe class MatVec
                 {
                     float* y = s.Y + m * s.Out + r;
                     float* x = X + m * In;
-                    if (s.Quantized) QuantKernels.Dot(s.Format, (byte*)s.W + r * s.RowBytes, s.RowBytes, In, n, x, y);
+                    if (s.Quantized && Xq != null)
+                        QuantKernels.DotInt8(s.Format, (byte*)s.W + r * s.RowBytes, s.RowBytes, In, n, Xq + m * In, Xd + m * (In / 32), y, QuantVector);
+                    else if (s.Quantized) QuantKernels.Dot(s.Format, (byte*)s.W + r * s.RowBytes, s.RowBytes, In, n, x, y, QuantVector);
                     else switch (s.WType)
                     {
                         case ScalarType.Float32: DotF32((float*)s.W + r * In, In, n, x, y); break;

@@ -69,7 +69,8 @@ internal sealed class GivenWeights : WeightSource
     public override Tensor Take(string name, long[] shape, bool largeMatrix)
     {
         var t = _tensors[name];
-        if (!t.shape.SequenceEqual(shape))
+        var actual = t is QuantizedWeight q ? new[] { q.Rows, q.Columns } : t.shape;
+        if (!actual.SequenceEqual(shape))
             throw new ArgumentException($"Tensor '{name}' has shape [{string.Join(", ", t.shape)}], expected [{string.Join(", ", shape)}]");
         return t;
     }

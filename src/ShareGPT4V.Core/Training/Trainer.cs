@@ -123,9 +123,14 @@ public sealed class Trainer
         int epochs = _o.MaxSteps is int ms ? (int)(ms / updatesPerEpoch + (ms % updatesPerEpoch > 0 ? 1 : 0)) : (int)Math.Ceiling(_o.Epochs);
         long warmup = LrSchedule.WarmupSteps(maxSteps, _o.WarmupSteps, _o.WarmupRatio);
 
+        if (_o.Lora is not null) (loadPath, loadTower) = (_o.ModelPath, _o.VisionTowerPath); // a LoRA checkpoint holds the adapter only
         using var model = ModelLoader.Load(loadPath, new LoadOptions { DType = ScalarType.Float32, VisionTowerPath = loadTower });
+        using var lora = _o.Lora is null ? null
+            : resumeFrom is not null ? LoraAdapters.Load(resumeFrom, model, source) : LoraAdapters.Attach(model, _o.Lora, _o.Seed);
+        lora?.SetTraining(true);
         var named = model.named_parameters().Select(p => (Name: p.name, Param: (Tensor)p.parameter)).ToList();
         var trainable = named.Where(p => IsTrainable(p.Name, model.Config)).ToList();
+        if (lora is not null) trainable.AddRange(lora.Parameters);
         if (trainable.Count == 0) throw new ModelConfigurationException("Nothing to train: no parameter is trainable in this stage", null, "stage");
         foreach (var (_, p) in trainable) p.requires_grad_(true);
         _log.LogInformation("{Examples} examples, {Steps} optimizer steps, {Trainable} trainable parameters in {Tensors} tensors",
@@ -147,14 +152,24 @@ public sealed class Trainer
             var tmp = dir + ".tmp";
             if (Directory.Exists(tmp)) Directory.Delete(tmp, true);
             Directory.CreateDirectory(tmp);
-            TrainingCheckpoint.WriteModel(model, source, tmp);
+            if (lora is not null) lora.Save(tmp, model, source);
+            else TrainingCheckpoint.WriteModel(model, source, tmp);
             TrainingCheckpoint.WriteOptimizer(optimizer, Path.Combine(tmp, TrainingCheckpoint.OptimizerFile));
-            var modelRel = Path.GetRelativePath(tmp, TrainingCheckpoint.ModelPathIn(tmp, source));
+            var modelRel = lora is not null ? "." : Path.GetRelativePath(tmp, TrainingCheckpoint.ModelPathIn(tmp, source));
             var state = TrainingCheckpoint.StateJson(at, maxSteps, EpochOf(at), log, _o.SaveSteps, bs, modelRel);
             TrainingCheckpoint.WriteJson(Path.Combine(tmp, TrainingCheckpoint.StateFile), state);
             if (Directory.Exists(dir)) Directory.Delete(dir, true);
             Directory.Move(tmp, dir);
             if (checkpoint) lastCheckpoint = dir;
+        }
+        // Cancelled: the weights are those of the last completed step (a partial accumulation is dropped), so that
+        // step's checkpoint is what a resumed run continues from.
+        void SaveAndStop()
+        {
+            var dir = Path.Combine(output, $"checkpoint-{atLastStep.GlobalStep}");
+            Save(dir, atLastStep, checkpoint: true);
+            _log.LogWarning("Cancelled: saved a resumable checkpoint at step {Step} in {Dir}", atLastStep.GlobalStep, dir);
+            ct.ThrowIfCancellationRequested();
         }
         double EpochOf(TrainingPosition p) => p.Epoch + (double)p.MicroBatchInEpoch / stepsInEpoch;
 
@@ -173,16 +188,15 @@ public sealed class Trainer
                 using var batches = new BatchPrefetcher(examples, order, bs, startMicro, imageRoot, imageProcessor, _o.PrefetchBatches, ct);
                 for (long micro = startMicro; micro < stepsInEpoch; micro++)
                 {
-                    if (ct.IsCancellationRequested)
-                    {
-                        var cdir = Path.Combine(output, $"checkpoint-{atLastStep.GlobalStep}");
-                        Save(cdir, atLastStep, checkpoint: true);
-                        _log.LogWarning("Cancelled: saved a resumable checkpoint at step {Step} in {Dir}", atLastStep.GlobalStep, cdir);
-                        ct.ThrowIfCancellationRequested();
-                    }
-                    var prepared = batches.Next(micro);
+                    if (ct.IsCancellationRequested) SaveAndStop();
+                    PreparedBatch prepared;
+                    try { prepared = batches.Next(micro); }
+                    catch (OperationCanceledException) when (ct.IsCancellationRequested) { SaveAndStop(); throw; }
                     foreach (var bad in prepared.Bad) Bad(bad);
                     totalMicro++;
+                    // Dropout (LoRA's) draws from the global generator: seeding it per micro-batch makes every draw a
+                    // function of the seed and the position, so a resumed run draws what the uninterrupted one did.
+                    torch.manual_seed(unchecked(_o.Seed * 1_000_003L + totalMicro));
                     if (prepared.Batch is { } batch)
                     {
                         using (batch)
@@ -212,7 +226,7 @@ public sealed class Trainer
                     double seconds = stepTimer.Elapsed.TotalSeconds;
                     var entry = new TrainingStepLog(globalStep, EpochOf(atLastStep), trLoss,
                         _o.LearningRate * LrSchedule.Factor(_o.LrScheduler, globalStep, warmup, maxSteps), gradNorm,
-                        seconds > 0 ? tokens / seconds : 0, started.Elapsed, maxSteps);
+                        seconds > 0 ? tokens / seconds : 0, started.Elapsed, maxSteps, tokens, PeakRss());
                     log.Add(entry);
                     jsonl.WriteLine(LogLine(entry));
                     jsonl.Flush();
@@ -239,7 +253,7 @@ public sealed class Trainer
                 else File.Move(entry, dest);
             }
             Directory.Delete(final, true);
-            return new TrainingResult(output, TrainingCheckpoint.ModelPathIn(output, source), atLastStep.GlobalStep, log, skipped);
+            return new TrainingResult(output, lora is not null ? output : TrainingCheckpoint.ModelPathIn(output, source), atLastStep.GlobalStep, log, skipped);
         }
         finally
         {
@@ -251,14 +265,22 @@ public sealed class Trainer
     private static string LogLine(TrainingStepLog e) => new JsonObject
     {
         ["step"] = e.Step, ["epoch"] = e.Epoch, ["loss"] = e.Loss, ["learning_rate"] = e.LearningRate, ["grad_norm"] = e.GradNorm,
-        ["tokens_per_second"] = e.TokensPerSecond, ["elapsed_seconds"] = e.Elapsed.TotalSeconds,
+        ["tokens"] = e.Tokens, ["tokens_per_second"] = e.TokensPerSecond, ["elapsed_seconds"] = e.Elapsed.TotalSeconds,
+        ["peak_rss_bytes"] = e.PeakRssBytes,
     }.ToJsonString();
+
+    private static long PeakRss()
+    {
+        using var self = Process.GetCurrentProcess();
+        return self.PeakWorkingSet64;
+    }
 
     /// <summary>Whether a parameter (our llava-hf name) is trained in this stage.</summary>
     internal bool IsTrainable(string name, LlavaConfig config)
     {
         bool projector = name.StartsWith("multi_modal_projector.", StringComparison.Ordinal);
         bool language = name.StartsWith("language_model.", StringComparison.Ordinal);
+        if (_o.Lora is not null) return projector; // the LLM is trained through its adapters
         switch (_o.Stage)
         {
             case TrainingStage.ProjectorOnly: return projector;
@@ -333,22 +355,24 @@ public sealed class Trainer
             rng.Shuffle(idx);
             return idx;
         }
-        // Batches of one modality, longest-first within a megabatch, then the batches shuffled (LLaVA's grouping rule).
+        // LLaVA's modality grouping: per modality, shuffled and cut into batches, each sorted longest first; the full
+        // batches of both modalities shuffled together, the two leftover partial batches joined at the end.
         int bs = _o.PerDeviceBatchSize;
-        var batches = new List<long[]>();
-        foreach (var group in idx.GroupBy(i => examples[(int)i].Images.Count > 0))
+        var full = new List<long[]>();
+        var leftover = new List<long>();
+        foreach (bool withImages in new[] { true, false })
         {
-            var g = group.ToArray();
+            var g = idx.Where(i => examples[(int)i].Images.Count > 0 == withImages).ToArray();
             rng.Shuffle(g);
-            int mega = bs * _o.GradientAccumulationSteps;
-            for (int s = 0; s < g.Length; s += mega)
+            for (int s = 0; s < g.Length; s += bs)
             {
-                var m = g.Skip(s).Take(mega).OrderByDescending(i => examples[(int)i].InputIds.Length).ToArray();
-                for (int k = 0; k < m.Length; k += bs) batches.Add(m.Skip(k).Take(bs).ToArray());
+                var batch = g.Skip(s).Take(bs).OrderByDescending(i => examples[(int)i].InputIds.Length).ToArray();
+                if (batch.Length == bs && s + bs < g.Length) full.Add(batch);
+                else leftover.AddRange(batch);
             }
         }
-        var arr = batches.ToArray();
+        var arr = full.ToArray();
         rng.Shuffle(arr);
-        return arr.SelectMany(b => b).ToArray();
+        return arr.SelectMany(b => b).Concat(leftover.OrderByDescending(i => examples[(int)i].InputIds.Length)).ToArray();
     }
 }

@@ -83,6 +83,11 @@ public sealed record TrainerOptions
     public bool SkipBadRecords { get; init; } = true;
     /// <summary>Micro-batches prepared ahead on other threads.</summary>
     public int PrefetchBatches { get; init; } = 4;
+    /// <summary>
+    /// LoRA on the language model (stage <see cref="TrainingStage.Finetune"/> only): the LLM's weights stay frozen,
+    /// adapters and the projector are trained, and checkpoints hold the adapter in PEFT's format. Null: full training.
+    /// </summary>
+    public LoraOptions? Lora { get; init; }
     /// <summary>Write TensorBoard event files (<c>--report-to tensorboard</c>).</summary>
     public bool ReportToTensorBoard { get; init; }
 
@@ -115,6 +120,8 @@ public sealed record TrainerOptions
         Check(ModelMaxLength >= 2, "model-max-length", "model-max-length must be at least 2");
         Check(SaveSteps >= 0, "save-steps", "save-steps cannot be negative");
         Check(PrefetchBatches >= 1, "prefetch", "At least one batch must be prefetched");
+        Check(Lora is null || Stage == TrainingStage.Finetune, "lora-r", "LoRA is for the finetune stage");
+        Lora?.Validate();
     }
 }
 
@@ -127,8 +134,10 @@ public sealed record TrainerOptions
 /// <param name="TokensPerSecond">Sequence tokens (image tokens included) processed per second in this step.</param>
 /// <param name="Elapsed">Time since the run (or its resumption) started.</param>
 /// <param name="TotalSteps">Optimizer steps the run will do.</param>
+/// <param name="Tokens">Sequence tokens (image tokens included, padding not) in this step's micro-batches.</param>
+/// <param name="PeakRssBytes">The process's peak resident memory so far.</param>
 public sealed record TrainingStepLog(long Step, double Epoch, double Loss, double LearningRate, double GradNorm,
-    double TokensPerSecond, TimeSpan Elapsed, long TotalSteps);
+    double TokensPerSecond, TimeSpan Elapsed, long TotalSteps, long Tokens = 0, long PeakRssBytes = 0);
 
 /// <summary>What a finished (or cancelled) run produced.</summary>
 /// <param name="OutputDir">The output folder.</param>

@@ -60,7 +60,7 @@ public sealed class LlavaBenchJudge : IBenchmark
     /// <summary>Python's <c>float(str)</c> for plain decimal text (surrounding whitespace allowed), or null.</summary>
     internal static double? PythonFloat(string s)
     {
-        var t = s.Trim();
+        var t = PythonText.Strip(s);
         if (t.Length == 0 || t.Contains(',', StringComparison.Ordinal)) return null;
         return double.TryParse(t.Replace("_", "", StringComparison.Ordinal), NumberStyles.Float, CultureInfo.InvariantCulture, out var d) ? d : null;
     }

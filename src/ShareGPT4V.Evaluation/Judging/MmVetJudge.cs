@@ -53,7 +53,7 @@ public sealed class MmVetJudge : IBenchmark
     /// <summary>The score in a reply: its first space-separated piece as a number in [0, 1], or null.</summary>
     public static double? ParseScore(string content)
     {
-        var piece = content.Split(' ')[0].Trim();
+        var piece = PythonText.Strip(content.Split(' ')[0]);
         var v = LlavaBenchJudge.PythonFloat(piece);
         return v is { } d && d >= 0 && d <= 1 ? d : null;
     }
@@ -86,7 +86,7 @@ public sealed class MmVetJudge : IBenchmark
                 var truth = JsonLines.String(item.Value, "answer", mmVetJsonPath, null);
                 float temperature = 0;
                 var reply = await Ask(judge, Query(question, truth, prediction), temperature, judgeModel, cancellationToken).ConfigureAwait(false);
-                var content = reply.Text.Split(' ')[0].Trim();
+                var content = PythonText.Strip(reply.Text.Split(' ')[0]);
                 double score;
                 int tries = 1;
                 while (true)
@@ -97,7 +97,7 @@ public sealed class MmVetJudge : IBenchmark
                     tries++;
                     temperature += 0.5f;
                     if (tries > 5) { score = 0; break; }
-                    content = content.Split(' ')[0].Trim();
+                    content = PythonText.Strip(content.Split(' ')[0]);
                 }
                 sample ??= new JsonObject { ["model"] = new JsonArray(), ["content"] = new JsonArray(), ["score"] = new JsonArray() };
                 ((JsonArray)sample["model"]!).Add(reply.ModelId ?? judgeModel ?? "");

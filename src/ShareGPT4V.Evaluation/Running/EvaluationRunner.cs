@@ -93,21 +93,37 @@ public static class EvaluationRunner
         foreach (var chunk in pending.Chunk(batch))
         {
             cancellationToken.ThrowIfCancellationRequested();
-            var requests = chunk.Select(q => new PromptRequest(RenderPrompt(q, template), Images(q))).ToList();
             IReadOnlyList<GenerationResult> results;
             try
             {
-                results = await pipeline.GenerateBatchAsync(requests, generation, null, cancellationToken).ConfigureAwait(false);
+                results = await Generate(pipeline, chunk, template, generation, cancellationToken).ConfigureAwait(false);
             }
-            catch (ShareGPT4VException e) when (e is not EvaluationDataException)
+            catch (ShareGPT4VException) when (chunk.Length > 1)
             {
-                throw new EvaluationDataException($"Questions {string.Join(", ", chunk.Select(q => q.Source))} failed: {e.Message}", null, null, e);
+                // One bad image fails its whole batch: run the batch one by one to name the question at fault.
+                var single = new List<GenerationResult>();
+                foreach (var q in chunk) single.Add((await Generate(pipeline, new[] { q }, template, generation, cancellationToken).ConfigureAwait(false))[0]);
+                results = single;
             }
-            writer.Append(chunk.Select((q, i) => (q, AnswerFileWriter.FormatLine(q, results[i].Text.Trim(), options.ModelId))));
+            writer.Append(chunk.Select((q, i) => (q, AnswerFileWriter.FormatLine(q, PythonText.Strip(results[i].Text), options.ModelId))));
             answered += chunk.Length;
             progress?.Report(new EvalRunProgress(already + answered, runnable.Count, answered, clock.Elapsed));
         }
         return new EvalRunResult(mine.Count, already, answered, skipped.Count, skipped);
+    }
+
+    private static async Task<IReadOnlyList<GenerationResult>> Generate(MultimodalPipeline pipeline, IReadOnlyList<EvalQuestion> questions,
+        ConversationTemplate template, GenerationOptions generation, CancellationToken ct)
+    {
+        try
+        {
+            var requests = questions.Select(q => new PromptRequest(RenderPrompt(q, template), Images(q))).ToList();
+            return await pipeline.GenerateBatchAsync(requests, generation, null, ct).ConfigureAwait(false);
+        }
+        catch (ShareGPT4VException e) when (e is not EvaluationDataException && questions.Count == 1)
+        {
+            throw new EvaluationDataException($"Question {questions[0].Id} ({questions[0].Source}) failed: {e.Message}", null, null, e);
+        }
     }
 
     private static IReadOnlyList<ImageInput> Images(EvalQuestion q) =>

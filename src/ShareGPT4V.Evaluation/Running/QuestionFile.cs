@@ -55,7 +55,7 @@ public static class QuestionFile
                 throw new EvaluationDataException($"record {record} has no conversations", path);
             var value = JsonLines.String(convs[0], "value", path, record);
             // model_vqa_science: markers out, stripped; image lead only when the problem has an image; then the letter suffix.
-            var qs = value.Replace("<image>", "", StringComparison.Ordinal).Trim();
+            var qs = PythonText.Strip(value.Replace("<image>", "", StringComparison.Ordinal));
             string prompt = qs, query = qs;
             string? image = null;
             if (e.TryGetProperty("image", out var img) && img.ValueKind == JsonValueKind.String)

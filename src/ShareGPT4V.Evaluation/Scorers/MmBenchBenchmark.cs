@@ -63,7 +63,7 @@ public sealed class MmBenchBenchmark : IBenchmark
                 throw new EvaluationDataException($"The row's index '{indexText}' is not an integer", annotationsPath, line);
             if (!rowIndices.Add(index)) throw new EvaluationDataException($"Row index {index} appears twice", annotationsPath, line);
             var answer = TsvTable.Value(f, cAnswer);
-            bool ok = predictions.TryGetValue(index, out var p) && answer is not null && p.Text.Trim() == answer;
+            bool ok = predictions.TryGetValue(index, out var p) && answer is not null && PythonText.Strip(p.Text) == answer;
             rows++;
             if (ok) rowsCorrect++;
             long g = index % CircularStride;

@@ -59,7 +59,7 @@ public sealed class MmeBenchmark : IBenchmark
             int dot = fileName.IndexOf('.');
             var txt = (dot >= 0 ? fileName[..dot] : fileName) + ".txt";
             var question = a.Prompt ?? "";
-            if (question.Contains(ShortAnswerSuffix, StringComparison.Ordinal)) question = question.Replace(ShortAnswerSuffix, "", StringComparison.Ordinal).Trim();
+            if (question.Contains(ShortAnswerSuffix, StringComparison.Ordinal)) question = PythonText.Strip(question.Replace(ShortAnswerSuffix, "", StringComparison.Ordinal));
             if (!question.Contains(YesNo, StringComparison.Ordinal))
             {
                 question += " " + YesNo;
@@ -125,7 +125,7 @@ public sealed class MmeBenchmark : IBenchmark
                 foreach (var raw in File.ReadLines(file, Encoding.UTF8))
                 {
                     n++;
-                    var parts = raw.Trim().Split('\t');
+                    var parts = PythonText.Strip(raw).Split('\t');
                     if (parts.Length != 2) throw new EvaluationDataException("A ground-truth line must be '<question>\\t<Yes|No>'", file, n);
                     gt[(category, Path.GetFileName(file), parts[0])] = parts[1];
                 }

@@ -62,8 +62,9 @@ public static class VqaAnswerNormalizer
     {
         // word_tokenize
         var s = answer.ToLowerInvariant().Replace(",", "", StringComparison.Ordinal).Replace("?", "", StringComparison.Ordinal)
-            .Replace("'s", " 's", StringComparison.Ordinal).Trim();
-        s = s.Replace('\n', ' ').Replace('\t', ' ').Trim();
+            .Replace("'s", " 's", StringComparison.Ordinal);
+        s = PythonText.Strip(s);
+        s = PythonText.Strip(s.Replace('\n', ' ').Replace('\t', ' '));
         s = ProcessPunctuation(s);
         return ProcessDigitArticle(s);
     }

@@ -8,7 +8,9 @@ internal static class EvalCli
 {
     public sealed record Result(int ExitCode, string Out, string Err);
 
-    public static Result Run(params string[] args)
+    public static Result Run(params string[] args) => RunWithEnvironment(null, args);
+
+    public static Result RunWithEnvironment(IReadOnlyDictionary<string, string>? environment, params string[] args)
     {
         var psi = new ProcessStartInfo(Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") ?? "dotnet")
         {
@@ -17,6 +19,7 @@ internal static class EvalCli
         psi.Environment.Remove("SHAREGPT4V_LIBTORCH_DIR");
         psi.Environment.Remove("JOB_COMPLETION_INDEX");
         psi.Environment.Remove("JOB_COMPLETIONS");
+        foreach (var (k, v) in environment ?? new Dictionary<string, string>()) psi.Environment[k] = v;
         psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "sharegpt4v.dll"));
         foreach (var a in args) psi.ArgumentList.Add(a);
         using var p = Process.Start(psi)!;

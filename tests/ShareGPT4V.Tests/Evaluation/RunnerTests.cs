@@ -3,6 +3,7 @@ using System.Text.Json.Nodes;
 using ShareGPT4V.Evaluation;
 using ShareGPT4V.Generation;
 using ShareGPT4V.Tests.Oracle;
+using ShareGPT4V.Conversation;
 using Xunit;
 
 namespace ShareGPT4V.Tests.Evaluation;
@@ -133,6 +134,39 @@ public sealed class RunnerTests : IClassFixture<EvalPipelineFixture>, IDisposabl
     }
 
     [Fact]
+    public async Task ScienceQaBatchesImageAndTextOnlyQuestionsAsTheyRunAlone()
+    {
+        var file = Path.Combine(_dir, "sqa.json");
+        File.WriteAllText(file, """
+            [{"id": "1", "image": "image1.png", "conversations": [{"from": "human", "value": "Which is it?\nA. cat\nB. dog\n<image>"}]},
+             {"id": "2", "conversations": [{"from": "human", "value": "Which word?\nA. hot\nB. cold"}]}]
+            """);
+        var b = Benchmarks.Get("sqa");
+        var qs = QuestionFile.Read(file, b.RunSettings, _case.Dir);
+        var answers = Path.Combine(_dir, "sqa.jsonl");
+        await EvaluationRunner.RunAsync(_p, b, qs, answers, new EvalRunOptions { Generation = Short, BatchSize = 2 });
+        var texts = File.ReadAllLines(answers).Select(l => JsonDocument.Parse(l).RootElement.GetProperty("text").GetString()).ToList();
+        var template = ConversationTemplates.Get("vicuna_v1");
+        var alone0 = await _p.GenerateAsync(EvaluationRunner.RenderPrompt(qs[0], template), new[] { ImageInput.FromFile(qs[0].ImagePath!) }, Short);
+        var alone1 = await _p.GenerateAsync(EvaluationRunner.RenderPrompt(qs[1], template), null, Short);
+        Assert.Equal(new[] { alone0.Text.Trim(), alone1.Text.Trim() }, texts);
+        Assert.StartsWith("<image>\n", JsonDocument.Parse(File.ReadAllLines(answers)[0]).RootElement.GetProperty("prompt").GetString());
+    }
+
+    [Fact]
+    public async Task ACorruptImageIsNamedByItsQuestionLine()
+    {
+        var bad = Path.Combine(_dir, "bad.png");
+        File.WriteAllText(bad, "not an image");
+        var path = Questions((1, Path.Combine(_case.Dir, "image1.png"), "Q1?"), (2, bad, "Q2?"));
+        var qs = QuestionFile.Read(path, Benchmarks.Get("pope").RunSettings, null);
+        var e = await Assert.ThrowsAsync<EvaluationDataException>(() =>
+            EvaluationRunner.RunAsync(_p, Benchmarks.Get("pope"), qs, Path.Combine(_dir, "a.jsonl"), new EvalRunOptions { Generation = Short, BatchSize = 2 }));
+        Assert.Contains($"{path}:2", e.Message);
+        Assert.DoesNotContain($"{path}:1", e.Message);
+    }
+
+    [Fact]
     public async Task MmBenchRowsRunFromTheTsvWithInlineImages()
     {
         var b = Benchmarks.Get("mmbench");
@@ -143,5 +177,36 @@ public sealed class RunnerTests : IClassFixture<EvalPipelineFixture>, IDisposabl
         Assert.Equal(new[] { "question_id", "round_id", "prompt", "text", "options", "option_char", "answer_id", "model_id", "metadata" },
             first.EnumerateObject().Select(p => p.Name));
         Assert.Equal(101, first.GetProperty("question_id").GetInt32());
+    }
+}
+
+/// <summary>The paper's table from score reports.</summary>
+public sealed class SummaryTests : IDisposable
+{
+    private readonly string _dir = Directory.CreateTempSubdirectory("sgpt4v-summary-").FullName;
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+
+    [Fact]
+    public void ReportsRoundTripAndFillThePapersColumnsInOrder()
+    {
+        var paths = new List<string>();
+        foreach (var b in new[] { "pope", "mme", "sqa", "mmbench" })
+        {
+            var e = ScorerFixtureTests.Expected(b);
+            var report = Benchmarks.Get(b).Score(Path.Combine(ScorerFixtureTests.Dir(b), e.GetProperty("answers").GetString()!),
+                Path.Combine(ScorerFixtureTests.Dir(b), e.GetProperty("annotations").GetString()!));
+            var path = Path.Combine(_dir, b + ".json");
+            EvaluationSummary.WriteReport(report, path);
+            paths.Add(path);
+        }
+        var summary = EvaluationSummary.FromReports(paths.Select(EvaluationSummary.ReadReport));
+        Assert.Equal(new[] { "MME-P", "MME-C", "MMB", "SQA-I", "POPE" }, EvaluationSummary.Columns.Where(summary.Values.ContainsKey));
+        Assert.Equal(1029.1666666666665, summary.Values["MME-P"]!.Value, 9);
+        Assert.Equal(42.5, summary.Values["SQA-I"]!.Value, 9);
+        Assert.Equal(27.77777777777778, summary.Values["MMB"]!.Value, 9);
+        var md = summary.ToMarkdown().Split('\n');
+        Assert.Equal("| MME-P | MME-C | MMB | SQA-I | POPE |", md[0]);
+        Assert.Equal("| 1029.2 | 345.8 | 27.8 | 42.5 | 66.7 |", md[2]);
+        Assert.Equal(new[] { "MME-P", "MME-C", "MMB", "SQA-I", "POPE" }, JsonDocument.Parse(summary.ToJson()).RootElement.EnumerateObject().Select(p => p.Name));
     }
 }

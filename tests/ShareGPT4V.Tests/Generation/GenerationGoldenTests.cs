@@ -1,4 +1,3 @@
-using System.Runtime.InteropServices;
 using System.Text.Json;
 using ShareGPT4V.Generation;
 using ShareGPT4V.Tests.Oracle;
@@ -71,57 +70,21 @@ public sealed class GenerationGoldenTests
         }
     }
 
-    private static readonly Dictionary<string, Tensor> Embeddings = new();
-
-    /// <summary>Each image is encoded once per case (the settings share it); the caller gets a copy.</summary>
-    private static Tensor ImageEmbeddings(LlavaModel model, GoldenCase oracle, string image, string variant)
-    {
-        lock (Embeddings)
-        {
-            var key = $"{oracle.Name}/{image}/{variant}";
-            if (!Embeddings.TryGetValue(key, out var e))
-            {
-                using (torch.no_grad())
-                using (var pixels = oracle.Pixels(Path.GetFileNameWithoutExtension(image), variant))
-                    e = model.EncodeImages(pixels);
-                e.DetachFromDisposeScope();
-                Embeddings[key] = e;
-            }
-            return e.clone();
-        }
-    }
-
-    /// <summary>Generated ids, the EOS included when it ended generation (as transformers reports them).</summary>
+    /// <summary>
+    /// Generated ids through the generation engine users call, the EOS included when it ended generation (as
+    /// transformers reports them). Beam search takes one slot per beam.
+    /// </summary>
     private static int[] Generate(LlavaModel model, GoldenCase oracle, JsonElement prompt, long[] ids, GenerationOptions options, int eos)
     {
+        Assert.Equal(eos, model.Config.Text.EosTokenId); // the engine without a tokenizer stops at the config's EOS
         using var scope = NewDisposeScope();
-        using var noGrad = torch.no_grad();
-        Tensor? images = prompt.GetProperty("image").ValueKind == JsonValueKind.String
-            ? ImageEmbeddings(model, oracle, prompt.GetProperty("image").GetString()!, prompt.GetProperty("pixel_variant").GetString()!)
-            : null;
-        var promptHistory = ProcessorHistory.ForPrompt(model.Config, ids.Select(x => (int)x).ToArray());
-        int beams = options.NumBeams;
-        using var inputs = model.BuildInputs(Enumerable.Repeat(ids, beams).ToList(), images is null || beams == 1 ? images : images.repeat(beams, 1, 1));
-        using var cache = model.CreateCache(beams, (int)inputs.Length + options.MaxNewTokens + 1);
-        using var generator = new TokenGenerator(model, cache);
-        if (beams > 1)
-        {
-            var (best, endedWithEos, _) = BeamSearchRunner.Run(generator, inputs, new BeamSearch(options, promptHistory, eos, options.MaxNewTokens));
-            return endedWithEos ? best.Append(eos).ToArray() : best;
-        }
-        // The pipeline's per-row step: the sampler with the layout's history, the generated id appended.
-        var sampler = new Sampler(options);
-        var history = promptHistory;
-        var output = new List<int>();
-        var logits = generator.Prefill(inputs);
-        for (int step = 0; step < options.MaxNewTokens; step++)
-        {
-            int id = sampler.Sample(logits[0].data<float>().ToArray(), CollectionsMarshal.AsSpan(history));
-            output.Add(id);
-            history.Add(id);
-            if (id == eos || step + 1 == options.MaxNewTokens) break;
-            logits = generator.DecodeOneToken(new long[] { id });
-        }
-        return output.ToArray();
+        var images = prompt.GetProperty("image").ValueKind == JsonValueKind.String
+            ? new[] { new EngineImage(oracle.Pixels(Path.GetFileNameWithoutExtension(prompt.GetProperty("image").GetString()!), prompt.GetProperty("pixel_variant").GetString()!)) }
+            : Array.Empty<EngineImage>();
+        using var engine = OracleModelTests.EngineFor(oracle, model, Math.Max(1, options.NumBeams));
+        var request = new SequenceRequest { PromptIds = ids.Select(x => (int)x).ToArray(), Images = images, Options = options };
+        var result = options.IsBeamSearch ? engine.RunBeams(request) : engine.Run(new[] { request })[0];
+        Assert.Equal(0, engine.ActiveCount);
+        return result.FinishReason == FinishReason.EndOfSequence ? result.TokenIds.Append(eos).ToArray() : result.TokenIds.ToArray();
     }
 }

@@ -19,21 +19,18 @@ public class DecodeMemoryTests
         using var model = ModelLoader.Load(c.ModelPath, new LoadOptions { DType = storage });
         using var noGrad = torch.no_grad();
         var ids = GoldenCase.Ids(c.Prompt("text").GetProperty("input_ids"));
-        using var inputs = model.BuildInputs(new[] { ids }, null);
-        using var cache = model.CreateCache(1, (int)inputs.Length + 64);
-        using var gen = new TokenGenerator(model, cache);
-        long[] next;
-        using (NewDisposeScope()) next = Argmax(gen.Prefill(inputs));
+        using var engine = OracleModelTests.EngineFor(c, model, maxBatch: 2);
+        // Two sequences decode together, as under load; neither stops before the test ends.
+        var requests = OracleModelTests.EngineRequests(model, new[] { ids, ids[..^2] }, Array.Empty<Tensor>(), 60);
+        foreach (var r in requests) engine.Admit(r);
 
         long Step()
         {
-            using (NewDisposeScope()) next = Argmax(gen.DecodeOneToken(next));
+            Assert.Empty(engine.Step());
             return DisposeScopeManager.Statistics.ThreadTotalLiveCount;
         }
         for (int i = 0; i < 3; i++) Step(); // first calls may create lasting state (rotary tables, thread team)
         long before = Step();
         for (int i = 0; i < 40; i++) Assert.Equal(before, Step());
     }
-
-    private static long[] Argmax(Tensor logits) => logits.argmax(-1).data<long>().ToArray();
 }

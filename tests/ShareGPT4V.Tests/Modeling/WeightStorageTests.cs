@@ -65,15 +65,13 @@ public sealed class WeightStorageTests : IDisposable
         var imagesRounded = rounded.EncodeImages(pixels);
         Assert.Equal(ScalarType.Float32, imagesHalf.dtype);
         Near(imagesRounded, imagesHalf, 1e-5, "image embeddings");
-        long[][] Generate(LlavaModel m, Tensor images)
+        IReadOnlyList<int> Generate(LlavaModel m)
         {
-            using var inputs = m.BuildInputs(new[] { ids }, images);
-            using var cache = m.CreateCache(1, (int)inputs.Length + 16);
-            Assert.Equal(ScalarType.Float32, cache.DType);
-            using var gen = new TokenGenerator(m, cache);
-            return gen.Greedy(inputs, 12);
+            using var engine = OracleModelTests.EngineFor(c, m, maxBatch: 1);
+            Assert.Equal(ScalarType.Float32, engine.Cache.DType);
+            return engine.Run(OracleModelTests.EngineRequests(m, new[] { ids }, new[] { pixels }, 12))[0].TokenIds;
         }
-        Assert.Equal(Generate(rounded, imagesRounded)[0], Generate(half, imagesHalf)[0]);
+        Assert.Equal(Generate(rounded), Generate(half));
 
         // And the answer stays near the float32 goldens (bfloat16 keeps 8 mantissa bits, float16 11).
         using var inputs = half.BuildInputs(new[] { ids }, imagesHalf);

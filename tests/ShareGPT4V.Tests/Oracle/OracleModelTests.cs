@@ -142,48 +142,82 @@ public class OracleModelTests
         }
     }
 
+    /// <summary>
+    /// Greedy decoding through the generation engine users call (slots, prefill, batched decode steps), every row of a
+    /// batch prompt in its own slot: the generated ids of transformers' generate() and, for the main prompt, the logits
+    /// of every step.
+    /// </summary>
     [Theory, MemberData(nameof(Cases))]
     public void GreedyDecodingWithKvCacheReproducesGeneratedIds(string name)
     {
         var c = GoldenCase.Get(name);
         var model = Model(c);
         int maxNew = c.Golden.GetProperty("max_new_tokens").GetInt32();
+        using var engine = EngineFor(c, model, maxBatch: 4);
         foreach (var prompt in new[] { "main", "text", "batch_image", "batch_text" })
         {
             using var scope = NewDisposeScope();
             var p = c.Prompt(prompt);
             long[][] rows;
-            Tensor? images = null;
+            var images = new List<Tensor>();
             string? variant = p.TryGetProperty("pixel_variant", out var v) ? v.GetString() : c.PrimaryVariant;
-            using (torch.no_grad())
+            if (p.TryGetProperty("texts", out _))
             {
-                if (p.TryGetProperty("texts", out _))
-                {
-                    rows = c.InputIdRows(p.GetProperty("input_ids"));
-                    if (p.GetProperty("images").ValueKind == System.Text.Json.JsonValueKind.Array)
-                        images = model.EncodeImages(torch.cat(p.GetProperty("images").EnumerateArray().Select(i => c.Pixels(i.GetString()!, variant!)).ToArray(), 0));
-                }
-                else
-                {
-                    rows = new[] { c.InputIds(p.GetProperty("input_ids")) };
-                    if (p.TryGetProperty("image", out var img))
-                        images = model.EncodeImages(c.Pixels(img.GetString()!, variant!));
-                }
+                rows = c.InputIdRows(p.GetProperty("input_ids"));
+                if (p.GetProperty("images").ValueKind == System.Text.Json.JsonValueKind.Array)
+                    images.AddRange(p.GetProperty("images").EnumerateArray().Select(i => c.Pixels(i.GetString()!, variant!)));
             }
-            using var inputs = model.BuildInputs(rows, images);
-            using var cache = model.CreateCache(rows.Length, (int)inputs.Length + maxNew + 1);
-            using var gen = new TokenGenerator(model, cache);
+            else
+            {
+                rows = new[] { c.InputIds(p.GetProperty("input_ids")) };
+                if (p.TryGetProperty("image", out var img)) images.Add(c.Pixels(img.GetString()!, variant!));
+            }
             Tensor? stepGolden = prompt == "main" && c.HasTensor("logits.safetensors", "main_gen_step_logits")
                 ? c.Tensor("logits.safetensors", "main_gen_step_logits") : null;
-            var outputs = gen.Greedy(inputs, maxNew, (step, logits) =>
+            var requests = EngineRequests(model, rows, images, maxNew, (row, step, logits) =>
             {
-                if (stepGolden is not null)
-                    TensorAssert.Close(stepGolden[step], logits[0], Tol, $"{name} greedy step {step} logits");
+                if (stepGolden is not null && row == 0)
+                    TensorAssert.Close(stepGolden[step], logits, Tol, $"{name} greedy step {step} logits");
             });
+            var outputs = engine.Run(requests);
             var expected = p.GetProperty("generated_ids");
             var expectedRows = expected[0].ValueKind == System.Text.Json.JsonValueKind.Array ? GoldenCase.IdRows(expected) : new[] { GoldenCase.Ids(expected) };
             for (int r = 0; r < rows.Length; r++)
-                Assert.Equal(expectedRows[r], outputs[r]);
+                Assert.Equal(expectedRows[r], outputs[r].TokenIds.Select(x => (long)x).ToArray());
+            Assert.Equal(0, engine.ActiveCount);
         }
+    }
+
+    /// <summary>An engine over a golden case's model (ids only: the oracle folders carry no tokenizer), by default without caches.</summary>
+    internal static GenerationEngine EngineFor(GoldenCase c, LlavaModel model, int maxBatch, long imageCacheBytes = 0, long prefixCacheBytes = 0) =>
+        new(model, null, new EngineOptions
+        {
+            MaxBatchSize = maxBatch, ContextLength = model.Config.Text.MaxPositionEmbeddings,
+            ImageCacheBytes = imageCacheBytes, PrefixCacheBytes = prefixCacheBytes,
+        });
+
+    /// <summary>
+    /// One greedy, fixed-length request per row (the reference protocol: no early stop); images [1, 3, H, W] in order of
+    /// their placeholders across the rows.
+    /// </summary>
+    internal static List<SequenceRequest> EngineRequests(LlavaModel model, long[][] rows, IReadOnlyList<Tensor> images, int maxNew,
+        Action<int, int, Tensor>? onStepLogits = null)
+    {
+        var requests = new List<SequenceRequest>();
+        int cursor = 0;
+        for (int r = 0; r < rows.Length; r++)
+        {
+            int row = r;
+            int count = model.CountImages(rows[r]);
+            requests.Add(new SequenceRequest
+            {
+                PromptIds = rows[r].Select(x => (int)x).ToArray(),
+                Images = images.Skip(cursor).Take(count).Select(t => new EngineImage(t)).ToList(),
+                Options = new GenerationOptions { MaxNewTokens = maxNew, StopAtEndOfSequence = false },
+                OnStepLogits = onStepLogits is null ? null : (step, logits) => onStepLogits(row, step, logits),
+            });
+            cursor += count;
+        }
+        return requests;
     }
 }

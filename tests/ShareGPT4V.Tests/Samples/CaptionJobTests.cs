@@ -118,7 +118,7 @@ public sealed class CaptionJobTests(CaptionJobFixture f) : IClassFixture<Caption
     }
 
     [Fact]
-    public void FourShardsMergedEqualTheUnshardedOutput()
+    public async Task FourShardsMergedEqualTheUnshardedOutput()
     {
         var folder = Path.Combine(f.Dir, "shards");
         Directory.CreateDirectory(folder);
@@ -127,8 +127,7 @@ public sealed class CaptionJobTests(CaptionJobFixture f) : IClassFixture<Caption
         var runs = Enumerable.Range(0, 4).Select(i => Task.Run(() => i < 3
             ? Cli(null, CaptionArgs(f, pattern, "--shard", $"{i}/4", "--batch-size", "2"))
             : Cli(new Dictionary<string, string> { ["JOB_COMPLETION_INDEX"] = "3", ["JOB_COMPLETIONS"] = "4" }, CaptionArgs(f, pattern, "--batch-size", "2")))).ToArray();
-        Task.WaitAll(runs);
-        foreach (var r in runs) Assert.True(r.Result.ExitCode == 0, r.Result.Err);
+        foreach (var r in await Task.WhenAll(runs)) Assert.True(r.ExitCode == 0, r.Err);
         for (int i = 0; i < 4; i++) Assert.Equal(CaptionJobFixture.Count / 4, Records(Path.Combine(folder, $"captions-{i}.jsonl")).Count);
 
         var merged = Path.Combine(f.Dir, "merged.jsonl");

@@ -169,6 +169,63 @@ public sealed class TrainingRunTests(ITestOutputHelper output) : IDisposable
         Assert.Equal(File.ReadAllBytes(Path.Combine(straight, "optimizer.safetensors")), File.ReadAllBytes(Path.Combine(resumed, "optimizer.safetensors")));
     }
 
+    [Fact]
+    public void LoraTrainsSavesInPeftFormatAndMergesToTheSameOutputs()
+    {
+        var g = new TrainingGolden("finetune");
+        var outDir = Path.Combine(_dir, "lora");
+        var run = Cli("train", "--model", TrainingGolden.ModelDir, "--data", DataFile(g), "--image-folder", TrainingGolden.ModelDir,
+            "--output", outDir, "--stage", "finetune", "--learning-rate", "1e-2", "--per-device-batch-size", "2", "--max-steps", "2",
+            "--lr-scheduler", "constant", "--no-shuffle", "--lora-r", "4", "--lora-alpha", "8", "--lora-dropout", "0",
+            "--report-to", "tensorboard");
+        Assert.True(run.Code == 0, run.Err);
+        Assert.Contains(Directory.GetFiles(Path.Combine(outDir, "runs")), f => Path.GetFileName(f).StartsWith("events.out.tfevents.", StringComparison.Ordinal) && new FileInfo(f).Length > 100);
+        var config = JsonDocument.Parse(File.ReadAllBytes(Path.Combine(outDir, "adapter_config.json"))).RootElement;
+        Assert.Equal("LORA", config.GetProperty("peft_type").GetString());
+        Assert.Equal(4, config.GetProperty("r").GetInt32());
+        Assert.Equal(8, config.GetProperty("lora_alpha").GetDouble());
+        using (var adapter = SafeTensorsFile.Open(Path.Combine(outDir, "adapter_model.safetensors")))
+        {
+            Assert.Equal(7 * 2, adapter.Names.Count); // q, k, v, o, gate, up, down of the one layer, A and B each
+            Assert.Contains("base_model.model.language_model.model.layers.0.self_attn.q_proj.lora_A.weight", adapter.Names);
+            Assert.Equal(new long[] { 4, 32 }, adapter.GetInfo("base_model.model.language_model.model.layers.0.mlp.up_proj.lora_A.weight").Shape);
+            Assert.Equal(new long[] { 64, 4 }, adapter.GetInfo("base_model.model.language_model.model.layers.0.mlp.up_proj.lora_B.weight").Shape);
+        }
+        var merged = Path.Combine(_dir, "merged");
+        var m = Cli("merge-lora", "--model", TrainingGolden.ModelDir, "--adapter", outDir, "--output", merged);
+        Assert.True(m.Code == 0, m.Err);
+
+        float[] Logits(LlavaModel model)
+        {
+            using var batch = TrainingParityTests.Batch(g, new[] { 0, 1 });
+            using var scope = torch.NewDisposeScope();
+            using var noGrad = torch.no_grad();
+            var lm = model.LanguageModel;
+            var ex = batch.Examples[1];
+            var features = model.Projector.forward(model.ImageFeatures(batch.Pixels!.narrow(0, 1, 1)));
+            int at = Array.IndexOf(ex.InputIds, TokenizedExample.ImageToken);
+            var before = lm.Embed(torch.tensor(ex.InputIds[..at]).unsqueeze(0));
+            var after = lm.Embed(torch.tensor(ex.InputIds[(at + 1)..]).unsqueeze(0));
+            var emb = torch.cat(new[] { before, features, after }, 1);
+            var pos = torch.arange(emb.shape[1]).unsqueeze(0);
+            return lm.Forward(emb, pos, null, null, 0, ShareGPT4V.Language.LogitsMode.All).contiguous().data<float>().ToArray();
+        }
+        var folder = Configuration.ModelFolder.Open(TrainingGolden.ModelDir);
+        float[] baseLogits, unmerged, mergedLogits;
+        using (var model = ModelLoader.Load(TrainingGolden.ModelDir))
+        {
+            baseLogits = Logits(model);
+            using var lora = LoraAdapters.Load(outDir, model, folder);
+            unmerged = Logits(model);
+        }
+        using (var model = ModelLoader.Load(merged)) mergedLogits = Logits(model);
+        double moved = baseLogits.Zip(unmerged, (a, b) => Math.Abs(a - b)).Max();
+        double diff = unmerged.Zip(mergedLogits, (a, b) => Math.Abs(a - b)).Max();
+        output.WriteLine($"LoRA: logits moved by up to {moved:E2} from the base; merged vs unmerged max abs diff {diff:E2}");
+        Assert.True(moved > 1e-3, "the adapter should change the outputs");
+        Assert.True(diff <= 1e-5, $"merged logits differ from the unmerged ones by {diff}");
+    }
+
     private sealed class Inline<T>(Action<T> report) : IProgress<T>
     {
         public void Report(T value) => report(value);

@@ -14,10 +14,15 @@ internal static unsafe class QuantKernels
 {
     public static bool VectorSupported { get; } = Avx2.IsSupported && Fma.IsSupported;
 
-    /// <summary>Tests turn the vector path off to run the scalar one on the same inputs.</summary>
-    internal static bool ForceScalar { get; set; }
+    /// <summary>
+    /// Tests turn the vector path off to run the scalar one on the same inputs. Per calling thread: a job takes the
+    /// caller's choice to its helper threads, so tests running in parallel do not see each other's setting.
+    /// </summary>
+    internal static bool ForceScalar { get => _forceScalar; set => _forceScalar = value; }
+    [ThreadStatic] private static bool _forceScalar;
 
-    private static bool Vector => VectorSupported && !ForceScalar;
+    /// <summary>Whether the calling thread's kernels use the vector path.</summary>
+    internal static bool Vector => VectorSupported && !_forceScalar;
 
     private static readonly float[] Half = BlockQuantizer.HalfTable;
 
@@ -28,15 +33,15 @@ internal static unsafe class QuantKernels
     }
 
     /// <summary>y[j] = dot(row j of the blocks at <paramref name="w"/>, x) for j &lt; rows; rows are rowBytes apart.</summary>
-    public static void Dot(QuantizationFormat format, byte* w, long rowBytes, long columns, int rows, float* x, float* y)
+    public static void Dot(QuantizationFormat format, byte* w, long rowBytes, long columns, int rows, float* x, float* y, bool vector)
     {
         long blocks = columns / 32;
         for (int j = 0; j < rows; j++)
         {
             byte* row = w + j * rowBytes;
             y[j] = format == QuantizationFormat.Q8_0
-                ? (Vector ? DotQ8_0(row, blocks, x) : DotQ8_0Scalar(row, blocks, x))
-                : (Vector ? DotQ4_0(row, blocks, x) : DotQ4_0Scalar(row, blocks, x));
+                ? (vector ? DotQ8_0(row, blocks, x) : DotQ8_0Scalar(row, blocks, x))
+                : (vector ? DotQ4_0(row, blocks, x) : DotQ4_0Scalar(row, blocks, x));
         }
     }
 
@@ -127,11 +132,11 @@ internal static unsafe class QuantKernels
         if (first < 0 || count < 0 || first + count > w.Rows) throw new ArgumentOutOfRangeException(nameof(count));
         long rowBytes = w.RowBytes, blocks = w.Columns / 32;
         byte* src = w.Pointer + first * rowBytes;
-        DequantizeBlocks(w.Format, src, count * blocks, dst);
+        DequantizeBlocks(w.Format, src, count * blocks, dst, Vector);
     }
 
     /// <summary>n consecutive blocks (rows are whole blocks, so rows run on) to 32·n floats.</summary>
-    public static void DequantizeBlocks(QuantizationFormat format, byte* src, long n, float* dst)
+    public static void DequantizeBlocks(QuantizationFormat format, byte* src, long n, float* dst, bool vector)
     {
         int bb = QuantizationFormats.BlockBytes(format);
         fixed (float* half = Half)
@@ -141,7 +146,7 @@ internal static unsafe class QuantKernels
                 byte* blk = src + b * bb;
                 float* o = dst + b * 32;
                 float d = half[*(ushort*)blk];
-                if (Vector)
+                if (vector)
                 {
                     var dv = Vector256.Create(d);
                     if (format == QuantizationFormat.Q8_0)
@@ -180,7 +185,7 @@ internal static unsafe class QuantKernels
     {
         var job = new PanelJob
         {
-            Format = w.Format, Src = w.Pointer + first * w.RowBytes, RowBytes = w.RowBytes, Columns = w.Columns, Rows = count,
+            Format = w.Format, Src = w.Pointer + first * w.RowBytes, RowBytes = w.RowBytes, Columns = w.Columns, Rows = count, UseVector = Vector,
             Dst = (float*)System.Runtime.CompilerServices.Unsafe.AsPointer(ref System.Runtime.InteropServices.MemoryMarshal.GetReference(dst.bytes)),
         };
         if (first < 0 || first + count > w.Rows || dst.numel() < count * w.Columns) throw new ArgumentOutOfRangeException(nameof(count));
@@ -194,13 +199,98 @@ internal static unsafe class QuantKernels
         public byte* Src;
         public long RowBytes, Columns, Rows;
         public float* Dst;
+        public bool UseVector;
 
         public override long BlockCount => (Rows + RowsPerBlock - 1) / RowsPerBlock;
 
         protected override void RunBlock(long block)
         {
             long r0 = block * RowsPerBlock, n = Math.Min(RowsPerBlock, Rows - r0);
-            DequantizeBlocks(Format, Src + r0 * RowBytes, n * (Columns / 32), Dst + r0 * Columns);
+            DequantizeBlocks(Format, Src + r0 * RowBytes, n * (Columns / 32), Dst + r0 * Columns, UseVector);
         }
+    }
+
+    // ------------------------------------------------------------------ int8 dot products (llama.cpp's scheme)
+
+    /// <summary>
+    /// Decode with int8 dot products instead of widening in registers: the activations are quantized to Q8_0 blocks
+    /// once per call (as llama.cpp does on CPU) and each weight block is multiplied as bytes. Fewer instructions per
+    /// weight, at the cost of rounding the activations; chosen by measurement (see docs/quantization.md).
+    /// </summary>
+    internal static bool Int8Activations { get => _int8 ?? Int8Default; set => _int8 = value; }
+    [ThreadStatic] private static bool? _int8; // per calling thread, as ForceScalar
+    private static readonly bool Int8Default = Environment.GetEnvironmentVariable("SHAREGPT4V_QUANT_INT8") == "1";
+
+    /// <summary>Quantizes <paramref name="rows"/> rows of x (columns a multiple of 32) to Q8_0: int8 values and float scales.</summary>
+    public static void QuantizeActivations(float* x, int rows, long columns, sbyte* q, float* d)
+    {
+        long blocks = columns / 32;
+        for (long b = 0; b < rows * blocks; b++)
+        {
+            float* xb = x + b * 32;
+            float amax = 0;
+            for (int j = 0; j < 32; j++) amax = MathF.Max(amax, MathF.Abs(xb[j]));
+            float scale = amax / 127f, inv = scale != 0 ? 1f / scale : 0f;
+            d[b] = (float)(Half)scale; // stored as a half, as in llama.cpp's Q8_0 blocks
+            for (int j = 0; j < 32; j++) q[b * 32 + j] = (sbyte)MathF.Round(xb[j] * inv, MidpointRounding.AwayFromZero);
+        }
+    }
+
+    /// <summary>As <see cref="Dot"/>, with x given as Q8_0 blocks (<paramref name="xq"/>, <paramref name="xd"/>).</summary>
+    public static void DotInt8(QuantizationFormat format, byte* w, long rowBytes, long columns, int rows, sbyte* xq, float* xd, float* y, bool vector)
+    {
+        long blocks = columns / 32;
+        for (int j = 0; j < rows; j++)
+            y[j] = vector ? DotInt8Row(format, w + j * rowBytes, blocks, xq, xd) : DotInt8Scalar(format, w + j * rowBytes, blocks, xq, xd);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static float DotInt8Row(QuantizationFormat format, byte* row, long blocks, sbyte* xq, float* xd)
+    {
+        Vector256<float> acc = default;
+        var ones = Vector256.Create((short)1);
+        var mask = Vector128.Create((byte)0x0F);
+        var eight = Vector256.Create((sbyte)8);
+        int bb = format == QuantizationFormat.Q8_0 ? 34 : 18;
+        fixed (float* half = Half)
+        {
+            for (long b = 0; b < blocks; b++)
+            {
+                byte* blk = row + b * bb;
+                Vector256<sbyte> wv;
+                if (format == QuantizationFormat.Q8_0) wv = Avx.LoadVector256((sbyte*)(blk + 2));
+                else
+                {
+                    var v = Sse2.LoadVector128(blk + 2);
+                    var lo = Sse2.And(v, mask);
+                    var hi = Sse2.And(Sse2.ShiftRightLogical(v.AsUInt16(), 4).AsByte(), mask);
+                    wv = Avx2.Subtract(Vector256.Create(lo, hi).AsSByte(), eight);
+                }
+                var xv = Avx.LoadVector256(xq + b * 32);
+                // |w| as unsigned times sign-adjusted x: pairs of products (at most 2·128·127) fit int16.
+                var dot16 = Avx2.MultiplyAddAdjacent(Avx2.Sign(wv, wv).AsByte(), Avx2.Sign(xv, wv));
+                var dot32 = Avx2.MultiplyAddAdjacent(dot16, ones);
+                acc = Fma.MultiplyAdd(Avx.ConvertToVector256Single(dot32), Vector256.Create(half[*(ushort*)blk] * xd[b]), acc);
+            }
+        }
+        return Vector256.Sum(acc);
+    }
+
+    private static float DotInt8Scalar(QuantizationFormat format, byte* row, long blocks, sbyte* xq, float* xd)
+    {
+        float sum = 0;
+        int bb = format == QuantizationFormat.Q8_0 ? 34 : 18;
+        for (long b = 0; b < blocks; b++)
+        {
+            byte* blk = row + b * bb;
+            int s = 0;
+            for (int j = 0; j < 32; j++)
+            {
+                int w = format == QuantizationFormat.Q8_0 ? (sbyte)blk[2 + j] : (j < 16 ? blk[2 + j] & 15 : blk[2 + j - 16] >> 4) - 8;
+                s += w * xq[b * 32 + j];
+            }
+            sum += s * (Scale(blk) * xd[b]);
+        }
+        return sum;
     }
 }

@@ -1,0 +1,94 @@
+using ShareGPT4V.Checkpoints;
+using ShareGPT4V.Configuration;
+using ShareGPT4V.Generation;
+using ShareGPT4V.Modeling;
+using ShareGPT4V.Tests.Checkpoints.Gguf;
+using TorchSharp;
+using Xunit;
+using static TorchSharp.torch;
+
+namespace ShareGPT4V.Tests.Checkpoints;
+
+/// <summary>Quantizing at load and saving quantized safetensors, checked against llama.cpp's own Q4_0 file of the same weights.</summary>
+public sealed class QuantizedCheckpointTests : IDisposable
+{
+    private readonly string _dir = Directory.CreateTempSubdirectory("sgpt4v-quant-").FullName;
+    public void Dispose() => Directory.Delete(_dir, recursive: true);
+
+    private static string Source => Fixtures.Path("oracle/hf_llama2vocab");
+
+    private static Dictionary<string, Tensor> Params(LlavaModel m) => m.named_parameters().ToDictionary(x => x.name, x => (Tensor)x.parameter);
+
+    [Fact]
+    public void QuantizingAtLoadGivesLlamaCppsBlocksWithItsPerTensorChoice()
+    {
+        using var q = ModelLoader.Load(Source, new LoadOptions { Quantization = QuantizationFormat.Q4_0, Prefault = false });
+        using var gguf = ModelLoader.Load(ModelFolder.OpenGguf(GgufFixtures.File("llm-q4_0.gguf"), GgufFixtures.File("mmproj-f16.gguf")),
+            new LoadOptions { DType = null, Prefault = false });
+        var ours = Params(q);
+        int compared = 0;
+        foreach (var (name, theirs) in Params(gguf))
+        {
+            if (!name.StartsWith("language_model.", StringComparison.Ordinal)) continue;
+            var mine = ours[name];
+            Assert.Equal(WeightStorage.Of(theirs), WeightStorage.Of(mine)); // q4_0 layers and embeddings, q8_0 head, f32 norms
+            if (theirs is QuantizedWeight t)
+            {
+                Assert.Equal(t.data<byte>().ToArray(), mine.data<byte>().ToArray());
+                compared++;
+            }
+        }
+        Assert.Equal(9, compared);
+        Assert.Equal(ScalarType.Float16, ours["vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight"].dtype);
+        Assert.Contains("embed_tokens q4_0, lm_head q8_0", WeightStorage.Describe(q));
+    }
+
+    [Fact]
+    public async Task AQuantizedSafetensorsFolderLoadsAsBlocksAndAnswersAsLlamaCppsFileDoes()
+    {
+        var outDir = Path.Combine(_dir, "q4");
+        ModelConverter.Convert(Source, outDir, new ModelConversionOptions { Quantization = QuantizationFormat.Q4_0, Layout = TargetLayout.LlavaHf });
+        using (var st = SafeTensorsFile.Open(Path.Combine(outDir, "model.safetensors")))
+        {
+            Assert.Equal("q4_0", st.Metadata[SafeTensorsFile.QuantizationKeyPrefix + "language_model.model.layers.0.mlp.up_proj.weight"]);
+            Assert.Equal("q8_0", st.Metadata[SafeTensorsFile.QuantizationKeyPrefix + "language_model.lm_head.weight"]);
+            var info = st.GetInfo("language_model.model.layers.0.mlp.up_proj.weight");
+            Assert.Equal((QuantizationFormat?)QuantizationFormat.Q4_0, info.Format);
+            Assert.Equal(new long[] { 64, 32 }, info.Shape);
+            using var dequantized = st.Load("language_model.model.layers.0.mlp.up_proj.weight", ScalarType.Float32);
+            Assert.Equal(new long[] { 64, 32 }, dequantized.shape);
+        }
+        var greedy = new GenerationOptions { MaxNewTokens = 12, StopAtEndOfSequence = false };
+        using var fromFolder = MultimodalPipeline.Load(new PipelineOptions { ModelPath = outDir, Template = "raw" });
+        using var fromGguf = MultimodalPipeline.Load(new PipelineOptions
+        {
+            ModelPath = GgufFixtures.File("llm-q4_0.gguf"), MmprojPath = GgufFixtures.File("mmproj-f32.gguf"), Template = "raw",
+        });
+        Assert.IsType<QuantizedWeight>(Params(fromFolder.Model)["language_model.model.layers.0.self_attn.q_proj.weight"]);
+        foreach (var (name, text, image, _, _) in GgufFixtures.Prompts().Where(p => p.Name is "main" or "text"))
+        {
+            var images = image is null ? null : new[] { ImageInput.FromFile(GgufFixtures.Image(image)) };
+            var a = await fromFolder.GenerateAsync(text, images, greedy);
+            var b = await fromGguf.GenerateAsync(text, images, greedy);
+            Assert.True(a.TokenIds.SequenceEqual(b.TokenIds), name);
+        }
+    }
+
+    [Fact]
+    public void BadQuantizationMetadataIsRefusedNamingTheTensor()
+    {
+        void Write(string file, Dictionary<string, string> meta, Tensor t) =>
+            SafeTensorsWriter.Write(Path.Combine(_dir, file), new Dictionary<string, Tensor> { ["w"] = t }, meta);
+        using var bytes = torch.zeros(new long[] { 2, 34 }, ScalarType.Byte);
+        using var floats = torch.zeros(2, 32);
+        Write("a.safetensors", new() { [SafeTensorsFile.QuantizationKeyPrefix + "w"] = "q3_x" }, bytes);
+        Write("b.safetensors", new() { [SafeTensorsFile.QuantizationKeyPrefix + "v"] = "q8_0" }, bytes);
+        Write("c.safetensors", new() { [SafeTensorsFile.QuantizationKeyPrefix + "w"] = "q8_0" }, floats);
+        Write("d.safetensors", new() { [SafeTensorsFile.QuantizationKeyPrefix + "w"] = "q4_0" }, bytes); // 34 is not a multiple of 18
+        foreach (var (file, fragment) in new[] { ("a", "unknown format"), ("b", "does not have"), ("c", "must be U8"), ("d", "must be U8") })
+        {
+            var e = Assert.Throws<CheckpointFormatException>(() => SafeTensorsFile.Open(Path.Combine(_dir, file + ".safetensors")).Dispose());
+            Assert.Contains(fragment, e.Message);
+        }
+    }
+}
