@@ -296,13 +296,15 @@ public sealed class GenerationEngine : IDisposable
         var stops = options.StopStrings.Concat(request.ExtraStopStrings).Distinct().ToList();
         var text = _tokenizer is null ? null : new OutputText(_tokenizer, stops);
         var kept = new List<int>();
+        var released = new System.Text.StringBuilder(); // Append releases text too: all of it goes out in one piece
         foreach (var id in tokens)
         {
             kept.Add(id);
-            text?.Append(id);
+            released.Append(text?.Append(id));
             if (text?.Stopped == true) break;
         }
-        var whole = text?.Complete() ?? "";
+        released.Append(text?.Complete());
+        var whole = released.ToString();
         if (whole.Length > 0) request.OnText?.Invoke(whole);
         bool stopped = text?.Stopped == true;
         var finish = stopped ? FinishReason.StopString : endedWithEos ? FinishReason.EndOfSequence
