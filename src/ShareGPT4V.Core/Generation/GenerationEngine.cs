@@ -296,16 +296,17 @@ public sealed class GenerationEngine : IDisposable
         var stops = options.StopStrings.Concat(request.ExtraStopStrings).Distinct().ToList();
         var text = _tokenizer is null ? null : new OutputText(_tokenizer, stops);
         var kept = new List<int>();
-        var released = new System.Text.StringBuilder(); // Append releases text too: all of it goes out in one piece
+        // Append returns the text that became final with each token and Complete the rest: the answer arrives whole,
+        // in one piece, once the search has chosen it.
+        var whole = new System.Text.StringBuilder();
         foreach (var id in tokens)
         {
             kept.Add(id);
-            released.Append(text?.Append(id));
+            whole.Append(text?.Append(id));
             if (text?.Stopped == true) break;
         }
-        released.Append(text?.Complete());
-        var whole = released.ToString();
-        if (whole.Length > 0) request.OnText?.Invoke(whole);
+        whole.Append(text?.Complete());
+        if (whole.Length > 0) request.OnText?.Invoke(whole.ToString());
         bool stopped = text?.Stopped == true;
         var finish = stopped ? FinishReason.StopString : endedWithEos ? FinishReason.EndOfSequence
             : p.MaxNew < options.MaxNewTokens ? FinishReason.ContextFull : FinishReason.Length;
