@@ -20,19 +20,25 @@ public sealed class ModelHost(ServerOptions options, ILogger<ModelHost> logger, 
     public Task Loaded => _loaded.Task;
 
     /// <summary>The pipeline options the server's options stand for.</summary>
-    public static PipelineOptions ToPipelineOptions(ServerOptions o) => new()
+    public static PipelineOptions ToPipelineOptions(ServerOptions o)
     {
-        ModelPath = o.ModelPath,
-        Template = o.Template,
-        Threads = o.Threads,
-        ContextLength = o.ContextLength,
-        MaxBatchSize = o.MaxBatchSize,
-        // Every admitted request fits the engine's queue, so none waits unseen in front of it.
-        MaxQueueLength = Math.Max(64, o.MaxQueue * o.MaxChoices),
-        Overflow = PromptOverflow.ClampNewTokens,
-        Generation = new GenerationOptions { MaxNewTokens = o.MaxTokens },
-        ImageLimits = ImageLoadOptions.Default with { MaxFileBytes = o.MaxImageBytes, MaxPixels = o.MaxImagePixels },
-    };
+        var defaults = new PipelineOptions();
+        return new PipelineOptions
+        {
+            ModelPath = o.ModelPath,
+            Template = o.Template,
+            Threads = o.Threads,
+            ContextLength = o.ContextLength,
+            MaxBatchSize = o.MaxBatchSize,
+            // Every admitted request fits the engine's queue, so none waits unseen in front of it.
+            MaxQueueLength = Math.Max(64, o.MaxQueue * o.MaxChoices),
+            Overflow = PromptOverflow.ClampNewTokens,
+            Generation = new GenerationOptions { MaxNewTokens = o.MaxTokens },
+            ImageLimits = ImageLoadOptions.Default with { MaxFileBytes = o.MaxImageBytes, MaxPixels = o.MaxImagePixels },
+            ImageCacheBytes = o.ImageCacheBytes ?? defaults.ImageCacheBytes,
+            PrefixCacheBytes = o.PrefixCacheBytes ?? defaults.PrefixCacheBytes,
+        };
+    }
 
     /// <inheritdoc />
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)

@@ -26,7 +26,8 @@ public static class ServerApp
         services.AddSingleton(options);
         services.AddSingleton<ModelHost>();
         services.AddHostedService(sp => sp.GetRequiredService<ModelHost>());
-        services.AddSingleton(sp => new ServerMetrics(options.MaxBatchSize, sp.GetService<System.Diagnostics.Metrics.IMeterFactory>()));
+        services.AddSingleton(sp => new ServerMetrics(options.MaxBatchSize, sp.GetService<System.Diagnostics.Metrics.IMeterFactory>(),
+            () => sp.GetRequiredService<ModelHost>().Pipeline));
         services.AddHttpClient();
         services.AddSingleton<ImageUrlResolver>();
         services.AddSingleton<ChatCompletionsEndpoint>();
@@ -65,7 +66,11 @@ public static class ServerApp
         app.Map("/v1/{**rest}", (HttpContext http) => new OpenAIErrorException(404, $"Unknown endpoint {http.Request.Method} {http.Request.Path}", code: "unknown_url").WriteAsync(http.Response));
         app.MapGet("/health", (ModelHost host, ServerMetrics metrics) => host.Pipeline is null
             ? Results.Json(new { status = "loading" }, Json.Options, statusCode: 503)
-            : Results.Json(new { status = "ready", model = options.EffectiveModelName, active_requests = metrics.Admitted }, Json.Options));
+            : Results.Json(new
+            {
+                status = "ready", model = options.EffectiveModelName, active_requests = metrics.Admitted,
+                active_sequences = host.Pipeline.ActiveSequences, caches = host.Pipeline.CacheCounters,
+            }, Json.Options));
         DemoAssets.Map(app);
         return app;
     }

@@ -24,6 +24,10 @@ public sealed record ServerOptions
     public int? ContextLength { get; init; }
     /// <summary>Rows the engine may run together.</summary>
     public int MaxBatchSize { get; init; } = 8;
+    /// <summary>Budget of the engine's image embedding cache in bytes; null = the library's default, 0 = off.</summary>
+    public long? ImageCacheBytes { get; init; }
+    /// <summary>Budget of the engine's KV prefix cache (multi-turn reuse) in bytes; null = the library's default, 0 = off.</summary>
+    public long? PrefixCacheBytes { get; init; }
     /// <summary>Requests admitted at once (running or waiting); more get 429 with Retry-After.</summary>
     public int MaxQueue { get; init; } = 64;
     /// <summary>Largest request body in bytes (413 beyond).</summary>
@@ -65,6 +69,8 @@ public sealed record ServerOptions
         if (ContextLength is <= 0) throw new ServerUsageException("--context-length must be positive");
         if (MaxBatchSize <= 0) throw new ServerUsageException("--max-batch-size must be positive");
         if (MaxQueue <= 0) throw new ServerUsageException("--max-queue must be positive");
+        if (ImageCacheBytes < 0) throw new ServerUsageException("--image-cache-bytes must not be negative");
+        if (PrefixCacheBytes < 0) throw new ServerUsageException("--prefix-cache-bytes must not be negative");
         if (MaxBodyBytes <= 0) throw new ServerUsageException("--max-body-bytes must be positive");
         if (MaxImageBytes <= 0) throw new ServerUsageException("--max-image-bytes must be positive");
         if (MaxImagePixels <= 0) throw new ServerUsageException("--max-image-pixels must be positive");
@@ -100,6 +106,8 @@ public sealed record ServerOptions
           --context-length N        context window in tokens (default: the model's)
           --max-batch-size N        rows run together (default 8)
           --max-queue N             requests admitted at once; more get 429 (default 64)
+          --image-cache-bytes N     image embedding cache budget (default: the library's; 0 = off)
+          --prefix-cache-bytes N    KV prefix cache budget, reused by multi-turn requests (default: the library's; 0 = off)
           --max-body-bytes N        largest request body (default 33554432)
           --max-image-bytes N       largest encoded image (default 16777216)
           --max-image-pixels N      largest image width*height (default 40000000)
@@ -120,7 +128,7 @@ public sealed record ServerOptions
         var values = new Dictionary<string, List<string>>(StringComparer.Ordinal);
         string[] known =
         {
-            "model", "urls", "api-key", "model-name", "template", "threads", "context-length", "max-batch-size", "max-queue",
+            "model", "urls", "api-key", "model-name", "template", "threads", "context-length", "max-batch-size", "max-queue", "image-cache-bytes", "prefix-cache-bytes",
             "max-body-bytes", "max-image-bytes", "max-image-pixels", "max-images", "max-prompt-tokens", "max-tokens", "max-n",
             "request-timeout", "allow-image-url", "otlp-endpoint", "log-format",
         };
@@ -174,6 +182,8 @@ public sealed record ServerOptions
             ContextLength = Int("context-length"),
             MaxBatchSize = Int("max-batch-size") ?? d.MaxBatchSize,
             MaxQueue = Int("max-queue") ?? d.MaxQueue,
+            ImageCacheBytes = Long("image-cache-bytes"),
+            PrefixCacheBytes = Long("prefix-cache-bytes"),
             MaxBodyBytes = Long("max-body-bytes") ?? d.MaxBodyBytes,
             MaxImageBytes = Long("max-image-bytes") ?? d.MaxImageBytes,
             MaxImagePixels = Long("max-image-pixels") ?? d.MaxImagePixels,

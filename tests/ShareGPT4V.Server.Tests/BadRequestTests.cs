@@ -63,6 +63,35 @@ public sealed class BadRequestTests(ServerFixture server)
     }
 
     [Fact]
+    public async Task FileUrlsAreReadOnlyUnderTheAllowedPrefix()
+    {
+        var allowed = Path.Combine(ServerFixture.ModelDir, "allowed");
+        Directory.CreateDirectory(allowed);
+        File.Copy(ServerFixture.ImagePath(2), Path.Combine(allowed, "cat.png"), overwrite: true);
+        using var http = server.Http();
+        var dataUrl = "data:image/png;base64," + Convert.ToBase64String(await File.ReadAllBytesAsync(ServerFixture.ImagePath(2)));
+        async Task<string> Answer(string url)
+        {
+            var r = await http.PostAsync("/v1/chat/completions", Json(ImageBody(url)));
+            var body = await r.Content.ReadAsStringAsync();
+            Assert.True(r.IsSuccessStatusCode, body);
+            return JsonDocument.Parse(body).RootElement.GetProperty("choices")[0].GetProperty("message").GetProperty("content").GetString()!;
+        }
+        Assert.Equal(await Answer(dataUrl), await Answer(new Uri(Path.Combine(allowed, "cat.png")).AbsoluteUri));
+
+        // Outside the prefix, also by climbing out of it, is refused.
+        var (s1, e1, _) = await Send(Json(ImageBody(new Uri(ServerFixture.ImagePath(2)).AbsoluteUri)));
+        Assert.Equal(HttpStatusCode.BadRequest, s1);
+        Assert.Equal("image_url_not_allowed", e1.GetProperty("code").GetString());
+        var (s2, e2, _) = await Send(Json(ImageBody("file://" + allowed + "/../image2.png")));
+        Assert.Equal(HttpStatusCode.BadRequest, s2);
+        Assert.Equal("image_url_not_allowed", e2.GetProperty("code").GetString());
+        var (s3, e3, _) = await Send(Json(ImageBody("http://127.0.0.1:1/image.png")));
+        Assert.Equal(HttpStatusCode.BadRequest, s3);
+        Assert.Equal("image_url_not_allowed", e3.GetProperty("code").GetString());
+    }
+
+    [Fact]
     public async Task BrokenRequestsGetTheirStatus()
     {
         var (unknown, e1, _) = await Send(Json(Sse.Body("gpt-9", "hi", 4, stream: false)));

@@ -28,6 +28,9 @@ public sealed class MetricsTests(ServerFixture server)
         using var http = server.Http();
         var (text, done, _) = await Sse.StreamAsync(http, Sse.Body(server.ModelName, "Count me.", 7));
         Assert.True(done && text.Length > 0);
+        var png = Convert.ToBase64String(await File.ReadAllBytesAsync(ServerFixture.ImagePath(2)));
+        var (withImage, imageDone, _) = await Sse.StreamAsync(http, Sse.Body(server.ModelName, "And this?", 3, "data:image/png;base64," + png));
+        Assert.True(imageDone && withImage.Length > 0);
         await server.WaitIdleAsync(TimeSpan.FromSeconds(10));
         listener.RecordObservableInstruments();
 
@@ -37,5 +40,8 @@ public sealed class MetricsTests(ServerFixture server)
         Assert.NotEmpty(seen["sharegpt4v.server.request.duration"]);
         Assert.Equal(0, seen["sharegpt4v.server.queue.length"].Last().Value);
         Assert.Equal(0, seen["sharegpt4v.server.batch.occupancy"].Last().Value);
+        // The engine's counters: the image was either encoded or found in the image cache.
+        Assert.True(seen["sharegpt4v.engine.image_cache.hits"].Last().Value + seen["sharegpt4v.engine.image_cache.misses"].Last().Value >= 1);
+        Assert.Contains(seen["sharegpt4v.engine.cache.bytes"], m => m.Tags.Any(t => Equals(t.Value, "image")));
     }
 }

@@ -29,6 +29,7 @@ public sealed class ServerFixture : IAsyncLifetime
         MaxImageBytes = 2 * 1024 * 1024,
         MaxImagePixels = 20_000_000,
         RequestTimeout = TimeSpan.FromMinutes(2),
+        AllowedImageUrlPrefixes = new[] { new Uri(Path.Combine(ModelDir, "allowed") + "/").AbsoluteUri },
     };
 
     public MultimodalPipeline Pipeline => App.Services.GetRequiredService<ModelHost>().Pipeline!;
@@ -58,14 +59,14 @@ public sealed class ServerFixture : IAsyncLifetime
         return http;
     }
 
-    /// <summary>Waits until no request is admitted, generating or queued in the engine.</summary>
+    /// <summary>Waits until no request is admitted, generating, queued for the engine or holding an engine sequence slot.</summary>
     public async Task WaitIdleAsync(TimeSpan timeout)
     {
         var until = DateTime.UtcNow + timeout;
-        while (Metrics.Admitted != 0 || Metrics.Generating != 0 || Pipeline.QueuedRequests != 0)
+        while (Metrics.Admitted != 0 || Metrics.Generating != 0 || Pipeline.QueuedRequests != 0 || Pipeline.ActiveSequences != 0)
         {
             if (DateTime.UtcNow > until)
-                Assert.Fail($"The server did not become idle: {Metrics.Admitted} admitted, {Metrics.Generating} generating, {Pipeline.QueuedRequests} queued");
+                Assert.Fail($"The server did not become idle: {Metrics.Admitted} admitted, {Metrics.Generating} generating, {Pipeline.QueuedRequests} queued, {Pipeline.ActiveSequences} engine sequences");
             await Task.Delay(20);
         }
     }

@@ -20,6 +20,11 @@ internal sealed class ImageEmbeddingCache : IDisposable
     public long Hits { get; private set; }
     public long Misses { get; private set; }
 
+    public int Count
+    {
+        get { lock (_lock) return _map.Count; }
+    }
+
     public bool Contains(string key)
     {
         lock (_lock) return _map.ContainsKey(key);

@@ -78,13 +78,15 @@ public sealed record EngineCounters
     public long ImageCacheHits { get; init; }
     /// <summary>Images encoded by the vision tower.</summary>
     public long ImageCacheMisses { get; init; }
+    /// <summary>Image embeddings held now (one tensor each).</summary>
+    public int ImageCacheEntries { get; init; }
     /// <summary>Bytes of image embeddings held now.</summary>
     public long ImageCacheBytes { get; init; }
     /// <summary>Prefills that reused a cached KV prefix.</summary>
     public long PrefixCacheHits { get; init; }
     /// <summary>Prompt positions whose keys and values were copied from the prefix cache instead of computed.</summary>
     public long PrefixTokensReused { get; init; }
-    /// <summary>Conversations' KV prefixes held now.</summary>
+    /// <summary>Conversations' KV prefixes held now (two tensors per layer each).</summary>
     public int PrefixCacheEntries { get; init; }
     /// <summary>Bytes of KV prefixes held now.</summary>
     public long PrefixCacheBytes { get; init; }

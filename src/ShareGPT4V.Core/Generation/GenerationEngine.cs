@@ -93,7 +93,7 @@ public sealed class GenerationEngine : IDisposable
     /// <summary>The caches' counters.</summary>
     public EngineCounters Counters => new()
     {
-        ImageCacheHits = _images.Hits, ImageCacheMisses = _images.Misses, ImageCacheBytes = _images.Bytes,
+        ImageCacheHits = _images.Hits, ImageCacheMisses = _images.Misses, ImageCacheBytes = _images.Bytes, ImageCacheEntries = _images.Count,
         PrefixCacheHits = _prefixes.Hits, PrefixTokensReused = _prefixes.TokensReused, PrefixCacheEntries = _prefixes.Count,
         PrefixCacheBytes = _prefixes.Bytes, PrefixCacheEvictions = _prefixes.Evictions,
     };
@@ -296,14 +296,17 @@ public sealed class GenerationEngine : IDisposable
         var stops = options.StopStrings.Concat(request.ExtraStopStrings).Distinct().ToList();
         var text = _tokenizer is null ? null : new OutputText(_tokenizer, stops);
         var kept = new List<int>();
+        // Append returns the text that became final with each token and Complete the rest: the answer arrives whole,
+        // in one piece, once the search has chosen it.
+        var whole = new System.Text.StringBuilder();
         foreach (var id in tokens)
         {
             kept.Add(id);
-            text?.Append(id);
+            whole.Append(text?.Append(id));
             if (text?.Stopped == true) break;
         }
-        var whole = text?.Complete() ?? "";
-        if (whole.Length > 0) request.OnText?.Invoke(whole);
+        whole.Append(text?.Complete());
+        if (whole.Length > 0) request.OnText?.Invoke(whole.ToString());
         bool stopped = text?.Stopped == true;
         var finish = stopped ? FinishReason.StopString : endedWithEos ? FinishReason.EndOfSequence
             : p.MaxNew < options.MaxNewTokens ? FinishReason.ContextFull : FinishReason.Length;

@@ -65,6 +65,7 @@ public sealed class Trainer
     private TrainingResult Run(IProgress<TrainingStepLog>? progress, CancellationToken ct)
     {
         var output = Path.GetFullPath(_o.OutputDir);
+        var source = ModelFolder.Open(_o.ModelPath, _o.VisionTowerPath); // a wrong model path fails before anything is written
         Directory.CreateDirectory(output);
         if (_o.DType == "bf16")
             _log.LogWarning("bf16 autocast is not available on the CPU (no bf16 GEMMs that are not far slower than fp32): training in fp32");
@@ -73,7 +74,6 @@ public sealed class Trainer
         string? resumeFrom = _o.Resume ? TrainingCheckpoint.Latest(output) : null;
         if (_o.Resume && resumeFrom is null)
             _log.LogWarning("--resume: no checkpoint in {Output}; starting from the beginning", output);
-        var source = ModelFolder.Open(_o.ModelPath, _o.VisionTowerPath);
         TrainingPosition pos = new(0, 0, 0, 0);
         var log = new List<TrainingStepLog>();
         string loadPath = _o.ModelPath;

@@ -48,6 +48,28 @@ public sealed class GenerationGoldenTests
         }
     }
 
+    [Theory]
+    [InlineData("hf_tiny")]
+    [InlineData("hf_llama2vocab")]
+    [InlineData("llava_tiny336")]
+    public void TheProcessorsSeeWhatEachLayoutsReferencePassesThem(string caseName)
+    {
+        // llava-hf: the expanded prompt generate() was called with (from the one-placeholder prompt our tokenizer
+        // gives); original layout: nothing, since LLaVA calls generate(inputs_embeds=...) without ids.
+        var config = ShareGPT4V.Configuration.ModelFolder.Open(GoldenCase.Get(caseName).ModelPath).Config;
+        foreach (var prompt in Golden.Value.GetProperty("cases").GetProperty(caseName).GetProperty("prompts").EnumerateObject())
+        {
+            var p = prompt.Value;
+            if (p.TryGetProperty("generate_input_ids", out var expected))
+            {
+                var single = GoldenCase.Ids(p.GetProperty("input_ids_single_placeholder")).Select(x => (int)x).ToArray();
+                Assert.Equal(GoldenCase.Ids(expected).Select(x => (int)x), ProcessorHistory.ForPrompt(config, single));
+                Assert.Equal(GoldenCase.Ids(expected).Select(x => (int)x), ProcessorHistory.ForPrompt(config, GoldenCase.Ids(expected).Select(x => (int)x).ToArray()));
+            }
+            else Assert.Empty(ProcessorHistory.ForPrompt(config, GoldenCase.Ids(p.GetProperty("input_ids")).Select(x => (int)x).ToArray()));
+        }
+    }
+
     /// <summary>
     /// Generated ids through the generation engine users call, the EOS included when it ended generation (as
     /// transformers reports them). Beam search takes one slot per beam.

@@ -139,4 +139,26 @@ public sealed class TrainingParityTests(ITestOutputHelper output)
             foreach (var n in trainable) parameters[n].requires_grad_(false);
         }
     }
+
+    [Fact]
+    public void WeightDecaySkipsBiasesAndNormsAsTransformers445()
+    {
+        using var model = ModelLoader.Load(TrainingGolden.ModelDir);
+        var noDecay = Trainer.NoDecayNames(model);
+        foreach (var n in new[]
+        {
+            "language_model.model.layers.0.input_layernorm.weight", "language_model.model.layers.0.post_attention_layernorm.weight",
+            "language_model.model.norm.weight", "vision_tower.vision_model.pre_layrnorm.weight", "vision_tower.vision_model.post_layernorm.bias",
+            "vision_tower.vision_model.encoder.layers.1.layer_norm1.weight", "vision_tower.vision_model.encoder.layers.1.self_attn.q_proj.bias",
+            "multi_modal_projector.linear_1.bias",
+        })
+            Assert.Contains(n, noDecay);
+        foreach (var n in new[]
+        {
+            "language_model.model.embed_tokens.weight", "language_model.lm_head.weight", "language_model.model.layers.0.self_attn.q_proj.weight",
+            "multi_modal_projector.linear_2.weight", "vision_tower.vision_model.embeddings.class_embedding",
+            "vision_tower.vision_model.embeddings.position_embedding.weight", "vision_tower.vision_model.encoder.layers.1.mlp.fc1.weight",
+        })
+            Assert.DoesNotContain(n, noDecay);
+    }
 }
