@@ -30,6 +30,29 @@ public class MatVecTests
         Assert.True(err < 1e-4 * Math.Sqrt(inFeatures), $"max error {err}");
     }
 
+    /// <summary>
+    /// Continuous batching relies on this: a row computed in a step of several rows (paired rows share weight loads)
+    /// is bit-identical to the same row computed alone.
+    /// </summary>
+    [Theory]
+    [InlineData(2, 37, 23, true)]
+    [InlineData(5, 129, 65, false)]
+    [InlineData(8, 2048, 64, true)]
+    public void EveryRowOfAStepEqualsTheRowComputedAloneBitForBit(int rows, int inFeatures, int outFeatures, bool bias)
+    {
+        using var scope = NewDisposeScope();
+        using var gen = torch.manual_seed(11);
+        var x = torch.randn(rows, inFeatures);
+        var w = torch.randn(outFeatures, inFeatures);
+        var b = bias ? torch.randn(outFeatures) : null;
+        var together = MatVec.Run(x, new[] { (w, b) }, threads: 2)[0];
+        for (int m = 0; m < rows; m++)
+        {
+            var alone = MatVec.Run(x.narrow(0, m, 1).contiguous(), new[] { (w, b) }, threads: 2)[0];
+            Assert.True(together.narrow(0, m, 1).contiguous().data<float>().ToArray().SequenceEqual(alone.data<float>().ToArray()), $"row {m} differs");
+        }
+    }
+
     [Theory]
     [InlineData(ScalarType.BFloat16)]
     [InlineData(ScalarType.Float16)]
