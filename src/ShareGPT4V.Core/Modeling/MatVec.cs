@@ -143,18 +143,7 @@ internal static unsafe class MatVec
             for (long r = r0; r < r1; r += 4)
             {
                 int n = (int)Math.Min(4, r1 - r);
-                // float32 weights, a full group of 4 weight rows: two batch rows share each weight load (the step is
-                // compute-bound beyond a few rows otherwise); each row's sums are the single-row kernel's, bit for bit.
-                int paired = 0;
-                if (!s.Quantized && s.WType == ScalarType.Float32 && n == 4)
-                    for (; paired + 1 < Rows; paired += 2)
-                    {
-                        float* ya = s.Y + paired * s.Out + r, yb = ya + s.Out;
-                        DotF32Pair((float*)s.W + r * In, In, X + paired * In, X + (paired + 1) * In, ya, yb);
-                        if (s.Bias != null)
-                            for (int j = 0; j < 4; j++) { ya[j] += s.Bias[r + j]; yb[j] += s.Bias[r + j]; }
-                    }
-                for (int m = paired; m < Rows; m++)
+                for (int m = 0; m < Rows; m++)
                 {
                     float* y = s.Y + m * s.Out + r;
                     float* x = X + m * In;
@@ -201,45 +190,6 @@ internal static unsafe class MatVec
             s0 += w0[i] * x[i]; s1 += w1[i] * x[i]; s2 += w2[i] * x[i]; s3 += w3[i] * x[i];
         }
         y[0] = s0; y[1] = s1; y[2] = s2; y[3] = s3;
-    }
-
-    /// <summary>
-    /// <see cref="DotF32"/> for 4 weight rows and two inputs at once: each weight vector is loaded once for both. Every
-    /// (row, input) accumulator sees exactly the operations <see cref="DotF32"/> gives it, so the results are identical.
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void DotF32Pair(float* w, long n, float* x, float* x2, float* y, float* y2)
-    {
-        float* w0 = w, w1 = w + n, w2 = w + 2 * n, w3 = w + 3 * n;
-        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
-        Vector256<float> b0 = default, b1 = default, b2 = default, b3 = default;
-        long i = 0;
-        for (; i + 8 <= n; i += 8)
-        {
-            var xv = Avx.LoadVector256(x + i);
-            var xv2 = Avx.LoadVector256(x2 + i);
-            var v0 = Avx.LoadVector256(w0 + i);
-            a0 = Fma.MultiplyAdd(v0, xv, a0);
-            b0 = Fma.MultiplyAdd(v0, xv2, b0);
-            var v1 = Avx.LoadVector256(w1 + i);
-            a1 = Fma.MultiplyAdd(v1, xv, a1);
-            b1 = Fma.MultiplyAdd(v1, xv2, b1);
-            var v2 = Avx.LoadVector256(w2 + i);
-            a2 = Fma.MultiplyAdd(v2, xv, a2);
-            b2 = Fma.MultiplyAdd(v2, xv2, b2);
-            var v3 = Avx.LoadVector256(w3 + i);
-            a3 = Fma.MultiplyAdd(v3, xv, a3);
-            b3 = Fma.MultiplyAdd(v3, xv2, b3);
-        }
-        float s0 = Vector256.Sum(a0), s1 = Vector256.Sum(a1), s2 = Vector256.Sum(a2), s3 = Vector256.Sum(a3);
-        float t0 = Vector256.Sum(b0), t1 = Vector256.Sum(b1), t2 = Vector256.Sum(b2), t3 = Vector256.Sum(b3);
-        for (; i < n; i++)
-        {
-            s0 += w0[i] * x[i]; s1 += w1[i] * x[i]; s2 += w2[i] * x[i]; s3 += w3[i] * x[i];
-            t0 += w0[i] * x2[i]; t1 += w1[i] * x2[i]; t2 += w2[i] * x2[i]; t3 += w3[i] * x2[i];
-        }
-        y[0] = s0; y[1] = s1; y[2] = s2; y[3] = s3;
-        y2[0] = t0; y2[1] = t1; y2[2] = t2; y2[3] = t3;
     }
 
     private static float DotOneF32(float* w, float* x, long n)

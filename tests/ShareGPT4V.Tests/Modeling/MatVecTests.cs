@@ -31,8 +31,8 @@ public class MatVecTests
     }
 
     /// <summary>
-    /// Continuous batching relies on this: a row computed in a step of several rows (paired rows share weight loads)
-    /// is bit-identical to the same row computed alone.
+    /// Continuous batching relies on this: a row computed in a step of several rows is bit-identical to the same row
+    /// computed alone.
     /// </summary>
     [Theory]
     [InlineData(2, 37, 23, true)]
