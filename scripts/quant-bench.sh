@@ -1,7 +1,7 @@
 #!/bin/bash
 # Quantized weights on the benchmark-size model: the bench at fp32, q8_0 and q4_0 (quantized at load from the same
 # checkpoint), then the quality of q8_0 and q4_0 against fp32 (top-1 agreement, mean KL over 512 teacher-forced
-# tokens). Run it alone on the machine: flock /tmp/sharegpt4v-heavy.lock scripts/quant-bench.sh MODEL IMAGE OUT
+# tokens). Run it alone on the machine: scripts/quant-bench.sh MODEL IMAGE OUT
 set -euo pipefail
 MODEL=${1:?model folder}; IMAGE=${2:?image}; OUT=${3:-quant-bench}
 THREADS=${THREADS:-2}; TOKENS=${TOKENS:-64}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Load benchmark of sharegpt4v-server: starts the server on MODEL, waits for /health, runs load.py at 1, 4 and 16
 # concurrent clients (text prompts, then one level with an image), stops the server. Timings to be reported run alone:
-#   flock /tmp/sharegpt4v-heavy.lock scripts/serve/bench.sh MODEL [IMAGE]
+#   scripts/serve/bench.sh MODEL [IMAGE]
 set -euo pipefail
 model=${1:?usage: bench.sh MODEL_DIR [IMAGE.png]}
 image=${2:-}
