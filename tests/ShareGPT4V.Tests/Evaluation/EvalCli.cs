@@ -12,17 +12,7 @@ internal static class EvalCli
 
     public static Result RunWithEnvironment(IReadOnlyDictionary<string, string>? environment, params string[] args)
     {
-        var psi = new ProcessStartInfo(Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") ?? "dotnet")
-        {
-            RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false,
-        };
-        psi.Environment.Remove("SHAREGPT4V_LIBTORCH_DIR");
-        psi.Environment.Remove("JOB_COMPLETION_INDEX");
-        psi.Environment.Remove("JOB_COMPLETIONS");
-        foreach (var (k, v) in environment ?? new Dictionary<string, string>()) psi.Environment[k] = v;
-        psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "sharegpt4v.dll"));
-        foreach (var a in args) psi.ArgumentList.Add(a);
-        using var p = Process.Start(psi)!;
+        using var p = Process.Start(Samples.CliProcess.StartInfo(args, environment: environment))!;
         var stdout = p.StandardOutput.ReadToEndAsync();
         var stderr = p.StandardError.ReadToEndAsync();
         if (!p.WaitForExit(120_000))

@@ -22,17 +22,11 @@ public sealed class CliHubTests : IDisposable
 
     private Run Cli(Dictionary<string, string>? env, params string[] args)
     {
-        var psi = new ProcessStartInfo(Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") ?? "dotnet")
-        {
-            RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false,
-        };
-        psi.Environment.Remove("SHAREGPT4V_LIBTORCH_DIR");
+        var psi = Samples.CliProcess.StartInfo(args);
         foreach (var name in new[] { "HF_TOKEN", "HF_HUB_CACHE", "HF_TOKEN_PATH", "HF_HUB_OFFLINE" }) psi.Environment.Remove(name);
         psi.Environment["HF_ENDPOINT"] = _hub.Endpoint;
         psi.Environment["HF_HOME"] = _home;
         foreach (var (k, v) in env ?? new()) psi.Environment[k] = v;
-        psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "sharegpt4v.dll"));
-        foreach (var a in args) psi.ArgumentList.Add(a);
         using var p = Process.Start(psi)!;
         var stdout = p.StandardOutput.ReadToEndAsync();
         var stderr = p.StandardError.ReadToEndAsync();

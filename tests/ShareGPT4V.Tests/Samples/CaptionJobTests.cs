@@ -42,20 +42,8 @@ public sealed class CaptionJobTests(CaptionJobFixture f) : IClassFixture<Caption
         new[] { "caption", "--model", f.Case.ModelPath, "--image", f.Images, "--template", "llava_v1", "--max-new-tokens", "24", "--output", output }
             .Concat(more).ToArray();
 
-    private static ProcessStartInfo Start(string[] args, IDictionary<string, string>? env = null)
-    {
-        var psi = new ProcessStartInfo(Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") ?? "dotnet")
-        {
-            RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false,
-        };
-        psi.Environment.Remove("SHAREGPT4V_LIBTORCH_DIR");
-        psi.Environment.Remove("JOB_COMPLETION_INDEX");
-        psi.Environment.Remove("JOB_COMPLETIONS");
-        foreach (var (k, v) in env ?? new Dictionary<string, string>()) psi.Environment[k] = v;
-        psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "sharegpt4v.dll"));
-        foreach (var a in args) psi.ArgumentList.Add(a);
-        return psi;
-    }
+    private static ProcessStartInfo Start(string[] args, IDictionary<string, string>? env = null) =>
+        CliProcess.StartInfo(args, environment: env);
 
     internal static Run Cli(IDictionary<string, string>? env, params string[] args)
     {

@@ -17,14 +17,7 @@ public sealed class CliTests : IDisposable
 
     internal static Run Cli(string? stdin, params string[] args)
     {
-        var psi = new ProcessStartInfo(Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") ?? "dotnet")
-        {
-            RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true, UseShellExecute = false,
-        };
-        psi.Environment.Remove("SHAREGPT4V_LIBTORCH_DIR"); // the CLI's default --libtorch-dir: the tests run on the app's own libtorch
-        psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "sharegpt4v.dll"));
-        foreach (var a in args) psi.ArgumentList.Add(a);
-        using var p = Process.Start(psi)!;
+        using var p = Process.Start(CliProcess.StartInfo(args, input: true))!;
         var stdout = p.StandardOutput.ReadToEndAsync();
         var stderr = p.StandardError.ReadToEndAsync();
         if (stdin is not null) p.StandardInput.Write(stdin);

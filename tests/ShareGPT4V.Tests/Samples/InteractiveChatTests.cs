@@ -17,15 +17,8 @@ public sealed class InteractiveChatTests : IDisposable
 
     private Process Start(params string[] extra)
     {
-        var psi = new ProcessStartInfo(Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") ?? "dotnet")
-        {
-            RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true, UseShellExecute = false,
-        };
-        psi.Environment.Remove("SHAREGPT4V_LIBTORCH_DIR");
-        psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "sharegpt4v.dll"));
-        foreach (var a in new[] { "chat", "--model", _case.ModelPath, "--template", "llava_v1", "--max-new-tokens", "4", "--temperature", "0" }.Concat(extra))
-            psi.ArgumentList.Add(a);
-        return Process.Start(psi)!;
+        return Process.Start(CliProcess.StartInfo(
+            new[] { "chat", "--model", _case.ModelPath, "--template", "llava_v1", "--max-new-tokens", "4", "--temperature", "0" }.Concat(extra), input: true))!;
     }
 
     private (int Exit, string Out, string Err) Script(string stdin, params string[] extra)

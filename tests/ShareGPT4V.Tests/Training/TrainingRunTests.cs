@@ -28,14 +28,7 @@ public sealed class TrainingRunTests(ITestOutputHelper output) : IDisposable
 
     private static (int Code, string Out, string Err) Cli(params string[] args)
     {
-        var psi = new ProcessStartInfo(Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") ?? "dotnet")
-        {
-            RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false,
-        };
-        psi.Environment.Remove("SHAREGPT4V_LIBTORCH_DIR");
-        psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "sharegpt4v.dll"));
-        foreach (var a in args) psi.ArgumentList.Add(a);
-        using var p = Process.Start(psi)!;
+        using var p = Process.Start(Samples.CliProcess.StartInfo(args))!;
         var so = p.StandardOutput.ReadToEndAsync();
         var se = p.StandardError.ReadToEndAsync();
         if (!p.WaitForExit(180_000)) { p.Kill(true); Assert.Fail("train did not finish within 3 minutes"); }
