@@ -87,6 +87,35 @@ public class ShapesTokenizerTests(ShapesDataset data) : IClassFixture<ShapesData
         }
     }
 
+    [Theory]
+    [InlineData(TokenizerVariant.Llava)]
+    [InlineData(TokenizerVariant.ShareGPT4V)]
+    [InlineData(TokenizerVariant.Legacy)]
+    public void TheTrainersLabelsSuperviseExactlyTheAnswers(TokenizerVariant variant)
+    {
+        var tok = LlavaTokenizer.Load(data.ModelDir);
+        // Stage 2, vicuna_v1: every answer and its </s>, nothing else (LLaVA masks a whole record on a length mismatch).
+        var vicuna = new TrainingPreprocessor(tok, TrainingTemplate.VicunaV1, variant, 1024);
+        foreach (var r in TrainingDataFile.Read(Path.Combine(data.Dir, "stage2.json")))
+        {
+            var (ex, _) = vicuna.Process(r);
+            var supervised = ex.Labels.Where(l => l != TokenizedExample.IgnoreIndex).Select(l => (int)l).ToList();
+            var answers = r.Conversations.Where(t => t.From == "gpt").ToList();
+            Assert.Equal(answers.Sum(a => tok.Encode(a.Value, addBos: false).Length + 1), supervised.Count);
+            Assert.Equal(answers.Count, supervised.Count(id => id == tok.EosId));
+            Assert.Equal(string.Join(" ", answers.Select(a => a.Value)), tok.Decode(supervised).Trim());
+        }
+        // Stage 1, plain: the caption and its newline.
+        var plain = new TrainingPreprocessor(tok, TrainingTemplate.Plain, variant, 1024);
+        foreach (var r in TrainingDataFile.Read(Path.Combine(data.Dir, "stage1.json")))
+        {
+            var (ex, _) = plain.Process(r);
+            var supervised = ex.Labels.Where(l => l != TokenizedExample.IgnoreIndex).Select(l => (int)l).ToList();
+            Assert.Equal(r.Conversations[1].Value + "\n", tok.Decode(supervised).TrimStart());
+            Assert.All(supervised, id => Assert.False(id >= 3 && id < 259));
+        }
+    }
+
     [Fact]
     public void TheLibraryReadsTheModelFolder()
     {
