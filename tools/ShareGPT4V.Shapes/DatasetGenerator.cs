@@ -202,6 +202,9 @@ internal static class DatasetGenerator
         w.WriteNumber("width", s.Width);
         w.WriteNumber("height", s.Height);
         w.WriteString("background", s.BackgroundName);
+        w.WriteStartArray("background_rgb");
+        w.WriteNumberValue(s.BackgroundRgb.R); w.WriteNumberValue(s.BackgroundRgb.G); w.WriteNumberValue(s.BackgroundRgb.B);
+        w.WriteEndArray();
         w.WriteString("texture", s.Texture.ToString().ToLowerInvariant());
         w.WriteStartArray("objects");
         foreach (var o in s.Objects)

@@ -18,7 +18,7 @@ public class ShapesGeneratorTests(ShapesDataset data) : IClassFixture<ShapesData
     private static readonly string[] ShapeNames = ["circle", "square", "triangle", "star"];
 
     private sealed record Obj(string Color, string Shape, string Size, int Row, int Col, double Extent, int ClassId, int R, int G, int B);
-    private sealed record SceneLine(string Id, string Image, int Width, int Height, string Background, List<Obj> Objects);
+    private sealed record SceneLine(string Id, string Image, int Width, int Height, string Background, int[] BackgroundRgb, List<Obj> Objects);
 
     private static List<SceneLine> Scenes(string dir, string split) => File.ReadLines(Path.Combine(dir, "scenes", split + ".jsonl")).Select(l =>
     {
@@ -31,7 +31,8 @@ public class ShapesGeneratorTests(ShapesDataset data) : IClassFixture<ShapesData
                 o.GetProperty("extent").GetDouble(), o.GetProperty("class_id").GetInt32(), rgb[0], rgb[1], rgb[2]);
         }).ToList();
         return new SceneLine(e.GetProperty("id").GetString()!, e.GetProperty("image").GetString()!, e.GetProperty("width").GetInt32(),
-            e.GetProperty("height").GetInt32(), e.GetProperty("background").GetString()!, objs);
+            e.GetProperty("height").GetInt32(), e.GetProperty("background").GetString()!,
+            e.GetProperty("background_rgb").EnumerateArray().Select(v => v.GetInt32()).ToArray(), objs);
     }).ToList();
 
     [Fact]
@@ -114,12 +115,39 @@ public class ShapesGeneratorTests(ShapesDataset data) : IClassFixture<ShapesData
                             checkedInterior++;
                         }
                 }
-                // Background pixels far from any shape are pale.
-                var corner = rgb[0];
-                Assert.True(corner.R > 170 && corner.G > 170 && corner.B > 150, $"{s.Id}: corner {corner}");
+                // Away from the shapes the image is the background colour up to texture and noise, and pale.
+                foreach (var corner in new[] { rgb[0], rgb[s.Width - 1], rgb[^1], rgb[^s.Width] })
+                {
+                    Assert.True(Math.Abs(corner.R - s.BackgroundRgb[0]) <= 30 && Math.Abs(corner.G - s.BackgroundRgb[1]) <= 30
+                        && Math.Abs(corner.B - s.BackgroundRgb[2]) <= 30, $"{s.Id}: corner {corner} on {s.Background} {string.Join(",", s.BackgroundRgb)}");
+                    Assert.True(corner.R + corner.G + corner.B > 3 * 150, $"{s.Id}: corner {corner}");
+                }
             }
         }
         Assert.True(checkedInterior > 1000, $"only {checkedInterior} interior pixels checked over {objects} objects");
+    }
+
+    [Fact]
+    public void TheColoursStayApartWhateverTheirRendering()
+    {
+        // Every jittered prototype of a colour keeps at least 15 levels, in some channel, from every one of another colour.
+        var protos = World.ColorPrototypes;
+        for (int a = 0; a < protos.Length; a++)
+            for (int b = a + 1; b < protos.Length; b++)
+                for (int i = 0; i < protos[a].Length; i++)
+                    for (int j = 0; j < protos[b].Length; j++)
+                    {
+                        int ja = i == 0 ? World.BaseColorJitter : World.ColorVariantJitter, jb = j == 0 ? World.BaseColorJitter : World.ColorVariantJitter;
+                        var (p, q) = (protos[a][i], protos[b][j]);
+                        int gap = new[] { Math.Abs(p.R - q.R), Math.Abs(p.G - q.G), Math.Abs(p.B - q.B) }.Max() - ja - jb;
+                        Assert.True(gap >= 15, $"{World.Colors[a]} #{i} and {World.Colors[b]} #{j} are {gap} levels apart");
+                    }
+        // Shapes stand out from every background: no background is closer than 60 levels in every channel to a shape colour.
+        foreach (var (name, rgbs) in World.Backgrounds)
+            foreach (var bg in rgbs)
+                for (int c = 0; c < protos.Length; c++)
+                    foreach (var p in protos[c])
+                        Assert.True(new[] { Math.Abs(p.R - bg.R), Math.Abs(p.G - bg.G), Math.Abs(p.B - bg.B) }.Max() >= 60, $"{World.Colors[c]} {p} on {name} {bg}");
     }
 
     [Fact]
