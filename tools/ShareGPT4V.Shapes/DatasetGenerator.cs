@@ -2,8 +2,6 @@ using System.Globalization;
 using System.Text;
 using System.Text.Encodings.Web;
 using System.Text.Json;
-using SixLabors.ImageSharp;
-using SixLabors.ImageSharp.Formats.Png;
 
 namespace ShareGPT4V.Shapes;
 
@@ -117,18 +115,11 @@ internal static class DatasetGenerator
         string imagePath = $"images/{Splits[split]}/{id}.png";
         string labelPath = $"labels/{Splits[split]}/{id}.png";
         var render = new Random(ImageSeed(o.Seed, split, index) ^ 0x5bd1e995);
-        var (image, mask) = Renderer.Render(scene, settings, render);
-        using (image)
-        using (mask)
-        {
-            image.SaveAsPng(Path.Combine(root, imagePath), PngEncoderFast);
-            mask.SaveAsPng(Path.Combine(root, labelPath), PngEncoderFast);
-        }
+        var image = Renderer.Render(scene, settings, render);
+        PngFile.Write(Path.Combine(root, imagePath), image.Rgb, image.Width, image.Height, 3);
+        PngFile.Write(Path.Combine(root, labelPath), image.Mask, image.Width, image.Height, 1);
         return new GeneratedImage(id, imagePath, labelPath, scene, turns, eval);
     }
-
-    // Noisy backgrounds compress poorly whatever the filter; unfiltered fast deflate is both the quickest and smallest here.
-    private static readonly PngEncoder PngEncoderFast = new() { CompressionLevel = PngCompressionLevel.BestSpeed, FilterMethod = PngFilterMethod.None };
 
     private static void WriteJson(string root, GeneratedImage[][] results, GenerateOptions o, TimeSpan elapsed)
     {

@@ -151,6 +151,28 @@ public class ShapesGeneratorTests(ShapesDataset data) : IClassFixture<ShapesData
     }
 
     [Fact]
+    public void ThePngWriterRoundTripsThroughImageSharp()
+    {
+        var rng = new Random(11);
+        var rgb = new byte[37 * 23 * 3];
+        var gray = new byte[37 * 23];
+        rng.NextBytes(rgb);
+        rng.NextBytes(gray);
+        string rgbPath = Path.Combine(data.Root, "rt-rgb.png"), grayPath = Path.Combine(data.Root, "rt-gray.png");
+        PngFile.Write(rgbPath, rgb, 37, 23, 3);
+        PngFile.Write(grayPath, gray, 37, 23, 1);
+        using var a = Image.Load<Rgb24>(rgbPath);
+        using var b = Image.Load<L8>(grayPath);
+        var backRgb = new byte[rgb.Length];
+        var backGray = new byte[gray.Length];
+        a.CopyPixelDataTo(backRgb);
+        b.CopyPixelDataTo(backGray);
+        Assert.Equal(rgb, backRgb);
+        Assert.Equal(gray, backGray);
+        Assert.Equal(SixLabors.ImageSharp.Formats.Png.PngColorType.Grayscale, b.Metadata.GetPngMetadata().ColorType);
+    }
+
+    [Fact]
     public void TheAltRendererDrawsTheSameWorldDifferently()
     {
         // Same seed and split, other renderer: the pixels differ.
