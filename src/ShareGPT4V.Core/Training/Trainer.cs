@@ -256,7 +256,7 @@ public sealed class Trainer
                     double seconds = stepTimer.Elapsed.TotalSeconds;
                     var entry = new TrainingStepLog(globalStep, EpochOf(atLastStep), trLoss,
                         _o.LearningRate * LrSchedule.Factor(_o.LrScheduler, globalStep, warmup, maxSteps), gradNorm,
-                        seconds > 0 ? tokens / seconds : 0, started.Elapsed, maxSteps, tokens, PeakRss(), auxHead is null ? double.NaN : auxLoss);
+                        seconds > 0 ? tokens / seconds : 0, started.Elapsed, maxSteps, tokens, PeakRss()) { AuxLoss = auxHead is null ? double.NaN : auxLoss };
                     log.Add(entry);
                     jsonl.WriteLine(LogLine(entry));
                     jsonl.Flush();

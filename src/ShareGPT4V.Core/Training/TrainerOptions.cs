@@ -167,9 +167,12 @@ public sealed record TrainerOptions
 /// <param name="TotalSteps">Optimizer steps the run will do.</param>
 /// <param name="Tokens">Sequence tokens (image tokens included, padding not) in this step's micro-batches.</param>
 /// <param name="PeakRssBytes">The process's peak resident memory so far.</param>
-/// <param name="AuxLoss">The auxiliary patch loss of the step (summed over accumulation like <paramref name="Loss"/>), NaN when it is off.</param>
 public sealed record TrainingStepLog(long Step, double Epoch, double Loss, double LearningRate, double GradNorm,
-    double TokensPerSecond, TimeSpan Elapsed, long TotalSteps, long Tokens = 0, long PeakRssBytes = 0, double AuxLoss = double.NaN);
+    double TokensPerSecond, TimeSpan Elapsed, long TotalSteps, long Tokens = 0, long PeakRssBytes = 0)
+{
+    /// <summary>The auxiliary patch loss of the step (summed over accumulation like <see cref="Loss"/>), NaN when it is off.</summary>
+    public double AuxLoss { get; init; } = double.NaN;
+}
 
 /// <summary>What a finished (or cancelled) run produced.</summary>
 /// <param name="OutputDir">The output folder.</param>

@@ -160,8 +160,8 @@ internal static class TrainingCheckpoint
                 r["micro_batch_in_epoch"]!.GetValue<long>(), r["total_micro_batches"]!.GetValue<long>());
             long max = o["max_steps"]!.GetValue<long>();
             var log = o["log_history"]!.AsArray().Select(e => new TrainingStepLog(e!["step"]!.GetValue<long>(), e["epoch"]!.GetValue<double>(),
-                e["loss"]!.GetValue<double>(), e["learning_rate"]!.GetValue<double>(), e["grad_norm"]!.GetValue<double>(), 0, TimeSpan.Zero, max,
-                AuxLoss: e["aux_loss"]?.GetValue<double>() ?? double.NaN)).ToList();
+                e["loss"]!.GetValue<double>(), e["learning_rate"]!.GetValue<double>(), e["grad_norm"]!.GetValue<double>(), 0, TimeSpan.Zero, max)
+                { AuxLoss = e["aux_loss"]?.GetValue<double>() ?? double.NaN }).ToList();
             var model = r["model_path"]?.GetValue<string>() ?? ".";
             return (pos, log, Path.GetFullPath(Path.Combine(checkpointDir, model)));
         }

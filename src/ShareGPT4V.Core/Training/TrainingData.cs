@@ -16,7 +16,7 @@ public sealed class TrainingDataException : ShareGPT4VException
 /// <summary>One turn of a LLaVA-format conversation: <c>from</c> is <c>human</c> or <c>gpt</c>.</summary>
 /// <param name="From">Who speaks (<c>human</c> / <c>gpt</c>).</param>
 /// <param name="Value">What is said; <c>&lt;image&gt;</c> marks an image.</param>
-public sealed record ConversationTurn(string From, string Value);
+internal sealed record ConversationTurn(string From, string Value);
 
 /// <summary>
 /// One record of a LLaVA / ShareGPT4V training file: <c>{"id", "image"?, "conversations": [{"from", "value"}]}</c>.
@@ -25,7 +25,7 @@ public sealed record ConversationTurn(string From, string Value);
 /// <param name="Id">The record's id (its index in the file when it has none).</param>
 /// <param name="Images">Image paths relative to the image folder, in order.</param>
 /// <param name="Conversations">The turns.</param>
-public sealed record TrainingRecord(string Id, IReadOnlyList<string> Images, IReadOnlyList<ConversationTurn> Conversations)
+internal sealed record TrainingRecord(string Id, IReadOnlyList<string> Images, IReadOnlyList<ConversationTurn> Conversations)
 {
     /// <summary>
     /// The record's <c>patch_labels</c>: one label image per image (same order and size, 8-bit class ids, 0 =
@@ -35,7 +35,7 @@ public sealed record TrainingRecord(string Id, IReadOnlyList<string> Images, IRe
 }
 
 /// <summary>Reads LLaVA-format training files: a JSON array of records, or JSON lines (one record per line).</summary>
-public static class TrainingDataFile
+internal static class TrainingDataFile
 {
     /// <summary>Largest data file read (2 GiB: ShareGPT4V's 1.2M-caption file is about 1.3 GB).</summary>
     public const long MaxFileBytes = 2L << 30;

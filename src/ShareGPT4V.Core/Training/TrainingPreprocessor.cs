@@ -3,7 +3,7 @@ using ShareGPT4V.Tokenization;
 namespace ShareGPT4V.Training;
 
 /// <summary>The prompt format a stage trains with.</summary>
-public enum TrainingTemplate
+internal enum TrainingTemplate
 {
     /// <summary>LLaVA's <c>plain</c> (stage 1 / pretrain): <c>&lt;image&gt;</c> + caption + "\n", the caption supervised.</summary>
     Plain,
