@@ -51,7 +51,7 @@ internal static class Renderer
                 double d = scene.Texture switch
                 {
                     // Soft linear gradient across the whole image.
-                    BackgroundTexture.Gradient => amp * ((x * dx + y * dy) / diag * 2 - 0.5),
+                    BackgroundTexture.Gradient => amp * 2 * ((x - w / 2.0) * dx + (y - h / 2.0) * dy) / diag,
                     // Faint stripes.
                     BackgroundTexture.Stripes => amp * 0.5 * Math.Sin(2 * Math.PI * (x * dx + y * dy) / period),
                     // A faint grid of soft dots.

@@ -70,6 +70,15 @@ internal sealed class WordTokenizerBuilder
 
     private void Count(string word) => _words[word] = _words.TryGetValue(word, out int n) ? n + 1 : 1;
 
+    /// <summary>
+    /// Words kept as LLaMA splits them. LLaVA's label masking of the rounds after the first (preprocess_v1, and its
+    /// one-token adjustment for newer tokenizers) counts on LLaMA's pieces for the role name that opens each round:
+    /// "▁USER" standalone is two pieces (▁US, ER) while "USER" right after &lt;/s&gt; is one (or, with the ▁ of its
+    /// first piece stripped, US + ER). With "▁USER" as one piece the trainer's default variant masks every round.
+    /// Their pieces come first, so they merge before any other pair of those letters.
+    /// </summary>
+    private static readonly (string Word, string[] Pieces)[] LlamaSplits = [(Space + "USER", [Space + "U", Space + "US", "ER"])];
+
     /// <summary>The normal pieces in id order (from <see cref="FirstNormalId"/>).</summary>
     public List<string> Pieces()
     {
@@ -78,8 +87,13 @@ internal sealed class WordTokenizerBuilder
         void Add(string p) { if (seen.Add(p)) pieces.Add(p); }
         _chars.Add(Space);
         foreach (char c in _chars.OrderBy(c => c)) Add(c.ToString());
+        foreach (var (_, split) in LlamaSplits)
+            foreach (var p in split) Add(p);
         foreach (var word in _words.OrderByDescending(kv => kv.Value).ThenBy(kv => kv.Key, StringComparer.Ordinal).Select(kv => kv.Key))
+        {
+            if (LlamaSplits.Any(x => x.Word == word)) continue;
             for (int len = 2; len <= word.Length; len++) Add(word[..len]);
+        }
         return pieces;
     }
 
