@@ -5,7 +5,7 @@ using TorchSharp;
 namespace ShareGPT4V.Bench;
 
 /// <summary>Options of a benchmark run (<c>sharegpt4v-bench run ...</c>).</summary>
-public sealed record BenchOptions
+internal sealed record BenchOptions
 {
     public required string Model { get; init; }
     public required string Image { get; init; }
@@ -116,7 +116,7 @@ public sealed record BenchOptions
 }
 
 /// <summary>Options of <c>sharegpt4v-bench make-checkpoint</c>.</summary>
-public sealed record MakeCheckpointOptions
+internal sealed record MakeCheckpointOptions
 {
     public required string Out { get; init; }
     public int LlmLayers { get; init; } = BenchModelSpec.Default.Text.NumHiddenLayers;

@@ -8,7 +8,7 @@ namespace ShareGPT4V.Bench;
 /// ends with, rates per second, memory in MiB (2^20 bytes), bandwidth in GB/s (1e9 bytes), FLOP rates in GFLOP/s.
 /// Ratios are absent when the machine limits were not measured.
 /// </summary>
-public sealed record BenchResult
+internal sealed record BenchResult
 {
     [JsonPropertyName("model")] public required string Model { get; init; }
     /// <summary>The device the run used (cpu, cuda:N), as the device provider resolved the --device option.</summary>
@@ -140,7 +140,7 @@ public sealed record BenchResult
 }
 
 /// <summary>Aggregate decode speed at one level of concurrency.</summary>
-public sealed record ConcurrencyReading
+internal sealed record ConcurrencyReading
 {
     [JsonPropertyName("requests")] public required int Requests { get; init; }
     [JsonPropertyName("step_ms_median")] public required double StepMsMedian { get; init; }
@@ -150,7 +150,7 @@ public sealed record ConcurrencyReading
 }
 
 /// <summary>Time to first token of a chat's turns (preprocessing, vision and prefill, up to the first sampled id).</summary>
-public sealed record SecondTurnReading
+internal sealed record SecondTurnReading
 {
     [JsonPropertyName("first_turn_ttft_ms")] public required double FirstTurnTtftMs { get; init; }
     /// <summary>The second turn with the image embedding and the first turn's KV prefix reused.</summary>

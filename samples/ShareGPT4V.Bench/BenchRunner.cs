@@ -20,7 +20,7 @@ namespace ShareGPT4V.Bench;
 /// applies the dtype policy and refuses a device that cannot hold the model before any weight is read. On a GPU every
 /// stage's time includes waiting for the device, and the device memory the driver reports is sampled throughout.
 /// </summary>
-public static class BenchRunner
+internal static class BenchRunner
 {
     public static BenchResult Run(BenchOptions o, TextWriter log, IDeviceProvider? provider = null)
     {

@@ -13,7 +13,7 @@ namespace ShareGPT4V.Bench;
 /// The dimensions of a benchmark checkpoint. <see cref="Default"/> is the model: the real CLIP ViT-L/14-336
 /// tower and a ~1.1B LLaMA (TinyLlama-sized: hidden 2048, 22 layers, 32 heads, 4 KV heads, MLP 5632, vocab 32064).
 /// </summary>
-public sealed record BenchModelSpec
+internal sealed record BenchModelSpec
 {
     public required ClipVisionConfig Vision { get; init; }
     public required LlamaConfig Text { get; init; }
@@ -37,7 +37,7 @@ public sealed record BenchModelSpec
 /// safetensors with <c>model.safetensors.index.json</c>. The same spec, seed and dtype always give the same bytes.
 /// The tensor list comes from building the model on the meta device, so the result loads with <see cref="ModelLoader"/>.
 /// </summary>
-public static class CheckpointMaker
+internal static class CheckpointMaker
 {
     /// <summary>Shard limit: transformers' default max_shard_size is below this, and 2 GB keeps files portable.</summary>
     public const long DefaultMaxShardBytes = 2_000_000_000;

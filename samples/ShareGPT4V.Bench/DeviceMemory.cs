@@ -10,7 +10,7 @@ namespace ShareGPT4V.Bench;
 /// blocks and anyone else's allocations), read before the load and then every 10 ms on a background thread, keeping
 /// the peak. TorchSharp exposes no allocator statistics, so this is the reading there is; the GPU machine runs one job.
 /// </summary>
-public sealed class DeviceMemorySampler : IDisposable
+internal sealed class DeviceMemorySampler : IDisposable
 {
     private readonly int _index;
     private readonly Thread _thread;
@@ -71,7 +71,7 @@ public sealed class DeviceMemorySampler : IDisposable
 }
 
 /// <summary>Limits of a CUDA device measured through libtorch, as the bench's CPU limits are for the CPU.</summary>
-public static class DeviceLimits
+internal static class DeviceLimits
 {
     /// <summary>
     /// GB/s (1e9 bytes) of a device-to-device copy between two buffers of <paramref name="bytes"/> each, bytes read plus

@@ -11,7 +11,7 @@ namespace ShareGPT4V.Bench;
 /// of 5632 × 2048, more than any cache), per weight storage: float32, bfloat16, and Q8_0 / Q4_0 both widened in
 /// registers or with int8 dot products (SHAREGPT4V_QUANT_INT8=1). Prints GB/s of weights read and weights per second.
 /// </summary>
-public static class KernelBench
+internal static class KernelBench
 {
     public static void Run(int threads, TextWriter log)
     {

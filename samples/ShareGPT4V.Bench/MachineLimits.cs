@@ -14,7 +14,7 @@ namespace ShareGPT4V.Bench;
 /// registers only) and the GEMM rate of the matmul inference uses. Each figure is the median of several trials, so a
 /// burst of contention from other work moves it less than it moves a single reading.
 /// </summary>
-public static class MachineLimits
+internal static class MachineLimits
 {
     /// <summary>Median GB/s (1e9 bytes) of <paramref name="threads"/> threads summing disjoint slices of one buffer.</summary>
     public static unsafe double ReadBandwidthGBs(int threads, long bytes, int trials = 9)

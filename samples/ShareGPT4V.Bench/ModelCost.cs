@@ -6,7 +6,7 @@ namespace ShareGPT4V.Bench;
 /// Work and memory traffic of each stage, counted from the model's dimensions: the FLOPs of the matmuls
 /// (2 per multiply-add; element-wise work is left out) and the bytes a decode step must read.
 /// </summary>
-public static class ModelCost
+internal static class ModelCost
 {
     /// <summary>FLOPs of encoding one image: patch convolution, the CLIP layers up to the selected one, the projector.</summary>
     public static double VisionFlops(LlavaConfig c)

@@ -4,7 +4,7 @@ using System.Runtime.InteropServices;
 namespace ShareGPT4V.Bench;
 
 /// <summary>How much of a checkpoint is in the OS page cache before the load: a load from cache and one from disk differ tenfold.</summary>
-public static class PageCache
+internal static class PageCache
 {
     [DllImport("libc", EntryPoint = "mincore", SetLastError = true)]
     private static extern unsafe int MinCore(void* address, nuint length, byte* vector);

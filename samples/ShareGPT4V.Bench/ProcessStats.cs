@@ -4,7 +4,7 @@ using System.Globalization;
 namespace ShareGPT4V.Bench;
 
 /// <summary>Resident memory of this process and the machine's load, from /proc where it exists.</summary>
-public static class ProcessStats
+internal static class ProcessStats
 {
     /// <summary>Peak resident set size in bytes (VmHWM), which counts native memory and mapped files that were touched.</summary>
     public static long PeakRssBytes() => ReadStatusKb("VmHWM:") is long kb ? kb * 1024 : Process.GetCurrentProcess().PeakWorkingSet64;

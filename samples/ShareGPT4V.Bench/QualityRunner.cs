@@ -10,7 +10,7 @@ using static TorchSharp.torch;
 namespace ShareGPT4V.Bench;
 
 /// <summary>Options of <c>sharegpt4v-bench quality</c>.</summary>
-public sealed record QualityOptions
+internal sealed record QualityOptions
 {
     public required string Model { get; init; }
     /// <summary>q8_0, q4_0, bf16 or fp16: the storage compared with float32.</summary>
@@ -40,7 +40,7 @@ public sealed record QualityOptions
 /// the mean KL divergence KL(p_fp32 ‖ p_candidate) of the next-token distributions. The float32 model is released
 /// before the candidate loads, so only one model is in memory at a time.
 /// </summary>
-public static class QualityRunner
+internal static class QualityRunner
 {
     private const string Text =
         "A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, detailed, " +

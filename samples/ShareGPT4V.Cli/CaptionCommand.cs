@@ -57,7 +57,7 @@ internal static class CaptionCommand
             }
             else
             {
-                var messages = new[] { new ChatMessage(ChatRole.User, prompt ?? MultimodalPipeline.DefaultCaptionPrompt, 1) };
+                var messages = new[] { new ConversationMessage(ConversationRole.User, prompt ?? MultimodalPipeline.DefaultCaptionPrompt, 1) };
                 await foreach (var piece in pipeline.ChatStreamingAsync(messages, new[] { image }, null, ct))
                     Console.Write(piece);
                 Console.WriteLine();

@@ -157,7 +157,7 @@ internal static class CaptionJob
         CaptionItem[] chunk, string? defaultPrompt, CancellationToken ct)
     {
         PromptRequest Request(CaptionItem i) => new(
-            pipeline.BuildPrompt(new[] { new ChatMessage(ChatRole.User, i.Prompt ?? defaultPrompt ?? MultimodalPipeline.DefaultCaptionPrompt, 1) }),
+            pipeline.BuildPrompt(new[] { new ConversationMessage(ConversationRole.User, i.Prompt ?? defaultPrompt ?? MultimodalPipeline.DefaultCaptionPrompt, 1) }),
             new[] { ImageInput.FromFile(i.FilePath) });
         try
         {

@@ -38,7 +38,7 @@ internal static class ChatCommand
 
         if (prompt is not null)
         {
-            var messages = new[] { new ChatMessage(ChatRole.User, prompt, pending.Count) };
+            var messages = new[] { new ConversationMessage(ConversationRole.User, prompt, pending.Count) };
             var text = pipeline.BuildPrompt(messages, system);
             using var cts = interrupts.ForOperation();
             if (cl.Flag("json"))
@@ -52,10 +52,10 @@ internal static class ChatCommand
         }
 
         bool interactive = !Console.IsInputRedirected;
-        var history = new List<ChatMessage>();
+        var history = new List<ConversationMessage>();
         var images = new List<ImageInput>();
         if (interactive)
-            Console.Error.WriteLine($"Chatting with {Path.GetFileName(pipeline.Folder.ModelPath.TrimEnd('/'))} (template {pipeline.Template.Name}). {Commands}.");
+            Console.Error.WriteLine($"Chatting with {Path.GetFileName(pipeline.Options.ModelPath.TrimEnd('/'))} (template {pipeline.Template.Name}). {Commands}.");
         while (true)
         {
             if (interactive) Console.Error.Write(pending.Count > 0 ? $"you ({pending.Count} image(s))> " : "you> ");
@@ -93,7 +93,7 @@ internal static class ChatCommand
                 }
             }
 
-            var turn = new ChatMessage(ChatRole.User, line, pending.Count);
+            var turn = new ConversationMessage(ConversationRole.User, line, pending.Count);
             var answer = new System.Text.StringBuilder();
             using var cts = interrupts.ForOperation();
             try
@@ -132,7 +132,7 @@ internal static class ChatCommand
             }
             // What was said, even if stopped early, is part of the conversation now.
             history.Add(turn);
-            history.Add(new ChatMessage(ChatRole.Assistant, answer.ToString().Trim()));
+            history.Add(new ConversationMessage(ConversationRole.Assistant, answer.ToString().Trim()));
             images.AddRange(pending);
             pending.Clear();
         }
@@ -154,8 +154,9 @@ internal static class ChatCommand
         if (!File.Exists(path)) { Console.Error.WriteLine($"No such file: {path}"); return null; }
         try
         {
-            Preprocessing.ImageLoader.Load(path, pipeline.Options.ImageLimits);
-            return ImageInput.FromFile(path);
+            var image = ImageInput.FromFile(path);
+            image.Validate(pipeline.Options.ImageLimits);
+            return image;
         }
         catch (ShareGPT4VException e)
         {

@@ -59,7 +59,12 @@ internal static class ConvertCommand
         };
         Modeling.QuantizationFormat? quantization = null;
         if (cl.Value("dtype") is { } d)
-            quantization = Modeling.QuantizationFormats.TryParse(d) ?? throw new UsageException($"--dtype must be q8_0 or q4_0, got '{d}'");
+            quantization = d.Trim().ToLowerInvariant() switch
+            {
+                "q8_0" => Modeling.QuantizationFormat.Q8_0,
+                "q4_0" => Modeling.QuantizationFormat.Q4_0,
+                _ => throw new UsageException($"--dtype must be q8_0 or q4_0, got '{d}'"),
+            };
         if (quantization is not null && layout == TargetLayout.Same) layout = TargetLayout.LlavaHf;
         // A hub id (and the tower it names) is fetched into the hub cache first.
         var (modelPath, towerPath) = await HuggingFaceHub.ResolveModelAsync(cl.Required("model"), cl.Value("vision-tower"),
@@ -69,7 +74,7 @@ internal static class ConvertCommand
             Quantization = quantization,
             Layout = layout,
             VisionTowerPath = towerPath,
-            MaxShardBytes = cl.Size("max-shard-size") ?? CheckpointConverter.DefaultMaxShardBytes,
+            MaxShardBytes = cl.Size("max-shard-size") ?? new ModelConversionOptions().MaxShardBytes,
             LanguageModelFolderName = cl.Value("llm-folder"),
             VisionTowerFolderName = cl.Value("tower-folder"),
         };

@@ -7,7 +7,7 @@ namespace ShareGPT4V.Cli;
 internal static class TrainCommand
 {
     public const string Help = """
-        usage: sharegpt4v train --model DIR --data FILE --image-folder DIR --output DIR --stage pretrain|finetune [options]
+        usage: sharegpt4v train --model DIR --data FILE --image-folder DIR --output DIR --stage pretrain|finetune|projector-only|vision [options]
 
         Fine-tunes a LLaVA-1.5 / ShareGPT4V model as LLaVA's train.py with Hugging Face Trainer does: stage pretrain
         (template plain, images resized and center-cropped, LLM + projector + CLIP layers >= --tune-vit-from-layer),
@@ -21,7 +21,8 @@ internal static class TrainCommand
           --data FILE                      LLaVA-format records: a JSON array or JSON lines (required)
           --image-folder DIR               folder the records' image paths are relative to (default: the data file's)
           --output DIR                     where checkpoints, the final model and the logs go (required)
-          --stage NAME                     pretrain, finetune (default) or projector-only
+          --stage NAME                     pretrain, finetune (default), projector-only, or vision (the CLIP tower alone
+                                           against --aux-patch-* labels, no text)
           --learning-rate F                peak learning rate (default 2e-5)
           --mm-projector-lr F              projector learning rate (default: --learning-rate)
           --vision-tower-lr F              vision tower learning rate (default: --learning-rate)
@@ -50,6 +51,12 @@ internal static class TrainCommand
           --lora-alpha F                   LoRA alpha (default 16)
           --lora-dropout F                 LoRA dropout (default 0.05)
           --report-to NAME                 tensorboard: event files in OUTPUT/runs; none (default)
+          --from-scratch                   random initial weights (seeded by --seed): --model needs only config and tokenizer files
+          --image-aspect-ratio NAME        pad or square (default: square for pretrain, pad for finetune and vision)
+          --tune-vit-embeddings            pretrain/vision: also train the tower's patch/position embeddings and pre-LayerNorm
+          --aux-patch-loss-weight W        add W x the auxiliary patch loss: a linear head classifies each patch feature
+                                           against the records' "patch_labels" images (pretrain and vision; default 0 = off)
+          --aux-patch-classes N            number of patch label classes (ids 0..N-1, 0 = background)
           --threads N                      CPU threads
         """;
 
@@ -62,8 +69,9 @@ internal static class TrainCommand
                 "per-device-batch-size", "gradient-accumulation-steps", "max-steps", "epochs", "lr-scheduler", "warmup-ratio",
                 "warmup-steps", "weight-decay", "adam-beta1", "adam-beta2", "adam-epsilon", "max-grad-norm", "seed", "dtype",
                 "tune-vit-from-layer", "model-max-length", "tokenizer-variant", "save-steps", "report-to", "threads", "lora-r", "lora-alpha", "lora-dropout",
+                "image-aspect-ratio", "aux-patch-loss-weight", "aux-patch-classes",
             },
-            new[] { "no-shuffle", "group-by-modality-length", "resume", "gradient-checkpointing", "fail-on-bad-records" });
+            new[] { "no-shuffle", "group-by-modality-length", "resume", "gradient-checkpointing", "fail-on-bad-records", "from-scratch", "tune-vit-embeddings" });
         if (cl.Value("max-steps") is not null && cl.Value("epochs") is not null)
             throw new UsageException("Give --max-steps or --epochs, not both");
         var stage = (cl.Value("stage") ?? "finetune") switch
@@ -71,7 +79,15 @@ internal static class TrainCommand
             "pretrain" => TrainingStage.Pretrain,
             "finetune" => TrainingStage.Finetune,
             "projector-only" => TrainingStage.ProjectorOnly,
-            var s => throw new UsageException($"--stage must be pretrain, finetune or projector-only, got '{s}'"),
+            "vision" => TrainingStage.Vision,
+            var s => throw new UsageException($"--stage must be pretrain, finetune, projector-only or vision, got '{s}'"),
+        };
+        ShareGPT4V.Preprocessing.ImageAspectMode? aspect = cl.Value("image-aspect-ratio") switch
+        {
+            null => null,
+            "pad" => ShareGPT4V.Preprocessing.ImageAspectMode.Pad,
+            "square" => ShareGPT4V.Preprocessing.ImageAspectMode.Resize,
+            var s => throw new UsageException($"--image-aspect-ratio must be pad or square, got '{s}'"),
         };
         var scheduler = (cl.Value("lr-scheduler") ?? "cosine") switch
         {
@@ -135,6 +151,11 @@ internal static class TrainCommand
             GradientCheckpointing = cl.Flag("gradient-checkpointing"),
             SkipBadRecords = !cl.Flag("fail-on-bad-records"),
             ReportToTensorBoard = tensorboard,
+            FromScratch = cl.Flag("from-scratch"),
+            ImageAspect = aspect,
+            TuneVitEmbeddings = cl.Flag("tune-vit-embeddings"),
+            AuxPatchLossWeight = cl.Double("aux-patch-loss-weight", 0, 1e6) ?? 0,
+            AuxPatchClasses = cl.Int("aux-patch-classes", 2, 256) ?? 0,
             Lora = cl.Int("lora-r", 1, 1 << 16) is int r
                 ? new LoraOptions(r, cl.Double("lora-alpha", double.Epsilon, 1e9) ?? 16, cl.Double("lora-dropout", 0, 0.999999) ?? 0.05)
                 : null,
@@ -148,7 +169,7 @@ internal static class TrainCommand
         {
             var eta = e.Step > 0 ? TimeSpan.FromSeconds(e.Elapsed.TotalSeconds / e.Step * (e.TotalSteps - e.Step)) : TimeSpan.Zero;
             bar.Report(e.Step, e.TotalSteps,
-                $"step {e.Step}/{e.TotalSteps} loss {e.Loss:F4} lr {e.LearningRate:E2} grad {e.GradNorm:F3} {e.TokensPerSecond:F0} tok/s ETA {eta:hh\\:mm\\:ss}");
+                $"step {e.Step}/{e.TotalSteps} loss {e.Loss:F4}" + (double.IsFinite(e.AuxLoss) ? $" aux {e.AuxLoss:F4}" : "") + $" lr {e.LearningRate:E2} grad {e.GradNorm:F3} {e.TokensPerSecond:F0} tok/s ETA {eta:hh\\:mm\\:ss}");
         });
         var result = await trainer.RunAsync(progress, ct);
         bar.Done();

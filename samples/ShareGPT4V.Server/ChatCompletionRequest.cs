@@ -162,18 +162,18 @@ internal sealed record ChatCompletionRequest
     }
 
     /// <summary>The conversation as the pipeline takes it: system text apart, then user/assistant turns with image counts.</summary>
-    public (string? System, List<ChatMessage> Turns, List<ImageReference> Images) ToConversation()
+    public (string? System, List<ConversationMessage> Turns, List<ImageReference> Images) ToConversation()
     {
         var system = Messages.Where(m => m.Role is "system" or "developer").Select(m => m.Text).ToList();
-        var turns = new List<ChatMessage>();
+        var turns = new List<ConversationMessage>();
         var images = new List<ImageReference>();
         foreach (var m in Messages.Where(m => m.Role is "user" or "assistant"))
         {
-            turns.Add(new ChatMessage(m.Role == "user" ? ChatRole.User : ChatRole.Assistant, m.Text, m.Images.Count));
+            turns.Add(new ConversationMessage(m.Role == "user" ? ConversationRole.User : ConversationRole.Assistant, m.Text, m.Images.Count));
             images.AddRange(m.Images);
         }
         if (turns.Count == 0) throw OpenAIErrorException.BadParam("messages", "'messages' holds no user message");
-        if (turns[^1].Role != ChatRole.User) throw OpenAIErrorException.BadParam("messages", "The last message must be a user message");
+        if (turns[^1].Role != ConversationRole.User) throw OpenAIErrorException.BadParam("messages", "The last message must be a user message");
         return (system.Count > 0 ? string.Join("\n", system) : null, turns, images);
     }
 }

@@ -135,7 +135,7 @@ internal sealed class ChatCompletionsEndpoint(ServerOptions options, ModelHost h
     }
 
     private static int CountPromptTokens(MultimodalPipeline pipeline, string prompt, int images) =>
-        pipeline.Tokenizer.EncodePrompt(prompt, pipeline.Config.ImageTokenIndex).Length + images * (pipeline.Config.ImageSeqLength - 1);
+        pipeline.CountPromptTokens(prompt, images);
 
     /// <summary>The library options a request stands for (choice <paramref name="index"/> samples with seed + index).</summary>
     internal GenerationOptions ToGenerationOptions(ChatCompletionRequest request, int index)

@@ -3,6 +3,9 @@ namespace ShareGPT4V;
 /// <summary>Base class of every error the library raises on purpose. Catch this to handle all of them.</summary>
 public class ShareGPT4VException : Exception
 {
+    /// <summary>An error with its message.</summary>
+    /// <param name="message">What went wrong, naming the file, option or input at fault.</param>
+    /// <param name="inner">The error that caused this one, if any.</param>
     public ShareGPT4VException(string message, Exception? inner = null) : base(message, inner) { }
 }
 
@@ -14,6 +17,11 @@ public class CheckpointFormatException : ShareGPT4VException
     /// <summary>The tensor at fault, when one is known.</summary>
     public string? TensorName { get; }
 
+    /// <summary>An error in a checkpoint; the file and tensor are appended to the message.</summary>
+    /// <param name="message">What is wrong.</param>
+    /// <param name="filePath">The file at fault, if known.</param>
+    /// <param name="tensorName">The tensor at fault, if known.</param>
+    /// <param name="inner">The error that caused this one, if any.</param>
     public CheckpointFormatException(string message, string? filePath = null, string? tensorName = null, Exception? inner = null)
         : base(Compose(message, filePath, tensorName), inner)
     {
@@ -37,6 +45,10 @@ public class CheckpointFormatException : ShareGPT4VException
 /// <summary>A pickle in a PyTorch checkpoint asked for something outside the allow-list (code execution attempt or unsupported content).</summary>
 public sealed class UnsafeCheckpointException : CheckpointFormatException
 {
+    /// <summary>A refused pickle; the file is appended to the message.</summary>
+    /// <param name="message">What the pickle asked for.</param>
+    /// <param name="filePath">The checkpoint file, if known.</param>
+    /// <param name="inner">The error that caused this one, if any.</param>
     public UnsafeCheckpointException(string message, string? filePath = null, Exception? inner = null)
         : base(message, filePath, null, inner) { }
 }
@@ -49,6 +61,11 @@ public class ModelConfigurationException : ShareGPT4VException
     /// <summary>The key or option at fault, when one is known.</summary>
     public string? Key { get; }
 
+    /// <summary>A configuration error; the key and file are appended to the message.</summary>
+    /// <param name="message">What is wrong.</param>
+    /// <param name="filePath">The file at fault, if known.</param>
+    /// <param name="key">The key or option at fault, if known.</param>
+    /// <param name="inner">The error that caused this one, if any.</param>
     public ModelConfigurationException(string message, string? filePath = null, string? key = null, Exception? inner = null)
         : base(message + (key is null ? "" : $" (key '{key}')") + (filePath is null ? "" : $" (file '{filePath}')"), inner)
     {
@@ -60,7 +77,13 @@ public class ModelConfigurationException : ShareGPT4VException
 /// <summary>An image could not be read, is not an image, or exceeds the configured limits.</summary>
 public class ImageInputException : ShareGPT4VException
 {
+    /// <summary>The image at fault (its file path or given name), when one is known.</summary>
     public string? ImageName { get; }
+
+    /// <summary>An image error; the image's name is appended to the message.</summary>
+    /// <param name="message">What is wrong.</param>
+    /// <param name="source">The image's file path or name, if known.</param>
+    /// <param name="inner">The error that caused this one, if any.</param>
     public ImageInputException(string message, string? source = null, Exception? inner = null)
         : base(message + (source is null ? "" : $" (image '{source}')"), inner) { ImageName = source; }
 }
@@ -68,12 +91,18 @@ public class ImageInputException : ShareGPT4VException
 /// <summary>A prompt is invalid: too long for the context window, image markers and images disagree, unknown template.</summary>
 public class PromptException : ShareGPT4VException
 {
+    /// <summary>A prompt error.</summary>
+    /// <param name="message">What is wrong and, where it helps, which option changes it.</param>
+    /// <param name="inner">The error that caused this one, if any.</param>
     public PromptException(string message, Exception? inner = null) : base(message, inner) { }
 }
 
 /// <summary>A device was requested that cannot be used (CUDA not available, unknown device string, not enough memory).</summary>
 public class DeviceException : ShareGPT4VException
 {
+    /// <summary>A device error.</summary>
+    /// <param name="message">Why the device cannot be used and what to change.</param>
+    /// <param name="inner">The error that caused this one, if any.</param>
     public DeviceException(string message, Exception? inner = null) : base(message, inner) { }
 }
 

@@ -1,8 +1,11 @@
+using ShareGPT4V.Preprocessing;
+
 namespace ShareGPT4V;
 
 /// <summary>An image to caption or chat about: a file, or encoded bytes (PNG, JPEG, WebP, GIF, BMP, ...).</summary>
 public sealed class ImageInput
 {
+    /// <summary>The file path, or the name given with the bytes; error messages name the image by it.</summary>
     public string Name { get; }
     internal string? FilePath { get; }
     internal byte[]? Bytes { get; }
@@ -14,12 +17,17 @@ public sealed class ImageInput
         Bytes = bytes;
     }
 
+    /// <summary>An image file, read when a request uses it.</summary>
+    /// <param name="path">The image file.</param>
     public static ImageInput FromFile(string path)
     {
         ArgumentException.ThrowIfNullOrEmpty(path);
         return new ImageInput(path, path, null);
     }
 
+    /// <summary>An encoded image held in memory.</summary>
+    /// <param name="encoded">The file's bytes (PNG, JPEG, WebP, GIF, BMP, ...).</param>
+    /// <param name="name">How errors name the image.</param>
     public static ImageInput FromBytes(byte[] encoded, string? name = null)
     {
         ArgumentNullException.ThrowIfNull(encoded);
@@ -42,5 +50,17 @@ public sealed class ImageInput
         return new ImageInput(name ?? "image stream", null, buffer.ToArray());
     }
 
+    /// <summary>
+    /// Decodes the image now, under <paramref name="limits"/> (e.g. a pipeline's <see cref="PipelineOptions.ImageLimits"/>),
+    /// so a file that cannot be used is refused before a request, not during it.
+    /// </summary>
+    /// <exception cref="ImageInputException">The image is missing, unreadable, corrupt or over a limit.</exception>
+    public void Validate(ImageLoadOptions? limits = null)
+    {
+        if (FilePath is not null) Preprocessing.ImageLoader.Load(FilePath, limits);
+        else Preprocessing.ImageLoader.Load(Bytes!, Name, limits);
+    }
+
+    /// <summary>The image's <see cref="Name"/>.</summary>
     public override string ToString() => Name;
 }

@@ -10,7 +10,7 @@ using static TorchSharp.torch;
 namespace ShareGPT4V;
 
 /// <summary>Inputs ready for the language model: embeddings, padding mask and position ids of a left-padded batch.</summary>
-public sealed class MultimodalInputs : IDisposable
+internal sealed class MultimodalInputs : IDisposable
 {
     public required Tensor Embeddings { get; init; }     // [B, T, H]
     public required Tensor AttentionMask { get; init; }  // [B, T] int64, 1 = real
@@ -31,7 +31,7 @@ public sealed class MultimodalInputs : IDisposable
 /// A LLaVA-1.5 / ShareGPT4V model: CLIP vision tower, projector and LLaMA, with keys as in transformers'
 /// <c>LlavaForConditionalGeneration</c> (<c>vision_tower.*</c>, <c>multi_modal_projector.*</c>, <c>language_model.*</c>).
 /// </summary>
-public sealed class LlavaModel : nn.Module<Tensor, Tensor>
+internal sealed class LlavaModel : nn.Module<Tensor, Tensor>
 {
     [ComponentName(Name = "vision_tower")] private readonly VisionEncoder _visionTower;
     [ComponentName(Name = "multi_modal_projector")] private readonly Projector _projector;

@@ -13,7 +13,6 @@ using ShareGPT4V.Preprocessing;
 using ShareGPT4V.Tokenization;
 using TorchSharp;
 using static TorchSharp.torch;
-using ChatMessage = ShareGPT4V.Conversation.ChatMessage;
 
 namespace ShareGPT4V;
 
@@ -52,13 +51,16 @@ public sealed class MultimodalPipeline : IDisposable
     private int _disposed;
     private volatile bool _releaseOnWorkerExit; // Dispose was called on the inference thread itself
 
+    /// <summary>The options the pipeline was loaded with.</summary>
     public PipelineOptions Options { get; }
-    public ModelFolder Folder { get; }
-    public LlavaConfig Config => _model.Config;
-    public LlavaTokenizer Tokenizer => _tokenizer;
+    internal ModelFolder Folder { get; }
+    internal LlavaConfig Config => _model.Config;
+    internal LlavaTokenizer Tokenizer => _tokenizer;
+    /// <summary>The conversation template prompts are built with.</summary>
     public ConversationTemplate Template => _template;
     /// <summary>The model; use only from inside the pipeline's own requests or when no request is running.</summary>
-    public LlavaModel Model => _model;
+    internal LlavaModel Model => _model;
+    /// <summary>The context window in tokens: prompt, image embeddings and answer together.</summary>
     public int ContextLength => _context;
     /// <summary>The device and dtype the model runs on, and the memory estimate they were checked against.</summary>
     public DevicePlacement Placement { get; }
@@ -190,12 +192,13 @@ public sealed class MultimodalPipeline : IDisposable
     /// <summary>Captions one image with the checkpoint's template (default prompt: "Describe this image in detail.").</summary>
     public Task<GenerationResult> CaptionAsync(ImageInput image, string? prompt = null, GenerationOptions? options = null,
         CancellationToken cancellationToken = default) =>
-        ChatAsync(new[] { new ChatMessage(ChatRole.User, prompt ?? DefaultCaptionPrompt, 1) }, new[] { image }, options, cancellationToken);
+        ChatAsync(new[] { new ConversationMessage(ConversationRole.User, prompt ?? DefaultCaptionPrompt, 1) }, new[] { image }, options, cancellationToken);
 
+    /// <summary>The instruction <see cref="CaptionAsync"/> uses when none is given.</summary>
     public const string DefaultCaptionPrompt = "Describe this image in detail.";
 
     /// <summary>Answers the last user message of a conversation (images in order of the messages' image counts).</summary>
-    public async Task<GenerationResult> ChatAsync(IReadOnlyList<ChatMessage> messages, IReadOnlyList<ImageInput>? images = null,
+    public async Task<GenerationResult> ChatAsync(IReadOnlyList<ConversationMessage> messages, IReadOnlyList<ImageInput>? images = null,
         GenerationOptions? options = null, CancellationToken cancellationToken = default)
     {
         var results = await GenerateBatchAsync(new[] { new PromptRequest(BuildPrompt(messages), images ?? Array.Empty<ImageInput>()) },
@@ -204,7 +207,7 @@ public sealed class MultimodalPipeline : IDisposable
     }
 
     /// <summary>As <see cref="ChatAsync"/>, streaming the answer's text as it is generated.</summary>
-    public async IAsyncEnumerable<string> ChatStreamingAsync(IReadOnlyList<ChatMessage> messages, IReadOnlyList<ImageInput>? images = null,
+    public async IAsyncEnumerable<string> ChatStreamingAsync(IReadOnlyList<ConversationMessage> messages, IReadOnlyList<ImageInput>? images = null,
         GenerationOptions? options = null, [EnumeratorCancellation] CancellationToken cancellationToken = default)
     {
         var channel = Channel.CreateUnbounded<string>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
@@ -230,7 +233,7 @@ public sealed class MultimodalPipeline : IDisposable
     public async Task<IReadOnlyList<GenerationResult>> CaptionBatchAsync(IReadOnlyList<ImageInput> images, string? prompt = null,
         GenerationOptions? options = null, IProgress<int>? progress = null, CancellationToken cancellationToken = default)
     {
-        var text = BuildPrompt(new[] { new ChatMessage(ChatRole.User, prompt ?? DefaultCaptionPrompt, 1) });
+        var text = BuildPrompt(new[] { new ConversationMessage(ConversationRole.User, prompt ?? DefaultCaptionPrompt, 1) });
         var results = new List<GenerationResult>(images.Count);
         // Beam search runs one prompt at a time (its cache rows are the beams).
         int rowsAtOnce = (options ?? Options.Generation).IsBeamSearch ? 1 : Options.MaxBatchSize;
@@ -248,10 +251,19 @@ public sealed class MultimodalPipeline : IDisposable
         (await GenerateBatchAsync(new[] { new PromptRequest(prompt, images ?? Array.Empty<ImageInput>()) }, options, null, cancellationToken).ConfigureAwait(false))[0];
 
     /// <summary>Renders a conversation with the pipeline's template.</summary>
-    public string BuildPrompt(IReadOnlyList<ChatMessage> messages) => BuildPrompt(messages, null);
+    public string BuildPrompt(IReadOnlyList<ConversationMessage> messages) => BuildPrompt(messages, null);
+
+    /// <summary>
+    /// How many positions of the context a prompt takes: its tokens, with each of <paramref name="imageCount"/>
+    /// images counted as the image's patch embeddings rather than one marker.
+    /// </summary>
+    /// <param name="prompt">The prompt as <see cref="BuildPrompt(IReadOnlyList{ConversationMessage})"/> renders it.</param>
+    /// <param name="imageCount">The images that come with the prompt.</param>
+    public int CountPromptTokens(string prompt, int imageCount) =>
+        _tokenizer.EncodePrompt(prompt, _model.Config.ImageTokenIndex).Length + imageCount * (_model.Config.ImageSeqLength - 1);
 
     /// <summary>Renders a conversation with the pipeline's template and, if given, a system message of the caller's.</summary>
-    public string BuildPrompt(IReadOnlyList<ChatMessage> messages, string? systemPrompt)
+    public string BuildPrompt(IReadOnlyList<ConversationMessage> messages, string? systemPrompt)
     {
         if (messages.Count == 0) throw new PromptException("The conversation has no messages");
         var conv = new ConversationBuilder(_template);
@@ -455,6 +467,7 @@ public sealed class MultimodalPipeline : IDisposable
         ? new DeviceException($"libtorch failed while running the request on {_model.LanguageModel.Device}: {e.Message.Split('\n')[0].Trim()}", e)
         : e;
 
+    /// <summary>Stops the inference thread (pending requests are cancelled) and frees the model's native memory.</summary>
     public void Dispose()
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0) return;

@@ -79,6 +79,7 @@ public sealed record PipelineOptions
     /// </summary>
     public int? Threads { get; init; }
 
+    /// <summary>Checks every option; throws <see cref="ModelConfigurationException"/> naming the first one out of range.</summary>
     public void Validate()
     {
         if (string.IsNullOrWhiteSpace(ModelPath)) throw new ModelConfigurationException("ModelPath is required", null, nameof(ModelPath));

@@ -1,7 +1,7 @@
 namespace ShareGPT4V.Cuda;
 
 /// <summary>One CUDA device as the driver reports it. <see cref="Index"/> is the CUDA ordinal (<c>cuda:N</c>).</summary>
-public sealed record CudaDeviceInfo
+internal sealed record CudaDeviceInfo
 {
     public required int Index { get; init; }
     public required string Name { get; init; }
@@ -24,7 +24,7 @@ public sealed record CudaDeviceInfo
 }
 
 /// <summary>What <see cref="ICudaProbe.Probe"/> found: whether CUDA can be used, why not, and the devices.</summary>
-public sealed record CudaProbeResult
+internal sealed record CudaProbeResult
 {
     /// <summary>True when the CUDA build of libtorch is loaded, libtorch reports CUDA available and a device exists.</summary>
     public required bool Available { get; init; }
@@ -42,7 +42,7 @@ public sealed record CudaProbeResult
 /// Finds CUDA devices and checks that the CUDA build of libtorch is usable. The real implementation is
 /// <see cref="TorchSharpCudaProbe"/>; the selection logic takes this interface so it can be tested without a GPU.
 /// </summary>
-public interface ICudaProbe
+internal interface ICudaProbe
 {
     CudaProbeResult Probe();
 }

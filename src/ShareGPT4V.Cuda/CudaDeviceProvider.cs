@@ -21,7 +21,7 @@ public sealed record CudaOptions
     public long ReserveBytes { get; init; } = 1L << 30;
 
     /// <summary>Replaces the real probe (tests, or callers with their own discovery).</summary>
-    public ICudaProbe? Probe { get; init; }
+    internal ICudaProbe? Probe { get; init; }
 }
 
 /// <summary>
@@ -36,6 +36,8 @@ public sealed class CudaDeviceProvider : IDeviceProvider
 
     private readonly Func<bool> _cpuAvailable;
 
+    /// <summary>A provider that probes CUDA (through TorchSharp) when a request names a GPU.</summary>
+    /// <param name="options">Where libtorch is and how much GPU memory to keep free; defaults when null.</param>
     public CudaDeviceProvider(CudaOptions? options = null) : this(options, null) { }
 
     internal CudaDeviceProvider(CudaOptions? options, Func<bool>? cpuLibTorchAvailable)
@@ -47,8 +49,10 @@ public sealed class CudaDeviceProvider : IDeviceProvider
         _probe = _options.Probe ?? new TorchSharpCudaProbe(_options.LibTorchDirectory);
     }
 
+    /// <summary>The options the provider was made with.</summary>
     public CudaOptions Options => _options;
 
+    /// <inheritdoc />
     public DevicePlacement Resolve(DeviceResolutionRequest request, ILogger logger)
     {
         ArgumentNullException.ThrowIfNull(request);

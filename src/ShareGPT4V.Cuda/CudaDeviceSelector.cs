@@ -4,7 +4,7 @@ using TorchSharp;
 namespace ShareGPT4V.Cuda;
 
 /// <summary>The decisions of the CUDA provider, as pure functions of what was probed (tested without a GPU).</summary>
-public static class CudaDeviceSelector
+internal static class CudaDeviceSelector
 {
     /// <summary>
     /// The device for a request: <c>cuda:N</c> must exist; <c>cuda</c> and <c>auto</c> take the device with the most

@@ -10,7 +10,7 @@ namespace ShareGPT4V.Cuda;
 /// without NVML it is read through the device's primary context. Libraries are looked up at run time, so a machine
 /// without a driver gets a clear answer instead of a load failure.
 /// </summary>
-public static unsafe class CudaDriver
+internal static unsafe class CudaDriver
 {
     private const int AttrComputeCapabilityMajor = 75, AttrComputeCapabilityMinor = 76;
 

@@ -30,7 +30,7 @@ public sealed class CudaOptionsBuilder
     /// <inheritdoc cref="CudaOptions.ReserveBytes"/>
     public long ReserveBytes { get; set; } = 1L << 30;
     /// <inheritdoc cref="CudaOptions.Probe"/>
-    public ICudaProbe? Probe { get; set; }
+    internal ICudaProbe? Probe { get; set; }
 
     internal CudaOptions Build() => new() { LibTorchDirectory = LibTorchDirectory, ReserveBytes = ReserveBytes, Probe = Probe };
 }

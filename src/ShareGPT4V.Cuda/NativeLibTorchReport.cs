@@ -10,15 +10,22 @@ namespace ShareGPT4V.Cuda;
 /// </summary>
 public sealed record NativeLibTorchReport
 {
+    /// <summary>Path of the loaded libtorch_cpu, or null when none is loaded.</summary>
     public string? LibTorchCpu { get; init; }
+    /// <summary>Path of the loaded libtorch_cuda, or null for a CPU-only libtorch.</summary>
     public string? LibTorchCuda { get; init; }
+    /// <summary>Path of TorchSharp's native glue library (libLibTorchSharp).</summary>
     public string? LibTorchSharp { get; init; }
+    /// <summary>Path of the loaded CUDA runtime (libcudart), when one is loaded.</summary>
     public string? CudaRuntime { get; init; }
+    /// <summary>Path of the loaded CUDA driver library (libcuda), when one is loaded.</summary>
     public string? CudaDriver { get; init; }
+    /// <summary>libtorch's version as its folder states it, or null when the folder does not say.</summary>
     public string? LibTorchVersion { get; init; }
     /// <summary>Every mapped library whose name marks it as libtorch's, TorchSharp's or CUDA's.</summary>
     public IReadOnlyList<string> Libraries { get; init; } = Array.Empty<string>();
 
+    /// <summary>Whether the loaded libtorch is a CUDA build.</summary>
     public bool CudaBuildLoaded => LibTorchCuda is not null;
 
     /// <summary>One line for logs.</summary>
@@ -86,6 +93,7 @@ public sealed record NativeLibTorchReport
         return n.Success ? $"{n.Groups[2].Value} ({n.Groups[1].Value} package)" : null;
     }
 
+    /// <summary>The summary line, then one line per library.</summary>
     public override string ToString()
     {
         var lines = new List<string> { Summary };

@@ -8,7 +8,7 @@ namespace ShareGPT4V.Cuda;
 /// libtorch whether CUDA works, and lists the devices through the driver. Every problem found goes into
 /// <see cref="CudaProbeResult.Problem"/> with what to do about it.
 /// </summary>
-public sealed class TorchSharpCudaProbe : ICudaProbe
+internal sealed class TorchSharpCudaProbe : ICudaProbe
 {
     private readonly string? _libTorchDirectory;
 

@@ -7,7 +7,7 @@ namespace ShareGPT4V.Cuda;
 /// constructor, which loads libtorch (and, when none can be found, fails in ways that end the process in a
 /// single-file app).
 /// </summary>
-public static class TorchSharpInfo
+internal static class TorchSharpInfo
 {
     /// <summary>TorchSharp's assembly version.</summary>
     public static string Version => typeof(TorchSharp.torch).Assembly.GetName().Version?.ToString() ?? "unknown";

@@ -6,8 +6,8 @@ using ShareGPT4V.Generation;
 using Xunit;
 using AiChatMessage = Microsoft.Extensions.AI.ChatMessage;
 using AiChatRole = Microsoft.Extensions.AI.ChatRole;
-using LibMessage = ShareGPT4V.Conversation.ChatMessage;
-using LibRole = ShareGPT4V.Conversation.ChatRole;
+using LibMessage = ShareGPT4V.Conversation.ConversationMessage;
+using LibRole = ShareGPT4V.Conversation.ConversationRole;
 using OpenAIChatMessage = OpenAI.Chat.ChatMessage;
 using ChatFinishReason = OpenAI.Chat.ChatFinishReason;
 

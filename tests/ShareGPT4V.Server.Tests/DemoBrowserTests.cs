@@ -1,8 +1,8 @@
 using Microsoft.Playwright;
 using ShareGPT4V.Generation;
 using Xunit;
-using LibMessage = ShareGPT4V.Conversation.ChatMessage;
-using LibRole = ShareGPT4V.Conversation.ChatRole;
+using LibMessage = ShareGPT4V.Conversation.ConversationMessage;
+using LibRole = ShareGPT4V.Conversation.ConversationRole;
 
 namespace ShareGPT4V.Server.Tests;
 

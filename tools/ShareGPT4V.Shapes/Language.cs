@@ -21,6 +21,7 @@ internal static class Language
     [
         "Describe this image.", "Describe the image in detail.", "What do you see in this picture?",
         "Give a detailed description of the image.", "What is in this image?", "Describe the picture.",
+        "Describe this image in detail.", // the CLI's caption prompt
     ];
 
     private static readonly string[] CountQuestions =

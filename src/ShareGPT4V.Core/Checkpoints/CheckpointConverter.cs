@@ -1,7 +1,7 @@
 namespace ShareGPT4V.Checkpoints;
 
 /// <summary>Converts any checkpoint the library can read (e.g. PyTorch <c>.bin</c> shards) into safetensors.</summary>
-public static class CheckpointConverter
+internal static class CheckpointConverter
 {
     /// <summary>transformers' default shard size for <c>save_pretrained</c> (5 GB).</summary>
     public const long DefaultMaxShardBytes = 5_000_000_000;

@@ -3,7 +3,7 @@ using ShareGPT4V.Checkpoints.PyTorch;
 namespace ShareGPT4V.Checkpoints;
 
 /// <summary>The kinds of checkpoint layout <see cref="CheckpointDiscovery"/> recognises, in order of preference.</summary>
-public enum CheckpointFormat
+internal enum CheckpointFormat
 {
     /// <summary><c>model.safetensors.index.json</c> + shards.</summary>
     SafeTensorsIndex,
@@ -21,7 +21,7 @@ public enum CheckpointFormat
 /// <param name="Folder">The folder searched.</param>
 /// <param name="Format">Which layout was picked.</param>
 /// <param name="EntryFile">The file opened: the index, or the single weights file.</param>
-public sealed record DiscoveredCheckpoint(string Folder, CheckpointFormat Format, string EntryFile)
+internal sealed record DiscoveredCheckpoint(string Folder, CheckpointFormat Format, string EntryFile)
 {
     /// <summary>Opens the tensors (validating every file).</summary>
     public ITensorReader Open() => Format switch
@@ -53,7 +53,7 @@ public sealed record DiscoveredCheckpoint(string Folder, CheckpointFormat Format
 /// <c>model.safetensors</c>, then a lone <c>*.safetensors</c>, then a PyTorch index, then <c>pytorch_model.bin</c>.
 /// safetensors wins whenever present, since it needs no unpickling.
 /// </summary>
-public static class CheckpointDiscovery
+internal static class CheckpointDiscovery
 {
     /// <summary>Picks the checkpoint of <paramref name="folder"/> without opening it.</summary>
     public static DiscoveredCheckpoint Find(string folder)

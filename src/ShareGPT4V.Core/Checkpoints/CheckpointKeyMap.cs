@@ -4,7 +4,7 @@ using ShareGPT4V.Configuration;
 namespace ShareGPT4V.Checkpoints;
 
 /// <summary>Where a checkpoint's tensors come from, relative to the model.</summary>
-public enum CheckpointPart
+internal enum CheckpointPart
 {
     /// <summary>A llava-hf folder (everything in one checkpoint).</summary>
     LlavaHf,
@@ -19,7 +19,7 @@ public enum CheckpointPart
 /// A key maps to a name, or to null when it is a known tensor the model does not use (rotary inv_freq buffers,
 /// position_ids, CLIP's text tower).
 /// </summary>
-public static partial class CheckpointKeyMap
+internal static partial class CheckpointKeyMap
 {
     [GeneratedRegex(@"^model\.mm_projector\.(\d+)\.(weight|bias)$")]
     private static partial Regex OriginalProjector();

@@ -7,7 +7,7 @@ namespace ShareGPT4V.Checkpoints;
 /// <param name="DType">The element type as stored.</param>
 /// <param name="Shape">The shape as stored.</param>
 /// <param name="FilePath">The file that holds the tensor's data.</param>
-public sealed record TensorInfo(string Name, torch.ScalarType DType, long[] Shape, string FilePath)
+internal sealed record TensorInfo(string Name, torch.ScalarType DType, long[] Shape, string FilePath)
 {
     public long ElementCount => Shape.Aggregate(1L, (a, b) => a * b);
     /// <summary>The block format of a quantized matrix (<see cref="DType"/> is then what it dequantizes to); null for plain tensors.</summary>
@@ -19,7 +19,7 @@ public sealed record TensorInfo(string Name, torch.ScalarType DType, long[] Shap
 /// Read access to the tensors of a checkpoint (one file or a sharded set). Implementations validate the whole
 /// layout when opened, so a load that starts never fails half-way because of a malformed header.
 /// </summary>
-public interface ITensorReader : IDisposable
+internal interface ITensorReader : IDisposable
 {
     /// <summary>A short description of where the tensors come from (file or index path), for messages.</summary>
     string Source { get; }

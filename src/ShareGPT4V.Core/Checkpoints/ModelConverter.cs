@@ -20,6 +20,7 @@ public enum TargetLayout
 /// <summary>Options of <see cref="ModelConverter.Convert"/>.</summary>
 public sealed record ModelConversionOptions
 {
+    /// <summary>The layout to write (default: the source's).</summary>
     public TargetLayout Layout { get; init; } = TargetLayout.Same;
     /// <summary>Largest shard in data bytes (transformers' default, 5 GB).</summary>
     public long MaxShardBytes { get; init; } = CheckpointConverter.DefaultMaxShardBytes;

@@ -10,7 +10,7 @@ namespace ShareGPT4V.Checkpoints;
 public readonly record struct LoadProgress(int TensorsLoaded, int TensorsTotal, long BytesLoaded, long BytesTotal, string? CurrentTensor);
 
 /// <summary>How to load a model.</summary>
-public sealed record LoadOptions
+internal sealed record LoadOptions
 {
     /// <summary>
     /// Element type the large weights (linear layers, embedding tables) are kept in memory in; null keeps each as the
@@ -43,7 +43,7 @@ public sealed record LoadOptions
 /// model's full list of parameter names and shapes before any weight is read, so a missing, unexpected or
 /// mis-shaped tensor fails the load with one message naming every problem, and nothing half-loaded is returned.
 /// </summary>
-public static class ModelLoader
+internal static class ModelLoader
 {
     /// <summary>Opens the tensors of a folder. Replaceable so other checkpoint formats can plug in.</summary>
     internal static Func<string, ITensorReader> OpenFolder { get; set; } = CheckpointDiscovery.Open;

@@ -9,7 +9,7 @@ namespace ShareGPT4V.Checkpoints;
 /// The header is read and fully validated on open (dtype, shape, byte counts, offsets that tile the data section
 /// exactly); tensor data is memory-mapped on first use.
 /// </summary>
-public sealed class SafeTensorsFile : ITensorReader
+internal sealed class SafeTensorsFile : ITensorReader
 {
     /// <summary>The largest header accepted, as in the reference implementation (100 MB).</summary>
     public const long MaxHeaderBytes = 100_000_000;

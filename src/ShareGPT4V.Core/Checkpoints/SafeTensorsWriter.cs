@@ -12,7 +12,7 @@ public sealed record CheckpointWriteProgress(int TensorsDone, int TensorCount, l
 /// <param name="IndexFile">The <c>model.safetensors.index.json</c> written, or null for a single-file checkpoint.</param>
 /// <param name="TensorCount">Tensors written.</param>
 /// <param name="TotalBytes">Sum of the tensors' data bytes (the index's <c>metadata.total_size</c>).</param>
-public sealed record SafeTensorsWriteResult(IReadOnlyList<string> Files, string? IndexFile, int TensorCount, long TotalBytes);
+internal sealed record SafeTensorsWriteResult(IReadOnlyList<string> Files, string? IndexFile, int TensorCount, long TotalBytes);
 
 /// <summary>
 /// Writes safetensors files: an 8-byte little-endian header length, a JSON header (<c>__metadata__</c> first, then each
@@ -22,7 +22,7 @@ public sealed record SafeTensorsWriteResult(IReadOnlyList<string> Files, string?
 /// an <see cref="ITensorReader"/>, only the tensor being written is in memory. Files are written to a temporary name
 /// and renamed when complete.
 /// </summary>
-public static class SafeTensorsWriter
+internal static class SafeTensorsWriter
 {
     /// <summary>The metadata transformers writes and expects (<c>{"format": "pt"}</c>).</summary>
     public static IReadOnlyDictionary<string, string> DefaultMetadata { get; } = new Dictionary<string, string> { ["format"] = "pt" };

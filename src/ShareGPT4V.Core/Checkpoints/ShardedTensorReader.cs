@@ -8,7 +8,7 @@ namespace ShareGPT4V.Checkpoints;
 /// (<c>model.safetensors.index.json</c> / <c>pytorch_model.bin.index.json</c>: <c>weight_map</c> name → shard file),
 /// or a plain list of files (e.g. the LLM folder and a separate vision-tower folder). Names must be unique.
 /// </summary>
-public sealed class ShardedTensorReader : ITensorReader
+internal sealed class ShardedTensorReader : ITensorReader
 {
     private readonly List<ITensorReader> _readers;
     private readonly Dictionary<string, ITensorReader> _byName = new(StringComparer.Ordinal);

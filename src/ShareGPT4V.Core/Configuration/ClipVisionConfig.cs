@@ -4,7 +4,7 @@ namespace ShareGPT4V.Configuration;
 /// The CLIP vision tower's configuration. Defaults are those of transformers' <c>CLIPVisionConfig</c>
 /// (ViT-B/32 at 224 px, <c>quick_gelu</c>), applied to keys a config omits.
 /// </summary>
-public sealed record ClipVisionConfig
+internal sealed record ClipVisionConfig
 {
     public int HiddenSize { get; init; } = 768;
     public int IntermediateSize { get; init; } = 3072;

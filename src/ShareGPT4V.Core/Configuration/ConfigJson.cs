@@ -6,7 +6,7 @@ namespace ShareGPT4V.Configuration;
 /// Writes the typed configs back as <c>config.json</c> objects in either layout, with every key our reader (and
 /// transformers) needs, so a folder written by the library loads to the same configuration.
 /// </summary>
-public static class ConfigJson
+internal static class ConfigJson
 {
     /// <summary>A LLaMA config (a whole original-layout config's LLaMA keys, or a llava-hf <c>text_config</c>).</summary>
     public static JsonObject Llama(LlamaConfig t)

@@ -1,7 +1,7 @@
 namespace ShareGPT4V.Configuration;
 
 /// <summary>RoPE scaling as real configs carry it (<c>rope_scaling</c>): <c>linear</c>, <c>dynamic</c> or <c>llama3</c>.</summary>
-public sealed record RopeScaling
+internal sealed record RopeScaling
 {
     public required string Type { get; init; }
     public double Factor { get; init; } = 1.0;
@@ -17,7 +17,7 @@ public sealed record RopeScaling
 /// The LLaMA language model's configuration. Defaults are those of transformers' <c>LlamaConfig</c>, applied to keys
 /// a hub config omits (llava-hf's <c>text_config</c> lists only a few keys).
 /// </summary>
-public sealed record LlamaConfig
+internal sealed record LlamaConfig
 {
     public int VocabSize { get; init; } = 32000;
     public int HiddenSize { get; init; } = 4096;

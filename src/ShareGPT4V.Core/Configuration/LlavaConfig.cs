@@ -13,7 +13,7 @@ public enum CheckpointLayout
 /// The whole multimodal model's configuration: CLIP tower, projector, LLaMA, and how image features are selected and
 /// merged. Built from either layout by <see cref="ModelFolder"/>.
 /// </summary>
-public sealed record LlavaConfig
+internal sealed record LlavaConfig
 {
     public required ClipVisionConfig Vision { get; init; }
     public required LlamaConfig Text { get; init; }

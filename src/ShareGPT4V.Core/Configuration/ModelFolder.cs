@@ -4,7 +4,7 @@ namespace ShareGPT4V.Configuration;
 /// Where everything of one model lives on disk, and its configuration: reads <c>config.json</c> of either layout,
 /// finds the CLIP tower folder of an original-layout checkpoint, and names the preprocessor config.
 /// </summary>
-public sealed record ModelFolder
+internal sealed record ModelFolder
 {
     public required string ModelPath { get; init; }
     /// <summary>Folder of the CLIP tower weights: the model folder itself for llava-hf.</summary>

@@ -4,13 +4,13 @@ using System.Text.Json;
 namespace ShareGPT4V.Configuration;
 
 /// <summary>A published model, described as data: its hub ids, layout, weight format and configuration.</summary>
-public sealed record ModelPreset(string Name, string HubId, CheckpointLayout Layout, string Weights, string? VisionTowerHubId, LlavaConfig Config);
+internal sealed record ModelPreset(string Name, string HubId, CheckpointLayout Layout, string Weights, string? VisionTowerHubId, LlavaConfig Config);
 
 /// <summary>
 /// The released LLaVA-1.5 / ShareGPT4V checkpoints as data (the configs they ship, embedded in the assembly), so a
 /// model of the real size can be built on the meta device, estimated or validated without the weights.
 /// </summary>
-public static class ModelPresets
+internal static class ModelPresets
 {
     private static readonly Lazy<IReadOnlyDictionary<string, ModelPreset>> All = new(LoadAll);
 

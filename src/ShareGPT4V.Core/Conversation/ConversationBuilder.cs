@@ -4,14 +4,16 @@ using ShareGPT4V.Tokenization;
 namespace ShareGPT4V.Conversation;
 
 /// <summary>Who wrote a message.</summary>
-public enum ChatRole
+public enum ConversationRole
 {
+    /// <summary>The person asking; user turns may carry images.</summary>
     User,
+    /// <summary>The model's earlier answers.</summary>
     Assistant,
 }
 
 /// <summary>One turn: its text and how many images come with it (user turns only).</summary>
-public sealed record ChatMessage(ChatRole Role, string Text, int ImageCount = 0);
+public sealed record ConversationMessage(ConversationRole Role, string Text, int ImageCount = 0);
 
 /// <summary>
 /// Builds the prompt string of a conversation for a <see cref="ConversationTemplate"/>: system message, alternating
@@ -22,14 +24,16 @@ public sealed record ChatMessage(ChatRole Role, string Text, int ImageCount = 0)
 /// </summary>
 public sealed class ConversationBuilder
 {
-    private readonly List<ChatMessage> _messages = [];
+    private readonly List<ConversationMessage> _messages = [];
 
+    /// <summary>The template the prompt is rendered with.</summary>
     public ConversationTemplate Template { get; }
 
     /// <summary>System message override; null uses the template's.</summary>
     public string? SystemPrompt { get; set; }
 
-    public IReadOnlyList<ChatMessage> Messages => _messages;
+    /// <summary>The turns added so far, in order.</summary>
+    public IReadOnlyList<ConversationMessage> Messages => _messages;
 
     /// <summary>Total number of images in the conversation, in prompt order.</summary>
     public int ImageCount => _messages.Sum(m => m.ImageCount);
@@ -37,6 +41,7 @@ public sealed class ConversationBuilder
     /// <summary>Strings that end a generated answer for this template.</summary>
     public IReadOnlyList<string> StopStrings => Template.StopStrings;
 
+    /// <summary>An empty conversation for <paramref name="template"/>.</summary>
     public ConversationBuilder(ConversationTemplate template)
     {
         Template = template ?? throw new ArgumentNullException(nameof(template));
@@ -50,12 +55,12 @@ public sealed class ConversationBuilder
     {
         ArgumentNullException.ThrowIfNull(text);
         if (imageCount < 0) throw new PromptException($"Image count must not be negative, got {imageCount}");
-        if (_messages.Count > 0 && _messages[^1].Role == ChatRole.User)
+        if (_messages.Count > 0 && _messages[^1].Role == ConversationRole.User)
             throw new PromptException("Turns must alternate: a user turn cannot follow another user turn");
         int markers = LlavaTokenizer.CountImageMarkers(text);
         if (markers != 0 && markers != imageCount)
             throw new PromptException($"The user text has {markers} {LlavaTokenizer.ImageMarker} marker(s) but {imageCount} image(s) are attached");
-        _messages.Add(new ChatMessage(ChatRole.User, text, imageCount));
+        _messages.Add(new ConversationMessage(ConversationRole.User, text, imageCount));
         return this;
     }
 
@@ -63,21 +68,21 @@ public sealed class ConversationBuilder
     public ConversationBuilder AddAssistant(string text)
     {
         ArgumentNullException.ThrowIfNull(text);
-        if (_messages.Count == 0 || _messages[^1].Role != ChatRole.User)
+        if (_messages.Count == 0 || _messages[^1].Role != ConversationRole.User)
             throw new PromptException("Turns must alternate: an assistant turn must follow a user turn");
         if (text.Contains(LlavaTokenizer.ImageMarker, StringComparison.Ordinal))
             throw new PromptException($"Assistant turns cannot carry images or {LlavaTokenizer.ImageMarker} markers");
-        _messages.Add(new ChatMessage(ChatRole.Assistant, text));
+        _messages.Add(new ConversationMessage(ConversationRole.Assistant, text));
         return this;
     }
 
     /// <summary>Adds a turn of either role.</summary>
-    public ConversationBuilder Add(ChatMessage message)
+    public ConversationBuilder Add(ConversationMessage message)
     {
         ArgumentNullException.ThrowIfNull(message);
-        if (message.Role == ChatRole.Assistant && message.ImageCount != 0)
+        if (message.Role == ConversationRole.Assistant && message.ImageCount != 0)
             throw new PromptException("Assistant turns cannot carry images");
-        return message.Role == ChatRole.User ? AddUser(message.Text, message.ImageCount) : AddAssistant(message.Text);
+        return message.Role == ConversationRole.User ? AddUser(message.Text, message.ImageCount) : AddAssistant(message.Text);
     }
 
     /// <summary>
@@ -88,8 +93,8 @@ public sealed class ConversationBuilder
     {
         if (_messages.Count == 0) throw new PromptException("The conversation has no messages");
         string system = SystemPrompt ?? Template.SystemPrompt;
-        var turns = _messages.Select(m => m.Role == ChatRole.User ? PlaceImages(m) : m.Text).ToList();
-        bool open = _messages[^1].Role == ChatRole.User;
+        var turns = _messages.Select(m => m.Role == ConversationRole.User ? PlaceImages(m) : m.Text).ToList();
+        bool open = _messages[^1].Role == ConversationRole.User;
         var t = Template;
         var sb = new StringBuilder();
         switch (t.Style)
@@ -151,7 +156,7 @@ public sealed class ConversationBuilder
     /// front. Plain (stage-1 pretraining) keeps only the markers, as LLaVA's preprocess_plain drops the user text.
     /// Raw keeps markers written in the text where they are.
     /// </summary>
-    private string PlaceImages(ChatMessage m)
+    private string PlaceImages(ConversationMessage m)
     {
         if (m.ImageCount == 0) return m.Text;
         string marker = LlavaTokenizer.ImageMarker;

@@ -9,8 +9,10 @@ namespace ShareGPT4V.Devices;
 /// </summary>
 public sealed class CpuDeviceProvider : IDeviceProvider
 {
+    /// <summary>The shared instance (the provider has no state).</summary>
     public static CpuDeviceProvider Instance { get; } = new();
 
+    /// <inheritdoc />
     public DevicePlacement Resolve(DeviceResolutionRequest request, ILogger logger)
     {
         ArgumentNullException.ThrowIfNull(request);

@@ -3,7 +3,7 @@ using TorchSharp;
 namespace ShareGPT4V.Devices;
 
 /// <summary>The element-type option: <c>auto</c> (the device's policy) or an explicit float type.</summary>
-public static class DTypeChoice
+internal static class DTypeChoice
 {
     /// <summary>The names accepted by the <c>DType</c> options.</summary>
     public const string Accepted = "auto, float32 (fp32), float16 (fp16), bfloat16 (bf16)";

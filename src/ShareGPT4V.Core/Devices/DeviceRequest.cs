@@ -17,6 +17,7 @@ public enum DeviceKind
 /// </summary>
 public readonly record struct DeviceRequest(DeviceKind Kind, int? Index)
 {
+    /// <summary>The CPU.</summary>
     public static DeviceRequest Cpu => new(DeviceKind.Cpu, null);
 
     /// <summary>Parses a device string; <paramref name="option"/> names the option in the error message.</summary>
@@ -36,6 +37,7 @@ public readonly record struct DeviceRequest(DeviceKind Kind, int? Index)
         throw new DeviceException($"{option} '{text}' is not a device this library knows (use 'cpu', 'cuda', 'cuda:N' or 'auto')");
     }
 
+    /// <summary>The option text that parses back to this request (<c>cpu</c>, <c>auto</c>, <c>cuda</c>, <c>cuda:N</c>).</summary>
     public override string ToString() => Kind switch
     {
         DeviceKind.Cpu => "cpu",

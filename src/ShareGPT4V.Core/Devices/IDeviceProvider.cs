@@ -14,7 +14,7 @@ public sealed record DeviceResolutionRequest
     /// <summary>Whether a CUDA request may run on the CPU when CUDA cannot be used (logged as a warning).</summary>
     public bool AllowCpuFallback { get; init; }
     /// <summary>The model to be placed; with <see cref="Positions"/> and <see cref="Batch"/> it sizes the memory check.</summary>
-    public LlavaConfig? Config { get; init; }
+    internal LlavaConfig? Config { get; init; }
     /// <summary>Positions per row of the KV cache the model will use.</summary>
     public int Positions { get; init; }
     /// <summary>Rows of the KV cache the model will use.</summary>
@@ -24,7 +24,9 @@ public sealed record DeviceResolutionRequest
 /// <summary>Where and in what element type a model runs, as decided by an <see cref="IDeviceProvider"/>.</summary>
 public sealed record DevicePlacement
 {
+    /// <summary>The device the model's weights and caches live on.</summary>
     public required torch.Device Device { get; init; }
+    /// <summary>The element type of the model's floating-point weights and activations.</summary>
     public required torch.ScalarType DType { get; init; }
     /// <summary>For logs: the device, its name and memory where known, the dtype and why it was chosen.</summary>
     public required string Description { get; init; }
@@ -41,5 +43,9 @@ public sealed record DevicePlacement
 /// </summary>
 public interface IDeviceProvider
 {
+    /// <summary>Decides where and in what element type the model runs.</summary>
+    /// <param name="request">The options as given and the model to be placed.</param>
+    /// <param name="logger">Receives warnings, such as a fallback to the CPU.</param>
+    /// <exception cref="DeviceException">The request cannot be served; the message says why and what to change.</exception>
     DevicePlacement Resolve(DeviceResolutionRequest request, ILogger logger);
 }

@@ -9,24 +9,33 @@ namespace ShareGPT4V.Devices;
 /// </summary>
 public sealed record MemoryEstimate
 {
+    /// <summary>The element type of the weights.</summary>
     public required torch.ScalarType DType { get; init; }
     /// <summary>Rows the KV cache holds (the pipeline's MaxBatchSize).</summary>
     public required int Batch { get; init; }
     /// <summary>Positions per row the KV cache holds.</summary>
     public required int Positions { get; init; }
 
+    /// <summary>Parameters of the CLIP vision tower.</summary>
     public required long VisionParameters { get; init; }
+    /// <summary>Parameters of the projector from image features to the language model's embeddings.</summary>
     public required long ProjectorParameters { get; init; }
+    /// <summary>Parameters of the language model, its embedding table included.</summary>
     public required long LanguageParameters { get; init; }
     /// <summary>Parameters of the input embedding table (read one row per token, not whole, by a decode step).</summary>
     public required long EmbeddingParameters { get; init; }
+    /// <summary>All parameters of the model.</summary>
     public long Parameters => VisionParameters + ProjectorParameters + LanguageParameters;
 
+    /// <summary>Bytes per weight element.</summary>
     public required int ElementSize { get; init; }
+    /// <summary>Bytes of all weights.</summary>
     public long WeightBytes => Parameters * ElementSize;
+    /// <summary>Bytes of the KV cache for <see cref="Batch"/> rows of <see cref="Positions"/> positions.</summary>
     public required long KvCacheBytes { get; init; }
     /// <summary>Activations of a prefill of <see cref="Positions"/> tokens for <see cref="Batch"/> rows (approximate).</summary>
     public required long WorkspaceBytes { get; init; }
+    /// <summary>Weights, KV cache and workspace together: what the device must have free.</summary>
     public long TotalBytes => WeightBytes + KvCacheBytes + WorkspaceBytes;
 
     /// <summary>
@@ -38,15 +47,17 @@ public sealed record MemoryEstimate
     /// <summary>KV-cache bytes per position and row: what a decode step reads per cached position of each row.</summary>
     public required long KvBytesPerPositionPerRow { get; init; }
 
+    /// <summary>One line for logs and error messages.</summary>
     public override string ToString() =>
         $"weights {Gib(WeightBytes)} ({DTypeChoice.Name(DType)}) + KV cache {Gib(KvCacheBytes)} (batch {Batch} x {Positions} positions)"
         + $" + workspace {Gib(WorkspaceBytes)} = {Gib(TotalBytes)}";
 
+    /// <summary>A byte count as GiB with two decimals, e.g. <c>5.21 GiB</c>.</summary>
     public static string Gib(long bytes) => $"{bytes / (1024.0 * 1024 * 1024):F2} GiB";
 }
 
 /// <summary>Computes <see cref="MemoryEstimate"/>s; the parameter counts follow the modules in Vision/ and Language/.</summary>
-public static class MemoryEstimator
+internal static class MemoryEstimator
 {
     public static MemoryEstimate Estimate(LlavaConfig config, torch.ScalarType dtype, int positions, int batch)
     {

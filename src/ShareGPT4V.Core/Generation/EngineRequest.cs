@@ -7,7 +7,7 @@ namespace ShareGPT4V.Generation;
 /// One image of a request to the <see cref="GenerationEngine"/>: its preprocessed pixels, or a way to make them, and
 /// the key of its embedding in the engine's image cache (null: never cached).
 /// </summary>
-public sealed class EngineImage
+internal sealed class EngineImage
 {
     private readonly Func<PreprocessedImage>? _load;
     private PreprocessedImage? _pixels;
@@ -47,7 +47,7 @@ public sealed class EngineImage
 }
 
 /// <summary>One sequence to generate: prompt ids (with image placeholders), its images, options and callbacks.</summary>
-public sealed class SequenceRequest
+internal sealed class SequenceRequest
 {
     /// <summary>Prompt token ids; the model's image placeholder marks each image (see <see cref="LlavaModel.BuildInputs"/>).</summary>
     public required IReadOnlyList<int> PromptIds { get; init; }

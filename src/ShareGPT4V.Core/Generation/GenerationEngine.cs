@@ -10,7 +10,7 @@ using static TorchSharp.torch;
 namespace ShareGPT4V.Generation;
 
 /// <summary>Sizes of a <see cref="GenerationEngine"/>.</summary>
-public sealed record EngineOptions
+internal sealed record EngineOptions
 {
     /// <summary>Sequence slots: how many requests decode together. The KV cache holds this many rows.</summary>
     public int MaxBatchSize { get; init; } = 8;
@@ -47,7 +47,7 @@ public sealed record EngineOptions
 /// </para>
 /// Not thread-safe: one thread drives it (the pipeline's inference thread).
 /// </summary>
-public sealed class GenerationEngine : IDisposable
+internal sealed class GenerationEngine : IDisposable
 {
     private readonly LlavaModel _model;
     private readonly LlavaTokenizer? _tokenizer;
@@ -473,7 +473,7 @@ public sealed class GenerationEngine : IDisposable
 }
 
 /// <summary>One request inside the <see cref="GenerationEngine"/>: its slot, sampler, output and timings.</summary>
-public sealed class EngineSequence
+internal sealed class EngineSequence
 {
     private readonly GenerationEngine _engine;
     private readonly Sampler _sampler;

@@ -109,25 +109,34 @@ public enum FinishReason
 /// <summary>Wall-clock costs of one request.</summary>
 public sealed record GenerationTimings
 {
+    /// <summary>Decoding, resizing and normalising the images.</summary>
     public TimeSpan Preprocess { get; init; }
     /// <summary>Vision tower + projector.</summary>
     public TimeSpan Vision { get; init; }
+    /// <summary>The language model's pass over the prompt.</summary>
     public TimeSpan Prefill { get; init; }
+    /// <summary>Generating the answer after the first token.</summary>
     public TimeSpan Decode { get; init; }
     /// <summary>From the start of the request to the first generated token.</summary>
     public TimeSpan TimeToFirstToken { get; init; }
+    /// <summary>The whole request.</summary>
     public TimeSpan Total { get; init; }
 }
 
 /// <summary>The outcome of one generation.</summary>
 public sealed record GenerationResult
 {
+    /// <summary>The answer, stop string excluded.</summary>
     public required string Text { get; init; }
     /// <summary>Generated token ids (the EOS token, when it ended generation, is not included).</summary>
     public required IReadOnlyList<int> TokenIds { get; init; }
+    /// <summary>Why generation ended.</summary>
     public required FinishReason FinishReason { get; init; }
+    /// <summary>Positions the prompt took, image embeddings included.</summary>
     public required int PromptTokens { get; init; }
+    /// <summary>How many tokens were generated.</summary>
     public int GeneratedTokens => TokenIds.Count;
+    /// <summary>Where the time went.</summary>
     public required GenerationTimings Timings { get; init; }
     /// <summary>Decode speed in tokens per second (0 when fewer than two tokens were generated).</summary>
     public double TokensPerSecond => GeneratedTokens > 1 && Timings.Decode > TimeSpan.Zero ? (GeneratedTokens - 1) / Timings.Decode.TotalSeconds : 0;

@@ -7,7 +7,7 @@ namespace ShareGPT4V.Generation;
 /// A static key/value cache: per layer, keys and values of shape [maxBatch, kvHeads, maxSeq, headDim], allocated
 /// once and written in place at the current positions. Nothing grows per token.
 /// </summary>
-public sealed class KvCache : IDisposable
+internal sealed class KvCache : IDisposable
 {
     private readonly Tensor[] _keys;
     private readonly Tensor[] _values;

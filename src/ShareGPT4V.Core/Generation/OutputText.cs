@@ -8,7 +8,7 @@ namespace ShareGPT4V.Generation;
 /// whitespace is dropped, trailing whitespace and any suffix that could begin a stop string are held back.
 /// So the streamed pieces concatenate to exactly <see cref="FinalText"/>.
 /// </summary>
-public sealed class OutputText
+internal sealed class OutputText
 {
     // Work per token is bounded by the piece and the longest stop string, not by the answer so far: the raw text
     // lives in one growing buffer, stop strings are searched only where a new one could end, and only the released

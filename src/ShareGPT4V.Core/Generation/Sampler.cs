@@ -9,7 +9,7 @@ namespace ShareGPT4V.Generation;
 /// One sampler serves one sequence on one thread: it keeps its scratch buffers between calls, so a decode step
 /// allocates nothing.
 /// </summary>
-public sealed class Sampler
+internal sealed class Sampler
 {
     private readonly GenerationOptions _options;
     private readonly LogitsProcessorList _processors;

@@ -2,8 +2,8 @@ using System.Runtime.CompilerServices;
 using System.Threading.Channels;
 using Microsoft.Extensions.AI;
 using ShareGPT4V.Generation;
-using OurMessage = ShareGPT4V.Conversation.ChatMessage;
-using OurRole = ShareGPT4V.Conversation.ChatRole;
+using OurMessage = ShareGPT4V.Conversation.ConversationMessage;
+using OurRole = ShareGPT4V.Conversation.ConversationRole;
 
 namespace ShareGPT4V.Hosting;
 

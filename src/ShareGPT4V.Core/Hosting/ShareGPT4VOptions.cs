@@ -24,11 +24,17 @@ public sealed class ShareGPT4VOptions
     public string DType { get; set; } = "auto";
     /// <summary>Run on the CPU (logged) when CUDA was asked for but cannot be used; otherwise the load fails.</summary>
     public bool AllowCpuFallback { get; set; }
+    /// <summary>Conversation template name (see <see cref="PipelineOptions.Template"/>); null = the checkpoint's own.</summary>
     public string? Template { get; set; }
+    /// <summary>See <see cref="GenerationOptions.MaxNewTokens"/>.</summary>
     public int MaxNewTokens { get; set; } = 512;
+    /// <summary>See <see cref="GenerationOptions.Temperature"/>.</summary>
     public double Temperature { get; set; }
+    /// <summary>See <see cref="GenerationOptions.TopP"/>.</summary>
     public double TopP { get; set; } = 1.0;
+    /// <summary>See <see cref="GenerationOptions.TopK"/>.</summary>
     public int TopK { get; set; }
+    /// <summary>See <see cref="GenerationOptions.RepetitionPenalty"/>.</summary>
     public double RepetitionPenalty { get; set; } = 1.0;
     /// <summary>See <see cref="GenerationOptions.MinP"/>.</summary>
     public double? MinP { get; set; }
@@ -40,12 +46,18 @@ public sealed class ShareGPT4VOptions
     public double LengthPenalty { get; set; } = 1.0;
     /// <summary>See <see cref="GenerationOptions.EarlyStopping"/>.</summary>
     public bool EarlyStopping { get; set; }
+    /// <summary>See <see cref="PipelineOptions.ContextLength"/>.</summary>
     public int? ContextLength { get; set; }
+    /// <summary>See <see cref="PipelineOptions.MaxBatchSize"/>.</summary>
     public int MaxBatchSize { get; set; } = 8;
+    /// <summary>See <see cref="PipelineOptions.MaxQueueLength"/>.</summary>
     public int MaxQueueLength { get; set; } = 64;
+    /// <summary>See <see cref="PipelineOptions.Threads"/>.</summary>
     public int? Threads { get; set; }
+    /// <summary>See <see cref="PipelineOptions.Overflow"/>.</summary>
     public PromptOverflow Overflow { get; set; } = PromptOverflow.Refuse;
 
+    /// <summary>The pipeline options these settings stand for.</summary>
     public PipelineOptions ToPipelineOptions() => new()
     {
         ModelPath = ModelPath,
@@ -72,6 +84,7 @@ public sealed class ShareGPT4VOptions
 /// <summary>Validates <see cref="ShareGPT4VOptions"/> at start-up, with messages naming the option.</summary>
 public sealed class ShareGPT4VOptionsValidator : IValidateOptions<ShareGPT4VOptions>
 {
+    /// <inheritdoc />
     public ValidateOptionsResult Validate(string? name, ShareGPT4VOptions options)
     {
         try

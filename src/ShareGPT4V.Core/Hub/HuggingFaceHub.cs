@@ -57,6 +57,8 @@ public sealed partial class HuggingFaceHub : IDisposable
     /// (<c>.../snapshots/&lt;commit&gt;</c>). <paramref name="include"/> (glob patterns as huggingface_hub's
     /// <c>allow_patterns</c>, <c>*</c> also crossing <c>/</c>) limits the files; null takes every file.
     /// </summary>
+    // RS0026: the two overloads differ in the type of their file filter (patterns or a function), never by arity.
+#pragma warning disable RS0026
     public Task<string> SnapshotAsync(string repoId, IReadOnlyList<string>? include = null, string? revision = null,
         CancellationToken cancellationToken = default) =>
         SnapshotAsync(repoId, names => include is { Count: > 0 } ? names.Where(n => Glob.MatchesAny(include, n)).ToList() : names,
@@ -68,6 +70,7 @@ public sealed partial class HuggingFaceHub : IDisposable
     /// </summary>
     public async Task<string> SnapshotAsync(string repoId, Func<IReadOnlyList<string>, IReadOnlyList<string>> select, string? revision = null,
         CancellationToken cancellationToken = default)
+#pragma warning restore RS0026
     {
         CheckRepoId(repoId);
         revision ??= _o.Revision;
@@ -118,6 +121,7 @@ public sealed partial class HuggingFaceHub : IDisposable
     /// cache), keeping each file's commit and etag in <c>.cache/huggingface/download/</c> so a second run skips what is
     /// current and resumes what is partial. Returns the folder.
     /// </summary>
+#pragma warning disable RS0026 // as SnapshotAsync: the overloads differ in the type of the file filter
     public Task<string> DownloadToFolderAsync(string repoId, string localDir, IReadOnlyList<string>? include = null,
         string? revision = null, CancellationToken cancellationToken = default) =>
         DownloadToFolderAsync(repoId, localDir, names => include is { Count: > 0 } ? names.Where(n => Glob.MatchesAny(include, n)).ToList() : names,
@@ -126,6 +130,7 @@ public sealed partial class HuggingFaceHub : IDisposable
     /// <summary>As <see cref="DownloadToFolderAsync(string, string, IReadOnlyList{string}?, string?, CancellationToken)"/>, with the files chosen by <paramref name="select"/>.</summary>
     public async Task<string> DownloadToFolderAsync(string repoId, string localDir, Func<IReadOnlyList<string>, IReadOnlyList<string>> select,
         string? revision = null, CancellationToken cancellationToken = default)
+#pragma warning restore RS0026
     {
         CheckRepoId(repoId);
         revision ??= _o.Revision;

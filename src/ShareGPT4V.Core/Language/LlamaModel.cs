@@ -11,7 +11,7 @@ using Linear = ShareGPT4V.Modeling.Linear;
 namespace ShareGPT4V.Language;
 
 /// <summary>Which logits a forward pass computes: the vocabulary projection is the largest matmul of a decode step.</summary>
-public enum LogitsMode
+internal enum LogitsMode
 {
     /// <summary>Logits for every position (checks, scoring).</summary>
     All,
@@ -26,7 +26,7 @@ public enum LogitsMode
 /// RMSNorm, rotary grouped-query attention and a SwiGLU MLP, final norm and the LM head. Keys: <c>model.*</c>, <c>lm_head.*</c>.
 /// Takes input embeddings as a first-class input so image features can be spliced in.
 /// </summary>
-public sealed class LlamaModel : nn.Module<Tensor, Tensor>
+internal sealed class LlamaModel : nn.Module<Tensor, Tensor>
 {
     [ComponentName(Name = "model")] private readonly LlamaTransformer _model;
     [ComponentName(Name = "lm_head")] private readonly Linear? _lmHead;

@@ -10,7 +10,7 @@ namespace ShareGPT4V.Language;
 /// angle position × frequency, [cos, cos] / [sin, sin] halves, and rotate_half. Supports the <c>linear</c>,
 /// <c>dynamic</c> (NTK) and <c>llama3</c> scalings.
 /// </summary>
-public sealed class RotaryEmbedding : IDisposable
+internal sealed class RotaryEmbedding : IDisposable
 {
     private readonly LlamaConfig _c;
     private readonly Tensor _invFreq; // [d/2] float32, CPU

@@ -9,7 +9,7 @@ namespace ShareGPT4V.Modeling;
 /// weights directly (half the memory traffic) and GEMMs widen one weight matrix at a time. Other devices compute in
 /// the weights' dtype.
 /// </summary>
-public static class ComputePrecision
+internal static class ComputePrecision
 {
     /// <param name="weights">The dtype the large weights are kept in; null when each keeps its checkpoint dtype.</param>
     /// <param name="device">Where the model runs.</param>

@@ -9,7 +9,7 @@ namespace ShareGPT4V.Modeling;
 /// y = x Wᵀ + b, with the weight named <c>{prefix}.weight</c> as in the checkpoints. The weight may be stored in a
 /// narrower dtype than x (bfloat16 / float16 weights with float32 activations on CPU).
 /// </summary>
-public sealed class Linear : nn.Module<Tensor, Tensor>
+internal sealed class Linear : nn.Module<Tensor, Tensor>
 {
     [ComponentName(Name = "weight")] private readonly Parameter _weight;
     [ComponentName(Name = "bias")] private readonly Parameter? _bias;
@@ -148,7 +148,7 @@ public sealed class Linear : nn.Module<Tensor, Tensor>
 }
 
 /// <summary>LayerNorm over the last dimension with weight and bias.</summary>
-public sealed class LayerNorm : nn.Module<Tensor, Tensor>
+internal sealed class LayerNorm : nn.Module<Tensor, Tensor>
 {
     [ComponentName(Name = "weight")] private readonly Parameter _weight;
     [ComponentName(Name = "bias")] private readonly Parameter _bias;
@@ -168,7 +168,7 @@ public sealed class LayerNorm : nn.Module<Tensor, Tensor>
 }
 
 /// <summary>LLaMA's RMSNorm: normalise in float32, scale by the weight in the input's dtype (as transformers does).</summary>
-public sealed class RmsNorm : nn.Module<Tensor, Tensor>
+internal sealed class RmsNorm : nn.Module<Tensor, Tensor>
 {
     [ComponentName(Name = "weight")] private readonly Parameter _weight;
     private readonly Scalar _eps; // held for the module's life: see HeldScalars
@@ -198,7 +198,7 @@ public sealed class RmsNorm : nn.Module<Tensor, Tensor>
 }
 
 /// <summary>A lookup table, <c>{prefix}.weight</c> of shape [num, dim], kept in the storage dtype (callers convert the rows they look up).</summary>
-public sealed class Embedding : nn.Module<Tensor, Tensor>
+internal sealed class Embedding : nn.Module<Tensor, Tensor>
 {
     [ComponentName(Name = "weight")] private readonly Parameter _weight;
     public Tensor Weight => _weight;

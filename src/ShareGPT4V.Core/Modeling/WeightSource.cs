@@ -10,7 +10,7 @@ namespace ShareGPT4V.Modeling;
 /// from a <see cref="MetaWeightSource"/> (no memory: names and shapes only) to check a checkpoint, then from the
 /// checkpoint itself, so parameters are never allocated twice or initialised randomly.
 /// </summary>
-public abstract class WeightSource
+internal abstract class WeightSource
 {
     /// <summary>
     /// The dtype activations are computed in. Large matrices (linear weights, embedding tables) may be stored in
@@ -44,7 +44,7 @@ public abstract class WeightSource
 }
 
 /// <summary>Parameters on the <c>meta</c> device: the model's structure without any memory.</summary>
-public sealed class MetaWeightSource : WeightSource
+internal sealed class MetaWeightSource : WeightSource
 {
     private readonly ScalarType _dtype;
 

@@ -8,7 +8,7 @@ namespace ShareGPT4V.Preprocessing;
 /// x * rescale_factor computed in double then rounded to float32, then (x - mean) / std in float32.
 /// Immutable, so one instance can serve many threads.
 /// </summary>
-public sealed class ClipImageProcessor
+internal sealed class ClipImageProcessor
 {
     private readonly float[] _mean;
     private readonly float[] _std;

@@ -10,7 +10,7 @@ public enum ImageAspectMode
 }
 
 /// <summary>Reading <see cref="ImageAspectMode"/> from a model config.</summary>
-public static class ImageAspectModes
+internal static class ImageAspectModes
 {
     /// <summary>
     /// Maps LLaVA's <c>image_aspect_ratio</c> config value: "pad" → <see cref="ImageAspectMode.Pad"/>;

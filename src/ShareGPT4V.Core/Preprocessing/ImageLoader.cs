@@ -19,7 +19,7 @@ namespace ShareGPT4V.Preprocessing;
 /// 16-bit grey is clipped to 255 (PIL's I;16 to L conversion). Only the first frame of an animation is used.
 /// Every failure is an <see cref="ImageInputException"/> naming the image.
 /// </summary>
-public static class ImageLoader
+internal static class ImageLoader
 {
     // Shared, never mutated after construction: safe to use from many threads.
     private static readonly SixLabors.ImageSharp.Configuration DecoderConfiguration = CreateConfiguration();

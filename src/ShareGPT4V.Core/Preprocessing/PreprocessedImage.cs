@@ -3,7 +3,7 @@ using TorchSharp;
 namespace ShareGPT4V.Preprocessing;
 
 /// <summary>The output of <see cref="ClipImageProcessor"/> for one image.</summary>
-public sealed class PreprocessedImage
+internal sealed class PreprocessedImage
 {
     /// <summary>Normalised pixel values, channel-major (CHW), float32: what the vision tower takes.</summary>
     public float[] Data { get; }

@@ -8,7 +8,7 @@ namespace ShareGPT4V.Preprocessing;
 /// and the older <c>CLIPFeatureExtractor</c> form (<c>size: 336</c>, <c>crop_size: 336</c>) are accepted; missing keys take
 /// the defaults of transformers' <c>CLIPImageProcessor</c>.
 /// </summary>
-public sealed record PreprocessorConfig
+internal sealed record PreprocessorConfig
 {
     /// <summary>OpenAI CLIP's per-channel mean (transformers' OPENAI_CLIP_MEAN).</summary>
     public static readonly IReadOnlyList<double> OpenAIClipMean = [0.48145466, 0.4578275, 0.40821073];
@@ -257,7 +257,7 @@ public sealed record PreprocessorConfig
 }
 
 /// <summary>PIL resampling filters, numbered as PIL numbers them (the <c>resample</c> key). Nearest (0) is not supported.</summary>
-public enum ResampleFilter
+internal enum ResampleFilter
 {
     /// <summary>Lanczos (a = 3).</summary>
     Lanczos = 1,

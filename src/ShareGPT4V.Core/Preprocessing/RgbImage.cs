@@ -1,7 +1,7 @@
 namespace ShareGPT4V.Preprocessing;
 
 /// <summary>A decoded 8-bit RGB image, row-major, 3 bytes per pixel (what PIL calls mode "RGB").</summary>
-public sealed class RgbImage
+internal sealed class RgbImage
 {
     /// <summary>Width in pixels.</summary>
     public int Width { get; }

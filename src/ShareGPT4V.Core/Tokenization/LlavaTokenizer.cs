@@ -3,7 +3,7 @@ using System.Text;
 namespace ShareGPT4V.Tokenization;
 
 /// <summary>Which tokenizer file a <see cref="LlavaTokenizer"/> reads.</summary>
-public enum TokenizerFileKind
+internal enum TokenizerFileKind
 {
     /// <summary><c>tokenizer.model</c> when present, else <c>tokenizer.json</c>.</summary>
     Auto,
@@ -19,7 +19,7 @@ public enum TokenizerFileKind
 /// The LLaMA / Vicuna tokenizer of LLaVA-1.5 and ShareGPT4V models, with LLaVA's image-placeholder splicing.
 /// Immutable once loaded: Encode and Decode may be called from any number of threads at once.
 /// </summary>
-public sealed class LlavaTokenizer
+internal sealed class LlavaTokenizer
 {
     /// <summary>The image marker written in prompt text.</summary>
     public const string ImageMarker = "<image>";

@@ -9,7 +9,7 @@ namespace ShareGPT4V.Tokenization;
 /// everything returned (including <see cref="Flush"/>) equals <see cref="LlavaTokenizer.Decode"/> of all the ids.
 /// One instance per stream; not thread-safe.
 /// </summary>
-public sealed class StreamingDetokenizer
+internal sealed class StreamingDetokenizer
 {
     private readonly LlavaTokenizer _tokenizer;
     private readonly bool _skipSpecialTokens;

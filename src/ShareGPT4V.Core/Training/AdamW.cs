@@ -15,7 +15,7 @@ internal sealed record ParameterGroup(string Name, IReadOnlyList<(string Name, T
 /// </summary>
 internal sealed class AdamW : IDisposable
 {
-    public sealed class State
+    internal sealed class State
     {
         public long Step;
         public required Tensor ExpAvg;

@@ -15,7 +15,7 @@ namespace ShareGPT4V.Vision;
 /// (erf) GELU between them (LLaVA-1.5 uses N = 2), or <c>linear</c>. Keys follow llava-hf: <c>linear_1</c>,
 /// <c>linear_2</c>, ... (original LLaVA's <c>mm_projector.0</c>, <c>.2</c>, ... map onto them).
 /// </summary>
-public sealed class Projector : nn.Module<Tensor, Tensor>
+internal sealed class Projector : nn.Module<Tensor, Tensor>
 {
     private readonly List<Linear> _linears = new();
     private readonly ScalarType _computeType;

@@ -15,7 +15,7 @@ namespace ShareGPT4V.Vision;
 /// The CLIP ViT vision tower (transformers' <c>CLIPVisionModel</c>): patch + class + position embeddings,
 /// pre-LayerNorm, pre-norm encoder layers with <c>quick_gelu</c> MLPs. Keys: <c>vision_model.*</c>.
 /// </summary>
-public sealed class VisionEncoder : nn.Module<Tensor, Tensor>
+internal sealed class VisionEncoder : nn.Module<Tensor, Tensor>
 {
     [ComponentName(Name = "vision_model")] private readonly ClipVisionTransformer _visionModel;
 

@@ -42,7 +42,7 @@ public static class PromptBuilder
                 return sb.ToString();
             default:
                 // Other templates (llava_hf, llama_2, ...): the library's builder, which moves the image marker to the front.
-                int images = Tokenization.LlavaTokenizer.CountImageMarkers(query);
+                int images = CountImageMarkers(query);
                 return new ConversationBuilder(template).AddUser(query, images).BuildPrompt();
         }
     }
@@ -62,5 +62,14 @@ public static class PromptBuilder
         string[] letters = { "A.", "B.", "C.", "D." };
         for (int i = 0; i < Math.Min(4, candidates.Count); i++) sb.Append(letters[i]).Append(' ').Append(candidates[i]).Append('\n');
         return sb.ToString();
+    }
+
+    private static int CountImageMarkers(string text)
+    {
+        const string marker = "<image>";
+        int count = 0;
+        for (int i = text.IndexOf(marker, StringComparison.Ordinal); i >= 0; i = text.IndexOf(marker, i + marker.Length, StringComparison.Ordinal))
+            count++;
+        return count;
     }
 }

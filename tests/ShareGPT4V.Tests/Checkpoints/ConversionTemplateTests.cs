@@ -2,7 +2,7 @@ using ShareGPT4V.Checkpoints;
 using ShareGPT4V.Conversation;
 using ShareGPT4V.Tests.Oracle;
 using Xunit;
-using ChatMessage = ShareGPT4V.Conversation.ChatMessage;
+using ConversationMessage = ShareGPT4V.Conversation.ConversationMessage;
 
 namespace ShareGPT4V.Tests.Checkpoints;
 
@@ -28,7 +28,7 @@ public sealed class ConversionTemplateTests : IDisposable
     {
         var source = GoldenCase.Get("hf_llama2vocab").ModelPath;
         var r = ModelConverter.Convert(source, Path.Combine(_dir, "orig"), new ModelConversionOptions { Layout = TargetLayout.Original });
-        var turn = new[] { new ChatMessage(ChatRole.User, "What is this?", 1) };
+        var turn = new[] { new ConversationMessage(ConversationRole.User, "What is this?", 1) };
         using var before = MultimodalPipeline.Load(new PipelineOptions { ModelPath = source });
         using var after = MultimodalPipeline.Load(new PipelineOptions { ModelPath = r.ModelPath });
         Assert.Equal("llava_hf", before.Template.Name);

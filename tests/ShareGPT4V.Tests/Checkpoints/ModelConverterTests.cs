@@ -5,7 +5,7 @@ using ShareGPT4V.Generation;
 using ShareGPT4V.Tests.Oracle;
 using TorchSharp;
 using Xunit;
-using ChatMessage = ShareGPT4V.Conversation.ChatMessage;
+using ConversationMessage = ShareGPT4V.Conversation.ConversationMessage;
 
 namespace ShareGPT4V.Tests.Checkpoints;
 
@@ -92,7 +92,7 @@ public sealed class ModelConverterTests : IDisposable
         using var p = MultimodalPipeline.Load(new PipelineOptions { ModelPath = r.ModelPath, Template = "llava_v1" });
         Assert.Equal(-200, p.Config.ImageTokenIndex);
         var main = c.Prompt("main");
-        var result = await p.ChatAsync(new[] { new ChatMessage(ChatRole.User, "Describe this image in detail.", 1) },
+        var result = await p.ChatAsync(new[] { new ConversationMessage(ConversationRole.User, "Describe this image in detail.", 1) },
             new[] { ImageInput.FromFile(Path.Combine(c.Dir, "image1.png")) }, new GenerationOptions { MaxNewTokens = 12, StopAtEndOfSequence = false });
         Assert.Equal(main.GetProperty("generated_ids").EnumerateArray().Select(x => x.GetInt32()), result.TokenIds);
     }

@@ -206,7 +206,7 @@ public class ConversationTemplateTests
         Assert.Contains("no messages", Assert.Throws<PromptException>(() => new Conv("vicuna_v1").BuildPrompt()).Message);
         Assert.Contains("must not be negative", Assert.Throws<PromptException>(() => new Conv("vicuna_v1").AddUser("q", -1)).Message);
         Assert.Contains("cannot carry images", Assert.Throws<PromptException>(() => new Conv("vicuna_v1").AddUser("q").AddAssistant("<image>")).Message);
-        Assert.Contains("cannot carry images", Assert.Throws<PromptException>(() => new Conv("vicuna_v1").AddUser("q").Add(new ChatMessage(ChatRole.Assistant, "a", 1))).Message);
+        Assert.Contains("cannot carry images", Assert.Throws<PromptException>(() => new Conv("vicuna_v1").AddUser("q").Add(new ConversationMessage(ConversationRole.Assistant, "a", 1))).Message);
     }
 }
 

@@ -3,7 +3,7 @@ using ShareGPT4V.Generation;
 using ShareGPT4V.Tests.Oracle;
 using TorchSharp;
 using Xunit;
-using ChatMessage = ShareGPT4V.Conversation.ChatMessage;
+using ConversationMessage = ShareGPT4V.Conversation.ConversationMessage;
 
 namespace ShareGPT4V.Tests.Engine;
 
@@ -36,7 +36,7 @@ public class EngineTests
         {
             int images = i % 3;
             var question = $"Tell me about {words[i % words.Length]}" + string.Concat(Enumerable.Repeat(" please", i % 5)) + ".";
-            var prompt = p.BuildPrompt(new[] { new ChatMessage(ChatRole.User, question, images) });
+            var prompt = p.BuildPrompt(new[] { new ConversationMessage(ConversationRole.User, question, images) });
             var imageInputs = Enumerable.Range(0, images).Select(k => Image((i + k) % 2 == 0 ? "image1" : "image2")).ToArray();
             var options = new GenerationOptions
             {
@@ -114,7 +114,7 @@ public class EngineTests
         using var cached = Load(maxBatch: 2);
         using var fresh = Load(maxBatch: 1, imageCache: 0, prefixCache: 0);
         var options = new GenerationOptions { MaxNewTokens = 10, StopAtEndOfSequence = false };
-        var turn1 = new List<ChatMessage> { new(ChatRole.User, "Describe this image in detail.", 1) };
+        var turn1 = new List<ConversationMessage> { new(ConversationRole.User, "Describe this image in detail.", 1) };
         var images = new[] { Image("image1") };
         var r1 = await cached.ChatAsync(turn1, images, options);
         Assert.Equal((await fresh.ChatAsync(turn1, images, options)).TokenIds, r1.TokenIds);
@@ -123,7 +123,7 @@ public class EngineTests
         Assert.Equal(0, c1.PrefixCacheHits);
         Assert.Equal(1, c1.ImageCacheMisses);
 
-        var turn2 = turn1.Concat(new ChatMessage[] { new(ChatRole.Assistant, r1.Text), new(ChatRole.User, "What colors stand out?") }).ToList();
+        var turn2 = turn1.Concat(new ConversationMessage[] { new(ConversationRole.Assistant, r1.Text), new(ConversationRole.User, "What colors stand out?") }).ToList();
         var r2 = await cached.ChatAsync(turn2, images, options);
         var c2 = cached.CacheCounters;
         Assert.Equal(1, c2.PrefixCacheHits);
@@ -137,7 +137,7 @@ public class EngineTests
 
         // Another question about the same image, placed after some text: the embedding comes from the image cache,
         // and the conversation's entry stays (this one shares less than its prompt).
-        var other = cached.BuildPrompt(new[] { new ChatMessage(ChatRole.User, "Look at this picture:", 0) }) + " <image>\nIs there text in it?";
+        var other = cached.BuildPrompt(new[] { new ConversationMessage(ConversationRole.User, "Look at this picture:", 0) }) + " <image>\nIs there text in it?";
         var r3 = await cached.GenerateAsync(other, images, options);
         Assert.Equal((await fresh.GenerateAsync(other, images, options)).TokenIds, r3.TokenIds);
         Assert.Equal(1, cached.CacheCounters.ImageCacheHits);

@@ -48,7 +48,7 @@ public class HostingTests
         var r = await client.GetResponseAsync(new[] { new ChatMessage(ChatRole.System, "Be brief."), new ChatMessage(ChatRole.User, "Hi") }, options);
         Assert.True(r.Usage!.OutputTokenCount <= 3);
         Assert.Empty(options.StopSequences);
-        Assert.Equal("Be brief. USER: Hi ASSISTANT:", sp.GetRequiredService<MultimodalPipeline>().BuildPrompt(new[] { new ShareGPT4V.Conversation.ChatMessage(ShareGPT4V.Conversation.ChatRole.User, "Hi") }, "Be brief."));
+        Assert.Equal("Be brief. USER: Hi ASSISTANT:", sp.GetRequiredService<MultimodalPipeline>().BuildPrompt(new[] { new ShareGPT4V.Conversation.ConversationMessage(ShareGPT4V.Conversation.ConversationRole.User, "Hi") }, "Be brief."));
     }
 
     [Fact]

@@ -3,7 +3,7 @@ using ShareGPT4V.Conversation;
 using ShareGPT4V.Generation;
 using ShareGPT4V.Tests.Oracle;
 using Xunit;
-using ChatMessage = ShareGPT4V.Conversation.ChatMessage;
+using ConversationMessage = ShareGPT4V.Conversation.ConversationMessage;
 
 namespace ShareGPT4V.Tests.Pipeline;
 
@@ -21,7 +21,7 @@ public class BeamSearchPipelineTests : IClassFixture<PipelineFixture>
     private ImageInput Image(string name) => ImageInput.FromFile(Path.Combine(_case.Dir, name + ".png"));
     private static int[] Golden(string setting, string prompt) =>
         Runs.GetProperty(setting).GetProperty(prompt).GetProperty("generated_ids").EnumerateArray().Select(x => x.GetInt32()).ToArray();
-    private static readonly ChatMessage[] Describe = { new(ChatRole.User, MultimodalPipeline.DefaultCaptionPrompt, 1) };
+    private static readonly ConversationMessage[] Describe = { new(ConversationRole.User, MultimodalPipeline.DefaultCaptionPrompt, 1) };
 
     [Fact]
     public async Task AStreamedBeamSearchArrivesWholeAndEqualsTheAnswer()

@@ -3,7 +3,7 @@ using ShareGPT4V.Generation;
 using ShareGPT4V.Tests.Checkpoints;
 using ShareGPT4V.Tests.Oracle;
 using Xunit;
-using ChatMessage = ShareGPT4V.Conversation.ChatMessage;
+using ConversationMessage = ShareGPT4V.Conversation.ConversationMessage;
 
 namespace ShareGPT4V.Tests.Pipeline;
 
@@ -33,7 +33,7 @@ public class PipelineTests : IClassFixture<PipelineFixture>
     public async Task CaptionFromPngReproducesTheGoldenIdsAndText()
     {
         var main = _case.Prompt("main");
-        var messages = new[] { new ChatMessage(ChatRole.User, "Describe this image in detail.", 1) };
+        var messages = new[] { new ConversationMessage(ConversationRole.User, "Describe this image in detail.", 1) };
         Assert.Equal(main.GetProperty("text").GetString(), _p.BuildPrompt(messages));
         var r = await _p.ChatAsync(messages, new[] { Image("image1") }, Reference);
         Assert.Equal(Ints(main.GetProperty("generated_ids")), r.TokenIds);
@@ -76,7 +76,7 @@ public class PipelineTests : IClassFixture<PipelineFixture>
     [Fact]
     public async Task StreamingConcatenatesToTheNonStreamingText()
     {
-        var messages = new[] { new ChatMessage(ChatRole.User, "What is in the picture?", 1) };
+        var messages = new[] { new ConversationMessage(ConversationRole.User, "What is in the picture?", 1) };
         var options = new GenerationOptions { MaxNewTokens = 24, StopAtEndOfSequence = false };
         var whole = await _p.ChatAsync(messages, new[] { Image("image2") }, options);
         var pieces = new List<string>();
@@ -89,7 +89,7 @@ public class PipelineTests : IClassFixture<PipelineFixture>
     public async Task CancellationStopsPromptlyAndLeavesThePipelineUsable()
     {
         using var cts = new CancellationTokenSource();
-        var messages = new[] { new ChatMessage(ChatRole.User, "Describe this image in detail.", 1) };
+        var messages = new[] { new ConversationMessage(ConversationRole.User, "Describe this image in detail.", 1) };
         int pieces = 0;
         await Assert.ThrowsAnyAsync<OperationCanceledException>(async () =>
         {
@@ -126,7 +126,7 @@ public class PipelineTests : IClassFixture<PipelineFixture>
     [Fact]
     public async Task BadInputsGetTypedErrorsAndThePipelineStaysUsable()
     {
-        var one = new[] { new ChatMessage(ChatRole.User, "Describe.", 1) };
+        var one = new[] { new ConversationMessage(ConversationRole.User, "Describe.", 1) };
         var e1 = await Assert.ThrowsAsync<ImageInputException>(() => _p.ChatAsync(one, new[] { ImageInput.FromFile("/no/such/image.png") }));
         Assert.Contains("/no/such/image.png", e1.Message);
         await Assert.ThrowsAsync<ImageInputException>(() => _p.ChatAsync(one, new[] { ImageInput.FromBytes("not an image at all"u8.ToArray(), "text.png") }));

@@ -3,7 +3,7 @@ using ShareGPT4V.Conversation;
 using ShareGPT4V.Generation;
 using Xunit;
 using Xunit.Abstractions;
-using ChatMessage = ShareGPT4V.Conversation.ChatMessage;
+using ConversationMessage = ShareGPT4V.Conversation.ConversationMessage;
 
 namespace ShareGPT4V.Tests.Safety;
 
@@ -31,7 +31,7 @@ public sealed class ConcurrencyStressTests(ITestOutputHelper output)
 
     private enum Kind { Caption, Chat, TwoImages, Text, Sampled, Streamed, Batch }
 
-    private sealed record Request(int Index, Kind Kind, IReadOnlyList<ChatMessage> Messages, IReadOnlyList<ImageInput> Images, GenerationOptions Options);
+    private sealed record Request(int Index, Kind Kind, IReadOnlyList<ConversationMessage> Messages, IReadOnlyList<ImageInput> Images, GenerationOptions Options);
 
     /// <summary>What a request produced: token ids of each row, and the text of each row.</summary>
     private sealed record Answer(IReadOnlyList<IReadOnlyList<int>> Ids, IReadOnlyList<string> Texts)
@@ -53,16 +53,16 @@ public sealed class ConcurrencyStressTests(ITestOutputHelper output)
             int img = 1 + rng.Next(2);
             list.Add(kind switch
             {
-                Kind.Caption => new Request(i, kind, [new ChatMessage(ChatRole.User, q, 1)], [Image(img)], options),
+                Kind.Caption => new Request(i, kind, [new ConversationMessage(ConversationRole.User, q, 1)], [Image(img)], options),
                 Kind.Chat => new Request(i, kind,
-                    [new ChatMessage(ChatRole.User, "Look.", 1), new ChatMessage(ChatRole.Assistant, "I see it."), new ChatMessage(ChatRole.User, q)],
+                    [new ConversationMessage(ConversationRole.User, "Look.", 1), new ConversationMessage(ConversationRole.Assistant, "I see it."), new ConversationMessage(ConversationRole.User, q)],
                     [ImageBytes(img)], options),
-                Kind.TwoImages => new Request(i, kind, [new ChatMessage(ChatRole.User, "Compare these: " + q, 2)], [Image(1), ImageBytes(2)], options),
-                Kind.Text => new Request(i, kind, [new ChatMessage(ChatRole.User, q)], [], options),
-                Kind.Sampled => new Request(i, kind, [new ChatMessage(ChatRole.User, q, 1)], [Image(img)],
+                Kind.TwoImages => new Request(i, kind, [new ConversationMessage(ConversationRole.User, "Compare these: " + q, 2)], [Image(1), ImageBytes(2)], options),
+                Kind.Text => new Request(i, kind, [new ConversationMessage(ConversationRole.User, q)], [], options),
+                Kind.Sampled => new Request(i, kind, [new ConversationMessage(ConversationRole.User, q, 1)], [Image(img)],
                     options with { Temperature = 0.9, TopP = 0.9, TopK = 40, Seed = rng.Next() }),
-                Kind.Streamed => new Request(i, kind, [new ChatMessage(ChatRole.User, q, 1)], [Image(img)], options),
-                _ => new Request(i, kind, [new ChatMessage(ChatRole.User, q, 1)], [Image(1), Image(2)], options),
+                Kind.Streamed => new Request(i, kind, [new ConversationMessage(ConversationRole.User, q, 1)], [Image(img)], options),
+                _ => new Request(i, kind, [new ConversationMessage(ConversationRole.User, q, 1)], [Image(1), Image(2)], options),
             });
         }
         return list;

@@ -4,7 +4,7 @@ using ShareGPT4V.Generation;
 using TorchSharp;
 using Xunit;
 using Xunit.Abstractions;
-using ChatMessage = ShareGPT4V.Conversation.ChatMessage;
+using ConversationMessage = ShareGPT4V.Conversation.ConversationMessage;
 
 namespace ShareGPT4V.Tests.Safety;
 
@@ -57,8 +57,8 @@ public sealed class NativeMemorySoakTests(ITestOutputHelper output)
         switch (i % 4)
         {
             case 0: await p.CaptionAsync(Image(1 + i % 2), null, options); break;
-            case 1: await p.ChatAsync([new ChatMessage(ChatRole.User, $"Question {i}: what is shown?", 1)], [Image(2)], options); break;
-            case 2: await foreach (var _ in p.ChatStreamingAsync([new ChatMessage(ChatRole.User, "Tell me a story.")], null, options)) { } break;
+            case 1: await p.ChatAsync([new ConversationMessage(ConversationRole.User, $"Question {i}: what is shown?", 1)], [Image(2)], options); break;
+            case 2: await foreach (var _ in p.ChatStreamingAsync([new ConversationMessage(ConversationRole.User, "Tell me a story.")], null, options)) { } break;
             default: await p.CaptionBatchAsync([Image(1), Image(2)], null, options); break;
         }
     }

@@ -3,7 +3,7 @@ using ShareGPT4V.Generation;
 using ShareGPT4V.Preprocessing;
 using ShareGPT4V.Tests.Pipeline;
 using Xunit;
-using ChatMessage = ShareGPT4V.Conversation.ChatMessage;
+using ConversationMessage = ShareGPT4V.Conversation.ConversationMessage;
 
 namespace ShareGPT4V.Tests.Safety;
 
@@ -80,11 +80,11 @@ public sealed class PromptSafetyTests(PipelineFixture fixture) : IClassFixture<P
                 1 => rng.Next(0xE000, 0xFFFD),
                 _ => rng.Next(0x10000, 0x10FFFF),
             })));
-            var r = await _p.ChatAsync([new ChatMessage(ChatRole.User, text, 1)], [Image(1)], Short);
+            var r = await _p.ChatAsync([new ConversationMessage(ConversationRole.User, text, 1)], [Image(1)], Short);
             Assert.Equal(4, r.TokenIds.Count);
             Assert.Equal(r.Text, _p.Tokenizer.Decode(r.TokenIds).Trim());
         }
-        var e = await Assert.ThrowsAsync<PromptException>(() => _p.ChatAsync([new ChatMessage(ChatRole.User, "bad \udfff here")], null, Short));
+        var e = await Assert.ThrowsAsync<PromptException>(() => _p.ChatAsync([new ConversationMessage(ConversationRole.User, "bad \udfff here")], null, Short));
         Assert.Contains("lone surrogate", e.Message);
     }
 

@@ -31,6 +31,11 @@ public sealed record GgufExportResult(string LlmPath, string MmprojPath);
 /// </summary>
 public static class GgufExporter
 {
+    /// <summary>Writes <c>llm-TYPE.gguf</c> (the LLM) and <c>mmproj-f32.gguf</c> or <c>mmproj-f16.gguf</c> into <paramref name="outDir"/>.</summary>
+    /// <param name="modelPath">A model folder of either layout.</param>
+    /// <param name="outDir">The folder to write into (created when missing).</param>
+    /// <param name="type">The LLM's tensor type; the mmproj is F32 with F32, else F16.</param>
+    /// <param name="visionTowerPath">The CLIP tower folder, when <c>mm_vision_tower</c> cannot be found from the model.</param>
     public static GgufExportResult Export(string modelPath, string outDir, GgufTensorType type = GgufTensorType.F32, string? visionTowerPath = null)
     {
         var folder = ModelFolder.Open(modelPath, visionTowerPath);

@@ -4,7 +4,7 @@ using TorchSharp;
 namespace ShareGPT4V.Checkpoints.Gguf;
 
 /// <summary>ggml's tensor element types (the numbering of GGUF files).</summary>
-public enum GgmlType : uint
+internal enum GgmlType : uint
 {
     F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q8_1 = 9,
     Q2_K = 10, Q3_K = 11, Q4_K = 12, Q5_K = 13, Q6_K = 14, Q8_K = 15,
@@ -18,20 +18,20 @@ public enum GgmlType : uint
 /// <param name="Ne">Dimensions, fastest-varying first (torch's shape reversed).</param>
 /// <param name="Offset">Absolute byte offset of the data in the file.</param>
 /// <param name="Bytes">Size of the data.</param>
-public sealed record GgufTensorInfo(string Name, GgmlType Type, long[] Ne, long Offset, long Bytes)
+internal sealed record GgufTensorInfo(string Name, GgmlType Type, long[] Ne, long Offset, long Bytes)
 {
     /// <summary>The torch-order shape (<see cref="Ne"/> reversed).</summary>
     public long[] Shape => Enumerable.Reverse(Ne).ToArray();
 }
 
 /// <summary>An array value of GGUF metadata: its element type and items (a typed .NET array).</summary>
-public sealed record GgufArray(GgufValueType ElementType, Array Items)
+internal sealed record GgufArray(GgufValueType ElementType, Array Items)
 {
     public int Count => Items.Length;
 }
 
 /// <summary>GGUF metadata value types.</summary>
-public enum GgufValueType : uint
+internal enum GgufValueType : uint
 {
     UInt8 = 0, Int8 = 1, UInt16 = 2, Int16 = 3, UInt32 = 4, Int32 = 5, Float32 = 6, Bool = 7, String = 8, Array = 9,
     UInt64 = 10, Int64 = 11, Float64 = 12,
@@ -43,7 +43,7 @@ public enum GgufValueType : uint
 /// length, count, dimension and offset against the file's size and fixed limits before anything is allocated,
 /// tensors inside the data section and not overlapping); tensor data is memory-mapped on use.
 /// </summary>
-public sealed class GgufFile : IDisposable
+internal sealed class GgufFile : IDisposable
 {
     /// <summary>Most metadata entries accepted.</summary>
     public const int MaxKeys = 1 << 16;

@@ -6,7 +6,7 @@ using TorchSharp;
 namespace ShareGPT4V.Checkpoints.PyTorch;
 
 /// <summary>Which of torch.save's two containers a <c>.bin</c> file uses.</summary>
-public enum PyTorchContainer
+internal enum PyTorchContainer
 {
     /// <summary>The zip container (torch &gt;= 1.6 default): <c>&lt;folder&gt;/data.pkl</c> + <c>&lt;folder&gt;/data/&lt;key&gt;</c> records.</summary>
     Zip,
@@ -21,7 +21,7 @@ public enum PyTorchContainer
 /// starts at an element-aligned file offset are strided views of one memory mapping of the file (no copy when the
 /// stored dtype is asked for and the view is contiguous); others are copied one tensor at a time.
 /// </summary>
-public sealed class PyTorchCheckpointReader : ITensorReader
+internal sealed class PyTorchCheckpointReader : ITensorReader
 {
     /// <summary>The largest <c>data.pkl</c> accepted (real ones are well under a megabyte per thousand tensors).</summary>
     public const long MaxPickleBytes = 1L << 30;

@@ -15,7 +15,7 @@ namespace ShareGPT4V.Checkpoints.PyTorch;
 internal sealed class RestrictedUnpickler
 {
     /// <summary>Limits applied while unpickling.</summary>
-    public sealed record Limits
+    internal sealed record Limits
     {
         public int MaxMarkDepth { get; init; } = 1_000;
         public int MaxStack { get; init; } = 4_000_000;

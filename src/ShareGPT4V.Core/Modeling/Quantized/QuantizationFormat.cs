@@ -13,7 +13,7 @@ public enum QuantizationFormat
 }
 
 /// <summary>Sizes and names of the block formats.</summary>
-public static class QuantizationFormats
+internal static class QuantizationFormats
 {
     /// <summary>Weights per block (every format here).</summary>
     public const int BlockSize = 32;

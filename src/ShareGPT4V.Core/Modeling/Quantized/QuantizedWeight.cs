@@ -11,7 +11,7 @@ namespace ShareGPT4V.Modeling;
 /// [rows, row bytes] (its own memory, or a view of a memory-mapped file). It is a parameter like any other weight, so
 /// modules, residency and disposal treat it as one; the layers that read weights dispatch on this type.
 /// </summary>
-public sealed class QuantizedWeight : Parameter
+internal sealed class QuantizedWeight : Parameter
 {
     /// <summary>The block format.</summary>
     public QuantizationFormat Format { get; }

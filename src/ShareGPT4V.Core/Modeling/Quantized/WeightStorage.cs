@@ -4,7 +4,7 @@ using static TorchSharp.torch;
 namespace ShareGPT4V.Modeling;
 
 /// <summary>How a model's weights are stored, tensor by tensor: the per-tensor choice of a quantized load, for logs and reports.</summary>
-public static class WeightStorage
+internal static class WeightStorage
 {
     /// <summary>The storage name of one parameter: <c>q8_0</c>, <c>q4_0</c>, or its dtype (<c>float32</c> …).</summary>
     public static string Of(Tensor parameter) =>
