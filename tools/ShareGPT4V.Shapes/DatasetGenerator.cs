@@ -13,8 +13,9 @@ namespace ShareGPT4V.Shapes;
 /// <param name="Eval">Held-out images with the evaluation questions.</param>
 /// <param name="Renderer">Which renderer draws the images.</param>
 /// <param name="Overwrite">Replace a non-empty output folder.</param>
+/// <param name="ExtraQuestions">Add the binding questions (shape / colour in a cell, size, empty cells) to stage 2.</param>
 internal sealed record GenerateOptions(string OutputDir, int Seed = 1, int Stage1 = 20000, int Stage2 = 20000, int Eval = 200,
-    RendererKind Renderer = RendererKind.Default, bool Overwrite = false)
+    RendererKind Renderer = RendererKind.Default, bool Overwrite = false, bool ExtraQuestions = false)
 {
     public const int MaxImagesPerSplit = 10_000_000;
 
@@ -45,7 +46,7 @@ internal static class DatasetGenerator
 
     /// <summary>Draws the scene, settings and text of one image (no pixels).</summary>
     public static (Scene Scene, RenderSettings Settings, List<SceneQuestion> Turns, List<SceneQuestion> Eval) Plan(
-        int seed, int split, int index, RendererKind renderer)
+        int seed, int split, int index, RendererKind renderer, bool extraQuestions = false)
     {
         int s = ImageSeed(seed, split, index);
         var (scene, settings) = SceneSampler.Sample(new Random(s), renderer);
@@ -53,7 +54,7 @@ internal static class DatasetGenerator
         var turns = split switch
         {
             0 => [new SceneQuestion("caption", Language.DescribeRequests[text.Next(Language.DescribeRequests.Length)], Language.Caption(scene, text))],
-            1 => Language.Stage2Turns(scene, text),
+            1 => Language.Stage2Turns(scene, text, extraQuestions),
             _ => new List<SceneQuestion>(),
         };
         var eval = split == 2 ? Language.EvalQuestions(scene, text) : new List<SceneQuestion>();
@@ -110,7 +111,7 @@ internal static class DatasetGenerator
 
     private static GeneratedImage MakeImage(string root, GenerateOptions o, int split, int index, int width)
     {
-        var (scene, settings, turns, eval) = Plan(o.Seed, split, index, o.Renderer);
+        var (scene, settings, turns, eval) = Plan(o.Seed, split, index, o.Renderer, o.ExtraQuestions);
         string id = $"{SplitPrefix[split]}_{(index + 1).ToString(CultureInfo.InvariantCulture).PadLeft(width, '0')}";
         string imagePath = $"images/{Splits[split]}/{id}.png";
         string labelPath = $"labels/{Splits[split]}/{id}.png";
@@ -180,6 +181,7 @@ internal static class DatasetGenerator
             ["seed"] = o.Seed,
             ["renderer"] = o.Renderer.ToString().ToLowerInvariant(),
             ["stage1"] = o.Stage1, ["stage2"] = o.Stage2, ["eval"] = o.Eval,
+            ["extra_questions"] = o.ExtraQuestions,
             ["label_classes"] = World.ClassCount,
         };
         File.WriteAllText(Path.Combine(root, "dataset.json"), JsonSerializer.Serialize(manifest, new JsonSerializerOptions { WriteIndented = true }) + "\n");

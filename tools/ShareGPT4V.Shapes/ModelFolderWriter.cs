@@ -110,7 +110,7 @@ internal static class ModelFolderWriter
         for (int split = 0; split < 3; split++)
             for (int i = 0; i < 1500; i++)
             {
-                var (_, _, turns, eval) = DatasetGenerator.Plan(0, split, i, RendererKind.Default);
+                var (_, _, turns, eval) = DatasetGenerator.Plan(0, split, i, RendererKind.Default, extraQuestions: true);
                 foreach (var qs in new[] { turns, eval })
                 {
                     if (qs.Count == 0) continue;

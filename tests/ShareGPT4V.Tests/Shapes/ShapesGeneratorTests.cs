@@ -215,6 +215,18 @@ public class ShapesGeneratorTests(ShapesDataset data) : IClassFixture<ShapesData
     {
         var q = question.Replace(ShapesText.ShortAnswerSuffix, "", StringComparison.Ordinal).Replace("<image>\n", "", StringComparison.Ordinal);
         if (Regex.IsMatch(q, "(How many|Count|number of)")) return scene.Objects.Count.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        // The opt-in binding questions name a cell.
+        var cellQ = Regex.Match(q, "^(What shape is in|Which shape is in|What color is the shape in|What is the color of the shape in|Is there a shape in|Is) the (top left|top center|top right|middle left|center|middle right|bottom left|bottom center|bottom right)( of the image empty)?\\?$");
+        if (cellQ.Success)
+        {
+            string[] names = ["top left", "top center", "top right", "middle left", "center", "middle right", "bottom left", "bottom center", "bottom right"];
+            int cellIndex = Array.IndexOf(names, cellQ.Groups[2].Value);
+            var at = scene.Objects.FirstOrDefault(x => x.Row * 3 + x.Col == cellIndex);
+            if (cellQ.Groups[1].Value.Contains("shape is", StringComparison.Ordinal)) return World.Capitalize(at!.ShapeName);
+            if (cellQ.Groups[1].Value.Contains("color", StringComparison.Ordinal)) return World.Capitalize(at!.ColorName);
+            bool empty = at is null;
+            return (cellQ.Groups[3].Success ? empty : !empty) ? "Yes" : "No";
+        }
         var colorQ = Regex.Match(q, "(colou?r (is|of) the|Which color is the) (circle|square|triangle|star)\\?$");
         if (colorQ.Success)
         {
@@ -225,6 +237,11 @@ public class ShapesGeneratorTests(ShapesDataset data) : IClassFixture<ShapesData
         var pair = Regex.Match(q, "(red|green|blue|yellow|orange|purple) (circle|square|triangle|star)");
         Assert.True(pair.Success, q);
         var named = scene.Objects.Where(o => o.ColorName == pair.Groups[1].Value && o.ShapeName == pair.Groups[2].Value).ToList();
+        if (Regex.IsMatch(q, "(large or small|What size)"))
+        {
+            Assert.Single(named);
+            return World.Capitalize(named[0].SizeName);
+        }
         if (Regex.IsMatch(q, "^(Is there|Do you see|Does the image contain|Can you see)"))
         {
             Assert.DoesNotContain(" a orange", q, StringComparison.Ordinal);
@@ -255,7 +272,7 @@ public class ShapesGeneratorTests(ShapesDataset data) : IClassFixture<ShapesData
     [Fact]
     public void AnswersAndCaptionsAreTrueOfTheScene()
     {
-        int yes = 0, no = 0, suffixed = 0, plain = 0, describe = 0;
+        int yes = 0, no = 0, suffixed = 0, plain = 0, describe = 0, extraSeen = 0;
         for (int i = 0; i < 400; i++)
         {
             var (scene, _, s1, _) = DatasetGenerator.Plan(3, 0, i, RendererKind.Default);
@@ -263,7 +280,10 @@ public class ShapesGeneratorTests(ShapesDataset data) : IClassFixture<ShapesData
             Assert.Contains(s1[0].Question, ShapesText.DescribeRequests);
             CheckCaption(s1[0].Answer, scene);
 
-            var (scene2, _, turns, _) = DatasetGenerator.Plan(3, 1, i, RendererKind.Default);
+            // Every other image with the opt-in binding questions.
+            var (scene2, _, turns, _) = DatasetGenerator.Plan(3, 1, i, RendererKind.Default, extraQuestions: i % 2 == 1);
+            if (i % 2 == 1) extraSeen += turns.Count(t => t.Category is "shape_at" or "color_at" or "size" or "cell");
+            else Assert.DoesNotContain(turns, t => t.Category is "shape_at" or "color_at" or "size" or "cell");
             Assert.InRange(turns.Count, 3, 6);
             foreach (var t in turns)
             {
@@ -301,7 +321,8 @@ public class ShapesGeneratorTests(ShapesDataset data) : IClassFixture<ShapesData
         // Half of the yes/no questions are absent pairs; about half of the short questions carry the suffix; ~1 in 4 describe.
         Assert.InRange(no / (double)(yes + no), 0.4, 0.6);
         Assert.InRange(suffixed / (double)(suffixed + plain), 0.4, 0.6);
-        Assert.InRange(describe / 400.0, 0.12, 0.35);
+        Assert.InRange(describe / 400.0, 0.18, 0.32);
+        Assert.True(extraSeen > 100, $"{extraSeen} binding questions");
     }
 
     [Fact]
