@@ -14,8 +14,9 @@ namespace ShareGPT4V.Shapes;
 /// <param name="Renderer">Which renderer draws the images.</param>
 /// <param name="Overwrite">Replace a non-empty output folder.</param>
 /// <param name="ExtraQuestions">Add the binding questions (shape / colour in a cell, size, empty cells) to stage 2.</param>
+/// <param name="Threads">Images rendered at once (0 = one per processor); the output does not depend on it.</param>
 internal sealed record GenerateOptions(string OutputDir, int Seed = 1, int Stage1 = 20000, int Stage2 = 20000, int Eval = 200,
-    RendererKind Renderer = RendererKind.Default, bool Overwrite = false, bool ExtraQuestions = false)
+    RendererKind Renderer = RendererKind.Default, bool Overwrite = false, bool ExtraQuestions = false, int Threads = 0)
 {
     public const int MaxImagesPerSplit = 10_000_000;
 
@@ -25,6 +26,7 @@ internal sealed record GenerateOptions(string OutputDir, int Seed = 1, int Stage
         foreach (var (name, n) in new[] { ("--stage1", Stage1), ("--stage2", Stage2), ("--eval", Eval) })
             if (n < 0 || n > MaxImagesPerSplit) throw new ArgumentException($"{name} must be in [0, {MaxImagesPerSplit}], not {n}");
         if (Stage1 + Stage2 + Eval == 0) throw new ArgumentException("Nothing to generate: --stage1, --stage2 and --eval are all 0");
+        if (Threads < 0 || Threads > 1024) throw new ArgumentException($"--threads must be in [0, 1024], not {Threads}");
     }
 }
 
@@ -88,7 +90,7 @@ internal static class DatasetGenerator
                 int width = Math.Max(6, counts[split].ToString(CultureInfo.InvariantCulture).Length);
                 var items = new GeneratedImage[counts[split]];
                 int sp = split;
-                Parallel.For(0, counts[split], new ParallelOptions { CancellationToken = ct, MaxDegreeOfParallelism = Environment.ProcessorCount }, i =>
+                Parallel.For(0, counts[split], new ParallelOptions { CancellationToken = ct, MaxDegreeOfParallelism = o.Threads > 0 ? o.Threads : Environment.ProcessorCount }, i =>
                 {
                     items[i] = MakeImage(temp, o, sp, i, width);
                     int d = Interlocked.Increment(ref done);

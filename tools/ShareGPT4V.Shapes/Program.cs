@@ -7,7 +7,7 @@ internal static class Program
 {
     private const string Usage = """
         usage: sharegpt4v-shapes generate --out DIR [--seed 1] [--stage1 N] [--stage2 N] [--eval 200] [--renderer default|alt]
-                   [--extra-questions] [--overwrite]
+                   [--extra-questions] [--threads N] [--overwrite]
                sharegpt4v-shapes init-model --data DIR --out MODELDIR [--image-size 160] [--patch-size 16] [--vision-hidden 160]
                    [--vision-layers 5] [--vision-heads 5] [--vision-intermediate 640] [--hidden 192] [--layers 4] [--heads 6]
                    [--intermediate 512] [--max-positions 1024] [--overwrite]
@@ -41,7 +41,7 @@ internal static class Program
             switch (args[0])
             {
                 case "generate":
-                    Check(options, "out", "seed", "stage1", "stage2", "eval", "renderer", "overwrite", "extra-questions");
+                    Check(options, "out", "seed", "stage1", "stage2", "eval", "renderer", "overwrite", "extra-questions", "threads");
                     var g = new GenerateOptions(
                         Required(options, "out"),
                         Int(options, "seed", 1), Int(options, "stage1", 20000), Int(options, "stage2", 20000), Int(options, "eval", 200),
@@ -52,7 +52,8 @@ internal static class Program
                             var r => throw new ArgumentException($"--renderer must be 'default' or 'alt', not '{r}'"),
                         },
                         options.ContainsKey("overwrite"),
-                        options.ContainsKey("extra-questions"));
+                        options.ContainsKey("extra-questions"),
+                        Int(options, "threads", 0));
                     g.Validate();
                     DatasetGenerator.Generate(g, log, ct);
                     return 0;
