@@ -30,6 +30,30 @@ internal sealed record GenerateOptions(string OutputDir, int Seed = 1, int Stage
     }
 }
 
+/// <summary>Puts a finished folder in place of another without a moment where neither exists.</summary>
+internal static class FolderSwap
+{
+    /// <summary>Moves <paramref name="finished"/> to <paramref name="target"/>; an existing target is set aside first and deleted last.</summary>
+    public static void Replace(string finished, string target)
+    {
+        if (!Directory.Exists(target))
+        {
+            Directory.Move(finished, target);
+            return;
+        }
+        string aside = Path.Combine(Path.GetDirectoryName(target) ?? ".", $".{Path.GetFileName(target)}.old-{Environment.ProcessId}");
+        if (Directory.Exists(aside)) Directory.Delete(aside, recursive: true);
+        Directory.Move(target, aside);
+        try { Directory.Move(finished, target); }
+        catch
+        {
+            Directory.Move(aside, target);
+            throw;
+        }
+        Directory.Delete(aside, recursive: true);
+    }
+}
+
 /// <summary>One generated image: its scene and the text written about it.</summary>
 internal sealed record GeneratedImage(string Id, string ImagePath, string LabelPath, Scene Scene, IReadOnlyList<SceneQuestion> Turns,
     IReadOnlyList<SceneQuestion> EvalQuestions);
@@ -90,18 +114,25 @@ internal static class DatasetGenerator
                 int width = Math.Max(6, counts[split].ToString(CultureInfo.InvariantCulture).Length);
                 var items = new GeneratedImage[counts[split]];
                 int sp = split;
-                Parallel.For(0, counts[split], new ParallelOptions { CancellationToken = ct, MaxDegreeOfParallelism = o.Threads > 0 ? o.Threads : Environment.ProcessorCount }, i =>
+                try
                 {
-                    items[i] = MakeImage(temp, o, sp, i, width);
-                    int d = Interlocked.Increment(ref done);
-                    if (d % 500 == 0 || d == total)
-                        lock (log) log.WriteLine($"generate: {d}/{total} images ({d / Math.Max(started.Elapsed.TotalSeconds, 1e-3):F1}/s)");
-                });
+                    Parallel.For(0, counts[split], new ParallelOptions { CancellationToken = ct, MaxDegreeOfParallelism = o.Threads > 0 ? o.Threads : Environment.ProcessorCount }, i =>
+                    {
+                        items[i] = MakeImage(temp, o, sp, i, width);
+                        int d = Interlocked.Increment(ref done);
+                        if (d % 500 == 0 || d == total)
+                            lock (log) log.WriteLine($"generate: {d}/{total} images ({d / Math.Max(started.Elapsed.TotalSeconds, 1e-3):F1}/s)");
+                    });
+                }
+                catch (AggregateException e) when (e.InnerExceptions.Count > 0)
+                {
+                    // A full disk or an unwritable folder: report the first worker's error itself.
+                    System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(e.InnerExceptions[0]).Throw();
+                }
                 results[split] = items;
             }
-            WriteJson(temp, results, o, started.Elapsed);
-            if (Directory.Exists(target)) Directory.Delete(target, recursive: true);
-            Directory.Move(temp, target);
+            WriteJson(temp, results, o);
+            FolderSwap.Replace(temp, target);
             log.WriteLine($"generate: {total} images in {started.Elapsed.TotalSeconds:F1} s ({total / Math.Max(started.Elapsed.TotalSeconds, 1e-3):F1}/s) -> {target}");
         }
         catch
@@ -124,7 +155,7 @@ internal static class DatasetGenerator
         return new GeneratedImage(id, imagePath, labelPath, scene, turns, eval);
     }
 
-    private static void WriteJson(string root, GeneratedImage[][] results, GenerateOptions o, TimeSpan elapsed)
+    private static void WriteJson(string root, GeneratedImage[][] results, GenerateOptions o)
     {
         WriteRecords(Path.Combine(root, "stage1.json"), results[0]);
         WriteRecords(Path.Combine(root, "stage2.json"), results[1]);

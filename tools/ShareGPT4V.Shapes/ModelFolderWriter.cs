@@ -187,8 +187,7 @@ internal static class ModelFolderWriter
             });
             Save("added_tokens.json", new JsonObject { ["<image>"] = imageId, ["<pad>"] = padId });
             Save("tokenizer.json", WordTokenizerBuilder.TokenizerJson(pieces, imageId, padId));
-            if (Directory.Exists(target)) Directory.Delete(target, recursive: true);
-            Directory.Move(temp, target);
+            FolderSwap.Replace(temp, target);
         }
         catch
         {

@@ -372,6 +372,15 @@ public class ShapesGeneratorTests(ShapesDataset data) : IClassFixture<ShapesData
         Assert.False(File.Exists(Path.Combine(over, "images/stage1/s1_000001.png")));
         Assert.True(File.Exists(Path.Combine(over, "images/eval/ev_000001.png")));
         Assert.Empty(Directory.GetDirectories(data.Root, ".*partial*"));
+        Assert.Empty(Directory.GetDirectories(data.Root, ".*old*"));
+
+        // init-model: the same refusal, and a replacement that leaves a complete folder.
+        Assert.Equal(1, ShapesCli.Run(["init-model", "--data", data.Dir, "--out", data.ModelDir], log, CancellationToken.None));
+        Assert.Equal(0, ShapesCli.Run(["init-model", "--data", data.Dir, "--out", data.ModelDir, "--overwrite", "--hidden", "128", "--heads", "4"], log, CancellationToken.None));
+        Assert.Contains("\"hidden_size\": 128", File.ReadAllText(Path.Combine(data.ModelDir, "config.json")));
+        Assert.True(File.Exists(Path.Combine(data.ModelDir, "tokenizer.json")));
+        Assert.Equal(1, ShapesCli.Run(["init-model", "--data", Path.Combine(data.Root, "nothing-here"), "--out", Path.Combine(data.Root, "m2")], log, CancellationToken.None));
+        Assert.Empty(Directory.GetDirectories(data.Root, ".*old*"));
 
         using var cts = new CancellationTokenSource();
         cts.Cancel();
