@@ -151,6 +151,38 @@ public class ShapesGeneratorTests(ShapesDataset data) : IClassFixture<ShapesData
                         Assert.True(new[] { Math.Abs(p.R - bg.R), Math.Abs(p.G - bg.G), Math.Abs(p.B - bg.B) }.Max() >= 60, $"{World.Colors[c]} {p} on {name} {bg}");
     }
 
+    [Theory]
+    [InlineData("default")]
+    [InlineData("alt")]
+    public void EveryDrawnShapeStaysInsideItsCell(string rendererName)
+    {
+        var renderer = rendererName == "alt" ? RendererKind.Alt : RendererKind.Default;
+        // The geometry of 1500 scenes (no pixels): sizes, aspect, counts, cells, and the rotated outline inside its cell.
+        var counts = new int[5];
+        for (int i = 0; i < 1500; i++)
+        {
+            var (scene, settings, _, _) = DatasetGenerator.Plan(5, i % 3, i, renderer);
+            Assert.InRange(scene.Width, 128, 512);
+            Assert.InRange(scene.Height, 128, 512);
+            Assert.True(Math.Max(scene.Width, scene.Height) <= 2 * Math.Min(scene.Width, scene.Height));
+            counts[scene.Objects.Count]++;
+            Assert.Equal(scene.Objects.Count, scene.Objects.Select(o => o.Row * 3 + o.Col).Distinct().Count());
+            double cw = scene.Width / 3.0, ch = scene.Height / 3.0;
+            foreach (var o in scene.Objects)
+            {
+                var (hx, hy) = Geometry.HalfExtents(o.Shape, o.Extent, o.Rotation, o.StarInner);
+                Assert.True(o.Cx - hx >= o.Col * cw && o.Cx + hx <= (o.Col + 1) * cw, $"scene {i}: x extent leaves the cell");
+                Assert.True(o.Cy - hy >= o.Row * ch && o.Cy + hy <= (o.Row + 1) * ch, $"scene {i}: y extent leaves the cell");
+                Assert.InRange(Math.Abs(o.Rotation) * 180 / Math.PI, 0, renderer == RendererKind.Default ? 20 : 30);
+                Assert.InRange(o.Extent / Math.Min(cw, ch), World.SizeFraction[o.Size] * 0.87, World.SizeFraction[o.Size] * 1.13);
+            }
+            Assert.Contains(settings.Supersample, renderer == RendererKind.Default ? new[] { 1, 4 } : new[] { 1, 2, 3 });
+        }
+        // One to four shapes, uniformly.
+        Assert.Equal(0, counts[0]);
+        Assert.All(counts.Skip(1), c => Assert.InRange(c, 300, 450));
+    }
+
     [Fact]
     public void ThePngWriterRoundTripsThroughImageSharp()
     {
