@@ -3,12 +3,12 @@ using System.Text;
 namespace ShareGPT4V.Shapes;
 
 /// <summary>One question about a scene with its answer and what a scorer needs to judge other answers.</summary>
-/// <param name="Category"><c>count</c>, <c>color</c>, <c>yesno</c>, <c>position</c> or <c>caption</c>.</param>
+/// <param name="Category"><c>count</c>, <c>color</c>, <c>yesno</c>, <c>position</c>, <c>caption</c>, or one of the opt-in <c>shape_at</c>, <c>color_at</c>, <c>size</c>, <c>cell</c>.</param>
 /// <param name="Question">The question text (without the image marker).</param>
 /// <param name="Answer">The reference answer.</param>
 /// <param name="Color">Colour asked about (yes/no, position) or answered (colour).</param>
 /// <param name="Shape">Shape asked about.</param>
-/// <param name="Present">For yes/no: whether the answer is yes.</param>
+/// <param name="Present">For yes/no: whether the pair is in the scene; for <c>cell</c>: whether the cell holds a shape.</param>
 internal sealed record SceneQuestion(string Category, string Question, string Answer, string? Color = null, string? Shape = null, bool? Present = null);
 
 /// <summary>The text of the world: captions, questions and their answers, all functions of the scene (wording drawn from the rng).</summary>
