@@ -14,7 +14,7 @@ STAGE2_IMAGES=${STAGE2_IMAGES:-16000}
 EVAL_IMAGES=${EVAL_IMAGES:-200}
 VISION_EPOCHS=${VISION_EPOCHS:-1}
 STAGE1_STEPS=${STAGE1_STEPS:-350}   # optimizer steps of 16 records (the first ones of the seeded shuffle)
-STAGE2_STEPS=${STAGE2_STEPS:-450}
+STAGE2_STEPS=${STAGE2_STEPS:-550}
 
 dotnet build tools/ShareGPT4V.Shapes -c Release -v q -nologo
 dotnet build samples/ShareGPT4V.Cli -c Release -v q -nologo
@@ -28,7 +28,7 @@ start=$(date +%s)
 
 stamp "data: $STAGE1_IMAGES stage-1 images, $STAGE2_IMAGES stage-2 images, $EVAL_IMAGES held-out (seed $SEED)"
 [ -f "$WORK/data/stage2.json" ] || shapes generate --out "$WORK/data" --seed "$SEED" \
-  --stage1 "$STAGE1_IMAGES" --stage2 "$STAGE2_IMAGES" --eval "$EVAL_IMAGES"
+  --stage1 "$STAGE1_IMAGES" --stage2 "$STAGE2_IMAGES" --eval "$EVAL_IMAGES" --extra-questions
 [ -f "$WORK/init/config.json" ] || shapes init-model --data "$WORK/data" --out "$WORK/init"
 
 common=(--threads "$THREADS" --seed "$SEED" --image-folder "$WORK/data" --tokenizer-variant legacy
