@@ -67,13 +67,13 @@ internal static class BlockQuantizer
         }
     }
 
-    // llama.cpp computes x·id + 8.5 with one rounding (a fused multiply-add) and truncates; the product of two floats
-    // is exact in double, so the double sum rounds once too.
+    // llama.cpp computes x·id + 8.5f as a float with one rounding (a fused multiply-add) and truncates. The rounding
+    // to float matters: a sum just below an integer can round up to it (gguf-py's reference does the same).
     private static int Nibble(float x, float id)
     {
-        double v = (double)x * id + 8.5;
+        float v = MathF.FusedMultiplyAdd(x, id, 8.5f);
         if (!(v > 0)) return 0;
-        return (int)Math.Min(15, Math.Truncate(v));
+        return (int)MathF.Min(15f, MathF.Truncate(v));
     }
 
     /// <summary>Dequantizes one row of blocks into <paramref name="dst"/> (its columns).</summary>
