@@ -12,7 +12,8 @@ namespace ShareGPT4V.Checkpoints.Gguf;
 /// converter interleaves the two rotary halves within each head), and a tower without <c>post_layernorm</c> (the
 /// converter drops it; LLaVA never uses it) gets an identity one. F32/F16/BF16 tensors view the mapped file; Q8_0
 /// and Q4_0 matrices stay as stored (<see cref="QuantizedWeight"/>) unless a float dtype is asked for. Q4_K and Q6_K
-/// matrices (llama.cpp's K-quants, 256-weight super-blocks) are converted at load into Q8_0 blocks, the nearest format
+/// matrices (llama.cpp's K-quants, 256-weight super-blocks), and the Q5_0 that Q4_K_M files hold where rows are not whole
+/// super-blocks, are converted at load into Q8_0 blocks (Q5_0 losslessly), the nearest format
 /// our kernels run (docs/quantization.md measures what that costs), or dequantized exactly when a dtype is asked for.
 /// Any other type is refused when the reader is built, naming the tensor and its type.
 /// </summary>
@@ -157,10 +158,10 @@ internal sealed partial class GgufTensorReader : ITensorReader
     }
 
     /// <summary>The tensor types this reader loads, as messages list them.</summary>
-    internal const string SupportedTypes = "F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K";
+    internal const string SupportedTypes = "F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K, Q5_0";
 
     private static bool Supported(GgmlType t) => t is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16 or GgmlType.Q8_0 or GgmlType.Q4_0
-        or GgmlType.Q4_K or GgmlType.Q6_K;
+        or GgmlType.Q4_K or GgmlType.Q6_K or GgmlType.Q5_0;
 
     private void Add(string name, GgufTensorInfo t, int permuteHeads)
     {
@@ -212,14 +213,15 @@ internal sealed partial class GgufTensorReader : ITensorReader
     {
         GgmlType.Q8_0 => QuantizationFormat.Q8_0,
         GgmlType.Q4_0 => QuantizationFormat.Q4_0,
-        GgmlType.Q4_K or GgmlType.Q6_K => QuantizationFormat.Q8_0,
+        GgmlType.Q4_K or GgmlType.Q6_K or GgmlType.Q5_0 => QuantizationFormat.Q8_0,
         _ => null,
     };
 
-    private static KQuantType? KQuantOf(GgmlType t) => t switch
+    private static GgufBlockType? KQuantOf(GgmlType t) => t switch
     {
-        GgmlType.Q4_K => KQuantType.Q4_K,
-        GgmlType.Q6_K => KQuantType.Q6_K,
+        GgmlType.Q4_K => GgufBlockType.Q4_K,
+        GgmlType.Q6_K => GgufBlockType.Q6_K,
+        GgmlType.Q5_0 => GgufBlockType.Q5_0,
         _ => null,
     };
 
@@ -268,12 +270,12 @@ internal sealed partial class GgufTensorReader : ITensorReader
     }
 
     /// <summary>
-    /// A Q4_K / Q6_K matrix: converted row by row into <paramref name="target"/> blocks (a <see cref="QuantizedWeight"/>
+    /// A Q4_K / Q6_K / Q5_0 matrix: converted row by row into <paramref name="target"/> blocks (a <see cref="QuantizedWeight"/>
     /// owning its memory), or with no target dequantized exactly to float32. Every super-block is checked: a NaN or
     /// infinite scale (llama.cpp's own validation refuses those) or values beyond the target's fp16 scale fail the load
     /// naming the tensor, row and block. Rows are independent, so they run on libtorch's thread count.
     /// </summary>
-    private unsafe Tensor LoadKQuant(Entry e, KQuantType kind, QuantizationFormat? target)
+    private unsafe Tensor LoadKQuant(Entry e, GgufBlockType kind, QuantizationFormat? target)
     {
         var t = e.Source!;
         if (t.Ne.Length != 2)
@@ -301,7 +303,7 @@ internal sealed partial class GgufTensorReader : ITensorReader
             else
             {
                 var values = new Span<float>((float*)dstp + r * columns, (int)columns);
-                for (int b = 0; b < columns / KQuants.SuperBlock; b++)
+                for (int b = 0; b < columns / KQuants.BlockWeights(kind); b++)
                 {
                     int bb = KQuants.BlockBytes(kind);
                     if (!KQuants.ScalesFinite(row.Slice(b * bb, bb), kind)) { problem = new(b, "a NaN or infinite fp16 scale"); break; }
@@ -316,7 +318,7 @@ internal sealed partial class GgufTensorReader : ITensorReader
         {
             // Rows are stored in file order; name the stored row (before any q/k un-permutation).
             string where = e.Order == Rows.UnpermuteHeads ? "(un-permuted) row" : "row";
-            throw new CheckpointFormatException($"{t.Type} super-block {badProblem.Block} of {where} {badRow} has {badProblem.Reason}", _file.FilePath, t.Name);
+            throw new CheckpointFormatException($"{t.Type} {(kind == GgufBlockType.Q5_0 ? "block" : "super-block")} {badProblem.Block} of {where} {badRow} has {badProblem.Reason}", _file.FilePath, t.Name);
         }
         // The source pages were only read: drop them from this process (they stay in the page cache).
         MappedMemory.Release(mapped);

@@ -2,35 +2,45 @@ using System.Buffers.Binary;
 
 namespace ShareGPT4V.Modeling;
 
-/// <summary>The llama.cpp K-quant block types a GGUF file may store that we read.</summary>
-internal enum KQuantType
+/// <summary>The llama.cpp block types a GGUF file may store that a load converts (see <see cref="KQuants"/>).</summary>
+internal enum GgufBlockType
 {
     /// <summary>144-byte super-blocks of 256 weights: fp16 d and dmin, 12 bytes of packed 6-bit scales and mins for eight sub-blocks of 32, then 128 bytes of nibbles; w = d·sc·q − dmin·m.</summary>
     Q4_K,
     /// <summary>210-byte super-blocks of 256 weights: 128 bytes of low nibbles, 64 bytes of high 2-bit pairs, 16 int8 scales (one per 16 weights), fp16 d; w = d·sc·(q − 32).</summary>
     Q6_K,
+    /// <summary>
+    /// 22-byte blocks of 32 weights: fp16 d, 4 bytes of high bits, 16 bytes of nibbles; w = d·(q − 16). Not a K-quant,
+    /// but what llama.cpp's Q4_K_M writes instead of Q4_K for rows that are not whole 256-weight super-blocks.
+    /// </summary>
+    Q5_0,
 }
 
 /// <summary>
 /// Reads llama.cpp's K-quant super-blocks (ggml-quants.c <c>dequantize_row_q4_K</c> / <c>dequantize_row_q6_K</c>) and
-/// converts them to the 32-weight block formats our kernels run. Dequantization is exact: every product involved fits
-/// a float32 significand, so the values equal llama.cpp's and gguf-py's bit for bit whatever the evaluation order.
+/// Q5_0 blocks (<c>dequantize_row_q5_0</c>), and converts them to the 32-weight block formats our kernels run.
+/// Dequantization is exact: every product involved fits a float32 significand, so the values equal llama.cpp's and
+/// gguf-py's bit for bit whatever the evaluation order. Q5_0 → Q8_0 is lossless (same d, q − 16 as the int8).
 /// </summary>
 internal static class KQuants
 {
-    /// <summary>Weights per super-block.</summary>
+    /// <summary>Weights per K-quant super-block.</summary>
     public const int SuperBlock = 256;
 
-    /// <summary>Bytes of one super-block.</summary>
-    public static int BlockBytes(KQuantType t) => t switch
+    /// <summary>Weights per block of a type.</summary>
+    public static int BlockWeights(GgufBlockType t) => t == GgufBlockType.Q5_0 ? 32 : SuperBlock;
+
+    /// <summary>Bytes of one block (super-block for the K-quants).</summary>
+    public static int BlockBytes(GgufBlockType t) => t switch
     {
-        KQuantType.Q4_K => 144,
-        KQuantType.Q6_K => 210,
+        GgufBlockType.Q4_K => 144,
+        GgufBlockType.Q6_K => 210,
+        GgufBlockType.Q5_0 => 22,
         _ => throw new ArgumentOutOfRangeException(nameof(t)),
     };
 
-    /// <summary>Bytes of one row of <paramref name="columns"/> weights (a multiple of 256).</summary>
-    public static long RowBytes(KQuantType t, long columns) => columns / SuperBlock * BlockBytes(t);
+    /// <summary>Bytes of one row of <paramref name="columns"/> weights (whole blocks).</summary>
+    public static long RowBytes(GgufBlockType t, long columns) => columns / BlockWeights(t) * BlockBytes(t);
 
     private static float Half(ReadOnlySpan<byte> b, int at) => BlockQuantizer.HalfTable[BinaryPrimitives.ReadUInt16LittleEndian(b[at..])];
 
@@ -40,17 +50,29 @@ internal static class KQuants
     /// Are the super-block's fp16 scales finite? llama.cpp's <c>ggml_validate_row_data</c> refuses NaN and infinite
     /// d (and dmin for Q4_K); a block that fails would dequantize to NaN or infinity.
     /// </summary>
-    public static bool ScalesFinite(ReadOnlySpan<byte> block, KQuantType t) => t switch
+    public static bool ScalesFinite(ReadOnlySpan<byte> block, GgufBlockType t) => t switch
     {
-        KQuantType.Q4_K => FiniteHalf(block, 0) && FiniteHalf(block, 2),
+        GgufBlockType.Q4_K => FiniteHalf(block, 0) && FiniteHalf(block, 2),
+        GgufBlockType.Q5_0 => FiniteHalf(block, 0),
         _ => FiniteHalf(block, 208),
     };
 
-    /// <summary>Dequantizes one super-block into <paramref name="y"/> (256 values).</summary>
-    public static void DequantizeBlock(ReadOnlySpan<byte> block, Span<float> y, KQuantType t)
+    /// <summary>Dequantizes one block into <paramref name="y"/> (<see cref="BlockWeights"/> values).</summary>
+    public static void DequantizeBlock(ReadOnlySpan<byte> block, Span<float> y, GgufBlockType t)
     {
-        if (t == KQuantType.Q4_K) DequantizeQ4K(block, y);
-        else DequantizeQ6K(block, y);
+        if (t == GgufBlockType.Q4_K) DequantizeQ4K(block, y);
+        else if (t == GgufBlockType.Q6_K) DequantizeQ6K(block, y);
+        else
+            for (int j = 0; j < 32; j++) y[j] = Half(block, 0) * Q5_0Value(block, j);
+    }
+
+    // Layout: d (2), qh (4, little-endian bit j = high bit of weight j), qs (16: weight j's low nibble in byte j % 16,
+    // low half for j < 16, high half for j ≥ 16).
+    private static int Q5_0Value(ReadOnlySpan<byte> b, int j)
+    {
+        uint qh = BinaryPrimitives.ReadUInt32LittleEndian(b[2..]);
+        int low = j < 16 ? b[6 + j] & 0xF : b[6 + j - 16] >> 4;
+        return (low | (int)((qh >> j) & 1) << 4) - 16;
     }
 
     // Layout: d (2), dmin (2), scales (12), qs (128). Sub-block j's 6-bit scale and min: for j < 4 the low six bits
@@ -110,12 +132,12 @@ internal static class KQuants
         }
     }
 
-    /// <summary>Dequantizes one row of super-blocks into <paramref name="dst"/> (its columns, a multiple of 256).</summary>
-    public static void DequantizeRow(ReadOnlySpan<byte> src, Span<float> dst, KQuantType t)
+    /// <summary>Dequantizes one row of blocks into <paramref name="dst"/> (its columns, whole blocks).</summary>
+    public static void DequantizeRow(ReadOnlySpan<byte> src, Span<float> dst, GgufBlockType t)
     {
-        int bb = BlockBytes(t);
-        for (int i = 0; i < dst.Length / SuperBlock; i++)
-            DequantizeBlock(src.Slice(i * bb, bb), dst.Slice(i * SuperBlock, SuperBlock), t);
+        int bb = BlockBytes(t), bw = BlockWeights(t);
+        for (int i = 0; i < dst.Length / bw; i++)
+            DequantizeBlock(src.Slice(i * bb, bb), dst.Slice(i * bw, bw), t);
     }
 
     /// <summary>Why a row could not be converted: the super-block at fault and what is wrong with it.</summary>
@@ -126,16 +148,25 @@ internal static class KQuants
     /// exact values, quantized with llama.cpp's reference formulas (<see cref="BlockQuantizer"/>). Returns null, or
     /// the first super-block whose scales are not finite or whose values overflow the target's fp16 scale.
     /// </summary>
-    public static RowProblem? ConvertRow(ReadOnlySpan<byte> src, Span<byte> dst, KQuantType t, QuantizationFormat target)
+    public static RowProblem? ConvertRow(ReadOnlySpan<byte> src, Span<byte> dst, GgufBlockType t, QuantizationFormat target)
     {
-        int bb = BlockBytes(t), tb = QuantizationFormats.BlockBytes(target);
-        int perSuper = SuperBlock / QuantizationFormats.BlockSize;
-        Span<float> values = stackalloc float[SuperBlock];
+        int bb = BlockBytes(t), tb = QuantizationFormats.BlockBytes(target), bw = BlockWeights(t);
+        int perSuper = bw / QuantizationFormats.BlockSize;
+        Span<float> values = stackalloc float[bw];
         int blocks = src.Length / bb;
         for (int i = 0; i < blocks; i++)
         {
             var block = src.Slice(i * bb, bb);
             if (!ScalesFinite(block, t)) return new RowProblem(i, "a NaN or infinite fp16 scale");
+            if (t == GgufBlockType.Q5_0 && target == QuantizationFormat.Q8_0)
+            {
+                // Lossless: the same scale, and q − 16 fits an int8.
+                var o8 = dst.Slice(i * tb, tb);
+                o8[0] = block[0];
+                o8[1] = block[1];
+                for (int j = 0; j < 32; j++) o8[2 + j] = (byte)(sbyte)Q5_0Value(block, j);
+                continue;
+            }
             DequantizeBlock(block, values, t);
             var o = dst.Slice(i * perSuper * tb, perSuper * tb);
             BlockQuantizer.QuantizeRow(values, o, target);

@@ -38,10 +38,10 @@ public sealed class KQuantGgufTests : IDisposable
         return t.data<float>().ToArray();
     }
 
-    public static IEnumerable<object[]> Kinds() => new[] { new object[] { "q4_k" }, new object[] { "q6_k" } };
+    public static IEnumerable<object[]> Kinds() => new[] { new object[] { "q4_k" }, new object[] { "q6_k" }, new object[] { "q5_0" } };
 
-    private static string Key(KQuantType k) => k == KQuantType.Q4_K ? "q4_k" : "q6_k";
-    private static KQuantType Kind(string key) => key == "q4_k" ? KQuantType.Q4_K : KQuantType.Q6_K;
+    private static string Key(GgufBlockType k) => k.ToString().ToLowerInvariant();
+    private static GgufBlockType Kind(string key) => Enum.Parse<GgufBlockType>(key, ignoreCase: true);
 
     [Theory, MemberData(nameof(Kinds))]
     public void BlocksDequantizeToGgufPyValuesBitForBit(string key)
@@ -49,7 +49,7 @@ public sealed class KQuantGgufTests : IDisposable
         var kind = Kind(key);
         using var f = GgufFile.Open(File("kquant-blocks.gguf"));
         var info = f.GetTensor(Key(kind));
-        Assert.Equal(kind == KQuantType.Q4_K ? GgmlType.Q4_K : GgmlType.Q6_K, info.Type);
+        Assert.Equal(Enum.Parse<GgmlType>(kind.ToString()), info.Type);
         var blocks = Bytes(f, Key(kind));
         var expected = Floats(f, Key(kind) + ".f32");
         long rows = info.Ne[1], columns = info.Ne[0];
@@ -60,7 +60,22 @@ public sealed class KQuantGgufTests : IDisposable
             KQuants.DequantizeRow(blocks.AsSpan((int)(r * rowBytes), (int)rowBytes), got.AsSpan((int)(r * columns), (int)columns), kind);
         for (int i = 0; i < got.Length; i++)
             Assert.True(BitConverter.SingleToInt32Bits(expected[i]) == BitConverter.SingleToInt32Bits(got[i]),
-                $"{kind} value {i} (super-block {i / 256}): expected {expected[i]:R}, got {got[i]:R}");
+                $"{kind} value {i} (block {i / KQuants.BlockWeights(kind)}): expected {expected[i]:R}, got {got[i]:R}");
+    }
+
+    [Fact]
+    public void Q5_0IsHeldAsQ8_0WithEveryValueKept()
+    {
+        // Q4_K_M's fallback for rows that are not whole super-blocks: same d, q − 16 as the int8, through the reader.
+        using var reader = GgufTensorReader.ForLanguageModel(GgufFile.Open(File("kquant-blocks.gguf")), 4, 2);
+        Assert.Equal(QuantizationFormat.Q8_0, reader.GetInfo("q5_0").Format);
+        using var held = Assert.IsType<QuantizedWeight>(reader.Load("q5_0"));
+        Assert.Equal(QuantizationFormat.Q8_0, held.Format);
+        using var expected = reader.Load("q5_0.f32");
+        using var values = held.Dequantize();
+        Assert.True(TensorAssert.BitEqual(expected, values), "Q5_0 -> Q8_0 changed a value");
+        using var exact = reader.Load("q5_0", ScalarType.Float32);
+        Assert.True(TensorAssert.BitEqual(expected, exact));
     }
 
     [Theory, MemberData(nameof(Kinds))]
@@ -72,7 +87,8 @@ public sealed class KQuantGgufTests : IDisposable
         var blocks = Bytes(f, Key(kind));
         long rows = info.Ne[1], columns = info.Ne[0];
         long rowBytes = KQuants.RowBytes(kind, columns);
-        foreach (var format in new[] { QuantizationFormat.Q8_0, QuantizationFormat.Q4_0 })
+        // Q5_0 -> Q8_0 is lossless rather than requantized (Q5_0IsHeldAsQ8_0WithEveryValueKept).
+        foreach (var format in kind == GgufBlockType.Q5_0 ? new[] { QuantizationFormat.Q4_0 } : new[] { QuantizationFormat.Q8_0, QuantizationFormat.Q4_0 })
         {
             var expected = Bytes(f, $"{Key(kind)}.{QuantizationFormats.Name(format)}");
             int bb = QuantizationFormats.BlockBytes(format);
@@ -106,7 +122,7 @@ public sealed class KQuantGgufTests : IDisposable
                     converted++;
                 }
             }
-            Assert.True(converted >= 5 && refused >= 1, $"{kind} -> {format}: {converted} rows compared, {refused} refused");
+            Assert.True(converted >= 5 && (refused >= 1 || kind == GgufBlockType.Q5_0), $"{kind} -> {format}: {converted} rows compared, {refused} refused");
         }
     }
 
@@ -303,7 +319,7 @@ public sealed class KQuantGgufTests : IDisposable
 
     public static IEnumerable<object[]> Unsupported() => new[]
     {
-        GgmlType.Q2_K, GgmlType.Q3_K, GgmlType.Q5_K, GgmlType.Q8_K, GgmlType.Q4_1, GgmlType.Q5_0, GgmlType.Q5_1,
+        GgmlType.Q2_K, GgmlType.Q3_K, GgmlType.Q5_K, GgmlType.Q8_K, GgmlType.Q4_1, GgmlType.Q5_1,
         GgmlType.IQ2_XXS, GgmlType.IQ2_XS, GgmlType.IQ3_XXS, GgmlType.IQ1_S, GgmlType.IQ4_NL, GgmlType.IQ3_S, GgmlType.IQ2_S,
         GgmlType.IQ4_XS, GgmlType.IQ1_M, GgmlType.TQ1_0, GgmlType.TQ2_0, GgmlType.MXFP4,
     }.Select(t => new object[] { (uint)t });

@@ -206,6 +206,18 @@ def write_goldens(path):
         # (bit-exact with ggml's quantize_row_q8_0_ref / q4_0_ref) over the exact values.
         w.add_tensor(name + ".q8_0", quants.quantize(values, T.Q8_0), raw_dtype=T.Q8_0)
         w.add_tensor(name + ".q4_0", quants.quantize(values, T.Q4_0), raw_dtype=T.Q4_0)
+    # Q5_0, which Q4_K_M files hold where a row is not whole 256-weight super-blocks. Its conversion to Q8_0 is
+    # lossless (same d, q - 16), so only the values and the Q4_0 requantization are goldens.
+    q5 = rng.integers(0, 256, size=(64, 22), dtype=np.uint8)
+    q5[:, 0:2] = half_bits(rng.choice([-1, 1], 64) * rng.uniform(1e-4, 0.05, 64))
+    q5[60:, 0:2] = half_bits([0.0, 65504.0, 6e-8, -1.0])
+    q5[63, 2:] = 0xFF
+    rows = q5.reshape(8, -1)  # 8 rows of 8 blocks (256 weights)
+    values = dequant(rows, T.Q5_0)
+    assert np.isfinite(values).all()
+    w.add_tensor("q5_0", rows, raw_dtype=T.Q5_0)
+    w.add_tensor("q5_0.f32", values.astype(np.float32))
+    w.add_tensor("q5_0.q4_0", quants.quantize(values, T.Q4_0), raw_dtype=T.Q4_0)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
