@@ -169,6 +169,7 @@ public sealed class KQuantGgufTests : IDisposable
         foreach (var m in new[] { "model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.v_proj", "model.layers.0.mlp.down_proj", "lm_head", "model.embed_tokens" })
             Assert.Equal(QuantizationFormat.Q8_0, Assert.IsType<QuantizedWeight>(named[$"language_model.{m}.weight"]).Format);
         Assert.Equal(ScalarType.Float32, named["language_model.model.norm.weight"].dtype);
+        using (var f = GgufFile.Open(Llm)) Assert.Equal("Q4_K 6, Q6_K 3", GgufModel.ConvertedAtLoad(f)); // logged at load
 
         // The reference converts the gguf-py-dequantized weights with gguf-py's Q8_0 quantizer, then runs LLaMA in
         // float64 PyTorch on the GGUF layout (no un-permutation: adjacent rotary pairs).
