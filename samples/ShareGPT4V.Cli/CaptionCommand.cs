@@ -53,17 +53,24 @@ internal static class CaptionCommand
         if (!lines)
         {
             var image = ImageInput.FromFile(images[0]);
-            if (cl.Flag("json"))
+            var messages = new[] { new ConversationMessage(ConversationRole.User, prompt ?? MultimodalPipeline.DefaultCaptionPrompt, 1) };
+            try
             {
-                var r = await pipeline.CaptionAsync(image, prompt, null, ct);
-                Console.WriteLine(Shared.ToJson(r));
+                if (cl.Flag("json"))
+                {
+                    var r = await pipeline.CaptionAsync(image, prompt, null, ct);
+                    Console.WriteLine(Shared.ToJson(r));
+                }
+                else
+                {
+                    await foreach (var piece in pipeline.ChatStreamingAsync(messages, new[] { image }, null, ct))
+                        Console.Write(piece);
+                    Console.WriteLine();
+                }
             }
-            else
+            catch (PromptException e) when (Shared.ContextOverflow(e, pipeline, pipeline.BuildPrompt(messages), 1, generation) is { } explained)
             {
-                var messages = new[] { new ConversationMessage(ConversationRole.User, prompt ?? MultimodalPipeline.DefaultCaptionPrompt, 1) };
-                await foreach (var piece in pipeline.ChatStreamingAsync(messages, new[] { image }, null, ct))
-                    Console.Write(piece);
-                Console.WriteLine();
+                throw explained;
             }
             return 0;
         }

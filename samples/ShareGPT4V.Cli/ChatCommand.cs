@@ -45,12 +45,19 @@ internal static class ChatCommand
             var messages = new[] { new ConversationMessage(ConversationRole.User, prompt, pending.Count) };
             var text = pipeline.BuildPrompt(messages, system);
             using var cts = interrupts.ForOperation();
-            if (cl.Flag("json"))
-                Console.WriteLine(Shared.ToJson(await pipeline.GenerateAsync(text, pending, null, cts.Token)));
-            else
+            try
             {
-                await StreamAsync(pipeline, text, pending, new System.Text.StringBuilder(), cts.Token);
-                Console.WriteLine();
+                if (cl.Flag("json"))
+                    Console.WriteLine(Shared.ToJson(await pipeline.GenerateAsync(text, pending, null, cts.Token)));
+                else
+                {
+                    await StreamAsync(pipeline, text, pending, new System.Text.StringBuilder(), cts.Token);
+                    Console.WriteLine();
+                }
+            }
+            catch (PromptException e) when (Shared.ContextOverflow(e, pipeline, text, pending.Count, generation) is { } explained)
+            {
+                throw explained;
             }
             return 0;
         }

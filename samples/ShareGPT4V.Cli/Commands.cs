@@ -135,6 +135,19 @@ internal static class Shared
         return options;
     }
 
+    /// <summary>
+    /// A one-shot answer that does not fit the context window, explained with the command's own options (the library's
+    /// message names library options); null when <paramref name="e"/> is another prompt error.
+    /// </summary>
+    public static PromptException? ContextOverflow(PromptException e, MultimodalPipeline pipeline, string prompt, int images, GenerationOptions generation)
+    {
+        int used = pipeline.CountPromptTokens(prompt, images), context = pipeline.ContextLength, asked = generation.MaxNewTokens;
+        if (used + asked <= context) return null;
+        return new PromptException(used >= context
+            ? $"The prompt takes {used} tokens (image tokens included), more than the context window of {context}: shorten --prompt or give fewer --image"
+            : $"The prompt takes {used} tokens and --max-new-tokens asks for {asked}: {used + asked} exceeds the context window of {context} (give --max-new-tokens {context - used} or less)", e);
+    }
+
     private static readonly JsonSerializerOptions Json = new()
     {
         PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower,

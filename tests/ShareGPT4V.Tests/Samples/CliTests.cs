@@ -129,7 +129,10 @@ public sealed class CliTests : IDisposable
     [InlineData(2, "--temperature must be in [0, 100], got hot", "caption", "--model", "M", "--image", "I", "--temperature", "hot")]
     [InlineData(2, "Unknown command 'describe'", "describe")]
     [InlineData(1, "Configuration file not found", "caption", "--model", "EMPTY", "--image", "I")]
-    [InlineData(1, "exceeds the context window of 2048", "caption", "--model", "M", "--image", "I", "--max-new-tokens", "5000")]
+    [InlineData(1, "exceeds the context window of 2048 (give --max-new-tokens", "caption", "--model", "M", "--image", "I", "--max-new-tokens", "5000")]
+    // One-shot chat: the overflow advice names the command's flags, not the library's option names.
+    [InlineData(1, "--max-new-tokens asks for 5000", "chat", "--model", "M", "--prompt", "hi", "--max-new-tokens", "5000")]
+    [InlineData(1, "more than the context window of 64: shorten --prompt or give fewer --image", "chat", "--model", "M", "--prompt", "LONG", "--context-length", "64")]
     [InlineData(2, "--layout must be same, llava-hf or original", "convert", "--model", "M", "--output", "OUT", "--layout", "gguf")]
     // CUDA goes through ShareGPT4V.Cuda's provider: without a CUDA libtorch and driver it is refused, saying why.
     [InlineData(1, "Device 'cuda:0' was requested but CUDA cannot be used: the CUDA build of libtorch", "caption", "--model", "M", "--image", "I", "--device", "cuda:0")]
@@ -158,6 +161,7 @@ public sealed class CliTests : IDisposable
             "M" => _case.ModelPath,
             "M/model.safetensors" => Path.Combine(_case.ModelPath, "model.safetensors"),
             "MISSING" => Path.Combine(_dir, "no-such-folder"),
+            "LONG" => string.Concat(Enumerable.Repeat("word ", 200)),
             "I" => Image("image1"),
             "EMPTY" => Path.Combine(_dir, "empty"),
             "OUT" => Path.Combine(_dir, "out"),
