@@ -15,7 +15,7 @@ internal sealed record BenchOptions
     public int Threads { get; init; } = Environment.ProcessorCount;
     /// <summary>
     /// auto, fp32, bf16 or fp16: the dtype weights are kept in. auto is float32 on the CPU and the CUDA provider's
-    /// policy on a GPU (bfloat16 from compute capability 8.0, else float16); see the README's dtype section.
+    /// policy on a GPU (bfloat16 from compute capability 8.0, else float16); see docs/benchmarks.md (Dtypes on CPU).
     /// </summary>
     public string DType { get; init; } = "auto";
     public int Batch { get; init; } = 1;

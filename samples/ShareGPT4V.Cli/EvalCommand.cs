@@ -22,7 +22,7 @@ internal static class EvalCommand
         """,
         Verbs =
         [
-            new("score", "Scores a LLaVA answer file exactly as the benchmark's official script does.")
+            new("score", "score a LLaVA answer file exactly as the benchmark's official script does")
             {
                 Options =
                 [
@@ -35,7 +35,7 @@ internal static class EvalCommand
                 Run = (cl, _) => Task.FromResult(Score(cl)),
             },
             EvalRunCommand.Verb,
-            new("merge", "Concatenates shard answer files in order (in question order when --questions is given), dropping repeated ids.")
+            new("merge", "concatenate shard answer files in order (in question order when --questions is given), dropping repeated ids")
             {
                 Options =
                 [
@@ -46,7 +46,7 @@ internal static class EvalCommand
                 ],
                 Run = (cl, _) => Task.FromResult(Merge(cl)),
             },
-            new("summary", "The paper's table (Markdown, or JSON with --json) from score reports.")
+            new("summary", "the paper's table (Markdown, or JSON with --json) from score reports")
             {
                 Options =
                 [
@@ -55,11 +55,12 @@ internal static class EvalCommand
                 ],
                 Run = (cl, _) => Task.FromResult(Summary(cl)),
             },
-            new("judge", """
-                Has a judge model review the answers of LLaVA-Bench (reviews jsonl, as eval_gpt_review_bench.py) or grade
-                MM-Vet (grade json, as the MM-Vet grader); then 'score' the reviews / grades.
-                """)
+            new("judge", "have a judge model review LLaVA-Bench answers or grade MM-Vet answers")
             {
+                Details = """
+                    Has a judge model review the answers of LLaVA-Bench (reviews jsonl, as eval_gpt_review_bench.py) or grade
+                    MM-Vet (grade json, as the MM-Vet grader); then 'score' the reviews / grades.
+                    """,
                 Options =
                 [
                     Benchmark("llava-bench or mm-vet"),
@@ -75,7 +76,7 @@ internal static class EvalCommand
                 ],
                 Run = EvalJudgeCommand.RunAsync,
             },
-            new("submission", "Writes the EvalAI upload file for VQAv2 / VizWiz (answers normalised as EvalAI's processor).")
+            new("submission", "write the EvalAI upload file for VQAv2 / VizWiz (answers normalised as EvalAI's processor)")
             {
                 Options =
                 [
