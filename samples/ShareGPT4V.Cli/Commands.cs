@@ -59,13 +59,30 @@ internal static class Shared
     /// Checks the model options before anything loads, so a bad command line exits with 2 and a plain message: the
     /// model must be a folder, a hub id or a .gguf file; the template and dtype must be known.
     /// </summary>
-    public static void CheckModelOptions(CommandLine cl)
+    /// <summary>
+    /// --model names an existing folder (or, where the command takes them, a hub id or a llama.cpp .gguf file):
+    /// a file or a folder that does not exist is a bad command line.
+    /// </summary>
+    public static string CheckModelPath(CommandLine cl, bool hubId, bool gguf)
     {
         var model = cl.Required("model");
-        if (File.Exists(model) && !model.EndsWith(".gguf", StringComparison.OrdinalIgnoreCase))
-            throw new UsageException($"--model must be a model folder (or a hub id, or a llama.cpp .gguf file), not a file: '{model}'");
-        if (!File.Exists(model) && !Directory.Exists(model) && !HuggingFaceHub.IsRepoId(model))
-            throw new UsageException($"--model: the model folder '{model}' does not exist (give a model folder, a hub id such as Lin-Chen/ShareGPT4V-7B, or a .gguf file)");
+        string also = (hubId, gguf) switch
+        {
+            (true, true) => " (or a hub id, or a llama.cpp .gguf file)",
+            (true, false) => " (or a hub id)",
+            _ => "",
+        };
+        if (File.Exists(model) && !(gguf && model.EndsWith(".gguf", StringComparison.OrdinalIgnoreCase)))
+            throw new UsageException($"--model must be a model folder{also}, not a file: '{model}'");
+        if (!File.Exists(model) && !Directory.Exists(model) && !(hubId && HuggingFaceHub.IsRepoId(model)))
+            throw new UsageException($"--model: the model folder '{model}' does not exist" +
+                (hubId ? " (give a model folder, or a hub id such as Lin-Chen/ShareGPT4V-7B)" : ""));
+        return model;
+    }
+
+    public static void CheckModelOptions(CommandLine cl)
+    {
+        CheckModelPath(cl, hubId: true, gguf: true);
         if (cl.Value("template") is { } t && !ConversationTemplates.TryGet(t, out _))
             throw new UsageException($"--template must be one of {string.Join(", ", ConversationTemplates.Names)}, got '{t}'");
         if (cl.Value("dtype") is { } d && !DTypes.Contains(d.Trim().ToLowerInvariant()))

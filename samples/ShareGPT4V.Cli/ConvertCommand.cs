@@ -34,6 +34,8 @@ internal static class ConvertCommand
 
     public static async Task<int> RunAsync(CommandLine cl, CancellationToken cancellationToken)
     {
+        bool gguf = (cl.Value("format") ?? "safetensors") == "gguf";
+        Shared.CheckModelPath(cl, hubId: !gguf, gguf: false);
         if ((cl.Value("format") ?? "safetensors") is var format && format != "safetensors")
         {
             if (format != "gguf") throw new UsageException($"--format must be safetensors or gguf, got '{format}'");

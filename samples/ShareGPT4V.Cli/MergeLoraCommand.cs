@@ -27,7 +27,7 @@ internal static class MergeLoraCommand
 
     public static int Run(CommandLine cl)
     {
-        var path = LoraMerger.Merge(cl.Required("model"), cl.Required("adapter"), cl.Required("output"), cl.Value("vision-tower"));
+        var path = LoraMerger.Merge(Shared.CheckModelPath(cl, hubId: false, gguf: false), cl.Required("adapter"), cl.Required("output"), cl.Value("vision-tower"));
         Console.WriteLine($"Merged model written; load it with --model {path}.");
         return 0;
     }

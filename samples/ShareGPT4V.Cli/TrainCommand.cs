@@ -101,7 +101,7 @@ internal static class TrainCommand
 
         var options = new TrainerOptions
         {
-            ModelPath = cl.Required("model"),
+            ModelPath = Shared.CheckModelPath(cl, hubId: false, gguf: false),
             VisionTowerPath = cl.Value("vision-tower"),
             DataPath = cl.Required("data"),
             ImageFolder = cl.Value("image-folder"),

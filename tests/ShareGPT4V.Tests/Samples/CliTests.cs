@@ -146,6 +146,8 @@ public sealed class CliTests : IDisposable
     [InlineData(2, "the model folder 'MISSING' does not exist", "caption", "--model", "MISSING", "--image", "I")]
     [InlineData(2, "--model must be a model folder (or a hub id, or a llama.cpp .gguf file), not a file: 'M/model.safetensors'", "caption", "--model", "M/model.safetensors", "--image", "I")]
     [InlineData(2, "Image 'MISSING' does not exist", "caption", "--model", "M", "--image", "MISSING")]
+    [InlineData(2, "--model must be a model folder (or a hub id), not a file: 'M/model.safetensors'", "convert", "--model", "M/model.safetensors", "--output", "OUT")]
+    [InlineData(2, "--model: the model folder 'MISSING' does not exist", "train", "--model", "MISSING", "--data", "d.json", "--output", "OUT")]
     [InlineData(2, "Option '--prompt' expects a single argument but 2 were provided", "caption", "--model", "M", "--image", "I", "--prompt", "a", "--prompt", "b")]
     [InlineData(2, "Unknown command 'grade' for 'eval'", "eval", "grade")]
     [InlineData(2, "Required argument 'REPO' missing for command: 'download'", "download")]
