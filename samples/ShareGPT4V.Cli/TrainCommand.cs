@@ -9,7 +9,7 @@ internal static class TrainCommand
     public static VerbSpec Verb => new("train", "fine-tune a model (ShareGPT4V / LLaVA stages, LoRA, HF Trainer semantics), resumable checkpoints")
     {
         Details = """
-        usage: sharegpt4v train --model DIR --data FILE --image-folder DIR --output DIR --stage pretrain|finetune [options]
+        usage: sharegpt4v train --model DIR --data FILE --image-folder DIR --output DIR --stage pretrain|finetune|projector-only|vision [options]
 
         Fine-tunes a LLaVA-1.5 / ShareGPT4V model as LLaVA's train.py with Hugging Face Trainer does: stage pretrain
         (template plain, images resized and center-cropped, LLM + projector + CLIP layers >= --tune-vit-from-layer),
@@ -25,7 +25,8 @@ internal static class TrainCommand
             new("data", "FILE", "LLaVA-format records: a JSON array or JSON lines (required)"),
             new("image-folder", "DIR", "folder the records' image paths are relative to (default: the data file's)"),
             new("output", "DIR", "where checkpoints, the final model and the logs go (required)"),
-            new("stage", "NAME", "pretrain, finetune (default) or projector-only", Choices: new[] { "pretrain", "finetune", "projector-only" }),
+            new("stage", "NAME", "pretrain, finetune (default), projector-only, or vision (the CLIP tower alone against --aux-patch-* labels, no text)",
+                Choices: new[] { "pretrain", "finetune", "projector-only", "vision" }),
             new("learning-rate", "F", "peak learning rate (default 2e-5)"),
             new("mm-projector-lr", "F", "projector learning rate (default: --learning-rate)"),
             new("vision-tower-lr", "F", "vision tower learning rate (default: --learning-rate)"),
@@ -56,6 +57,12 @@ internal static class TrainCommand
             new("lora-alpha", "F", "LoRA alpha (default 16)"),
             new("lora-dropout", "F", "LoRA dropout (default 0.05)"),
             new("report-to", "NAME", "tensorboard: event files in OUTPUT/runs; none (default)"),
+            OptionSpec.Flag("from-scratch", "random initial weights (seeded by --seed): --model needs only config and tokenizer files"),
+            new("image-aspect-ratio", "NAME", "pad or square (default: square for pretrain, pad for finetune and vision)", Choices: new[] { "pad", "square" }),
+            OptionSpec.Flag("tune-vit-embeddings", "pretrain/vision: also train the tower's patch/position embeddings and pre-LayerNorm"),
+            new("aux-patch-loss-weight", "W", "add W x the auxiliary patch loss: a linear head classifies each patch feature against the " +
+                "records' \"patch_labels\" images (pretrain and vision; default 0 = off)"),
+            new("aux-patch-classes", "N", "number of patch label classes (ids 0..N-1, 0 = background)"),
             new("threads", "N", "CPU threads"),
         ],
         Run = RunAsync,
@@ -70,7 +77,15 @@ internal static class TrainCommand
             "pretrain" => TrainingStage.Pretrain,
             "finetune" => TrainingStage.Finetune,
             "projector-only" => TrainingStage.ProjectorOnly,
-            var s => throw new UsageException($"--stage must be pretrain, finetune or projector-only, got '{s}'"),
+            "vision" => TrainingStage.Vision,
+            var s => throw new UsageException($"--stage must be pretrain, finetune, projector-only or vision, got '{s}'"),
+        };
+        ShareGPT4V.Preprocessing.ImageAspectMode? aspect = cl.Value("image-aspect-ratio") switch
+        {
+            null => null,
+            "pad" => ShareGPT4V.Preprocessing.ImageAspectMode.Pad,
+            "square" => ShareGPT4V.Preprocessing.ImageAspectMode.Resize,
+            var s => throw new UsageException($"--image-aspect-ratio must be pad or square, got '{s}'"),
         };
         var scheduler = (cl.Value("lr-scheduler") ?? "cosine") switch
         {
@@ -134,6 +149,11 @@ internal static class TrainCommand
             GradientCheckpointing = cl.Flag("gradient-checkpointing"),
             SkipBadRecords = !cl.Flag("fail-on-bad-records"),
             ReportToTensorBoard = tensorboard,
+            FromScratch = cl.Flag("from-scratch"),
+            ImageAspect = aspect,
+            TuneVitEmbeddings = cl.Flag("tune-vit-embeddings"),
+            AuxPatchLossWeight = cl.Double("aux-patch-loss-weight", 0, 1e6) ?? 0,
+            AuxPatchClasses = cl.Int("aux-patch-classes", 2, 256) ?? 0,
             Lora = cl.Int("lora-r", 1, 1 << 16) is int r
                 ? new LoraOptions(r, cl.Double("lora-alpha", double.Epsilon, 1e9) ?? 16, cl.Double("lora-dropout", 0, 0.999999) ?? 0.05)
                 : null,
@@ -147,7 +167,7 @@ internal static class TrainCommand
         {
             var eta = e.Step > 0 ? TimeSpan.FromSeconds(e.Elapsed.TotalSeconds / e.Step * (e.TotalSteps - e.Step)) : TimeSpan.Zero;
             bar.Report(e.Step, e.TotalSteps,
-                $"step {e.Step}/{e.TotalSteps} loss {e.Loss:F4} lr {e.LearningRate:E2} grad {e.GradNorm:F3} {e.TokensPerSecond:F0} tok/s ETA {eta:hh\\:mm\\:ss}");
+                $"step {e.Step}/{e.TotalSteps} loss {e.Loss:F4}" + (double.IsFinite(e.AuxLoss) ? $" aux {e.AuxLoss:F4}" : "") + $" lr {e.LearningRate:E2} grad {e.GradNorm:F3} {e.TokensPerSecond:F0} tok/s ETA {eta:hh\\:mm\\:ss}");
         });
         var result = await trainer.RunAsync(progress, ct);
         bar.Done();

@@ -21,6 +21,7 @@ public static class Benchmarks
         () => new VqaBenchmark(vizWiz: true),
         () => new Judging.LlavaBenchJudge(),
         () => new Judging.MmVetJudge(),
+        () => new ShapesBenchmark(),
     };
 
     /// <summary>Every benchmark, one instance each.</summary>

@@ -86,7 +86,7 @@ public sealed class Trainer
         }
 
         var tokenizer = LlavaTokenizer.Load(source.ModelPath);
-        var aspect = _o.Stage == TrainingStage.Finetune ? ImageAspectMode.Pad : ImageAspectMode.Resize;
+        var aspect = _o.ImageAspect ?? (_o.Stage is TrainingStage.Finetune or TrainingStage.Vision ? ImageAspectMode.Pad : ImageAspectMode.Resize);
         var imageProcessor = source.PreprocessorConfigPath is { } pre
             ? ClipImageProcessor.FromFile(pre, aspect)
             : throw new ModelConfigurationException("The model has no preprocessor_config.json; the images cannot be preprocessed", source.ModelPath);
@@ -110,7 +110,17 @@ public sealed class Trainer
                 foreach (var img in r.Images)
                     if (!File.Exists(Path.Combine(imageRoot, img)))
                         throw new TrainingDataException($"image '{img}' not found in '{imageRoot}'", r.Id);
-                examples.Add(pre1.Process(r).Example);
+                if (r.Images.Count > 0)
+                    foreach (var lbl in r.PatchLabels)
+                        if (!File.Exists(Path.Combine(imageRoot, lbl)))
+                            throw new TrainingDataException($"patch label image '{lbl}' not found in '{imageRoot}'", r.Id);
+                if (_o.Stage == TrainingStage.Vision)
+                {
+                    // No text: the tower learns from the images and their patch labels alone.
+                    if (r.Images.Count == 0) continue;
+                    examples.Add(new TokenizedExample(r.Id, Array.Empty<long>(), Array.Empty<long>(), r.Images) { PatchLabels = r.PatchLabels });
+                }
+                else examples.Add(pre1.Process(r).Example);
             }
             catch (TrainingDataException e) { Bad(e); }
         }
@@ -124,13 +134,20 @@ public sealed class Trainer
         long warmup = LrSchedule.WarmupSteps(maxSteps, _o.WarmupSteps, _o.WarmupRatio);
 
         if (_o.Lora is not null) (loadPath, loadTower) = (_o.ModelPath, _o.VisionTowerPath); // a LoRA checkpoint holds the adapter only
-        using var model = ModelLoader.Load(loadPath, new LoadOptions { DType = ScalarType.Float32, VisionTowerPath = loadTower });
+        using var model = _o.FromScratch && resumeFrom is null
+            ? Scratch(source)
+            : ModelLoader.Load(loadPath, new LoadOptions { DType = ScalarType.Float32, VisionTowerPath = loadTower });
+        using var auxHead = _o.AuxPatchLossWeight > 0 ? new AuxPatchHead(model.Config.Vision.HiddenSize, _o.AuxPatchClasses, _o.Seed) : null;
+        if (auxHead is not null && resumeFrom is not null) auxHead.Load(resumeFrom);
+        PatchLabelSettings? labelSettings = auxHead is null ? null
+            : new PatchLabelSettings(aspect, model.Config.Vision.ImageSize, model.Config.Vision.PatchSize, _o.AuxPatchClasses);
         using var lora = _o.Lora is null ? null
             : resumeFrom is not null ? LoraAdapters.Load(resumeFrom, model, source) : LoraAdapters.Attach(model, _o.Lora, _o.Seed);
         lora?.SetTraining(true);
         var named = model.named_parameters().Select(p => (Name: p.name, Param: (Tensor)p.parameter)).ToList();
         var trainable = named.Where(p => IsTrainable(p.Name, model.Config)).ToList();
         if (lora is not null) trainable.AddRange(lora.Parameters);
+        if (auxHead is not null) trainable.AddRange(auxHead.Parameters);
         if (trainable.Count == 0) throw new ModelConfigurationException("Nothing to train: no parameter is trainable in this stage", null, "stage");
         foreach (var (_, p) in trainable) p.requires_grad_(true);
         _log.LogInformation("{Examples} examples, {Steps} optimizer steps, {Trainable} trainable parameters in {Tensors} tensors",
@@ -155,6 +172,7 @@ public sealed class Trainer
             if (lora is not null) lora.Save(tmp, model, source);
             else TrainingCheckpoint.WriteModel(model, source, tmp);
             TrainingCheckpoint.WriteOptimizer(optimizer, Path.Combine(tmp, TrainingCheckpoint.OptimizerFile));
+            auxHead?.Save(tmp);
             var modelRel = lora is not null ? "." : Path.GetRelativePath(tmp, TrainingCheckpoint.ModelPathIn(tmp, source));
             var state = TrainingCheckpoint.StateJson(at, maxSteps, EpochOf(at), log, _o.SaveSteps, bs, modelRel);
             TrainingCheckpoint.WriteJson(Path.Combine(tmp, TrainingCheckpoint.StateFile), state);
@@ -178,6 +196,7 @@ public sealed class Trainer
             long globalStep = pos.GlobalStep;
             long totalMicro = pos.TotalMicroBatches;
             float trLoss = 0; // float32, as Trainer sums its tr_loss tensor
+            double auxLoss = 0;
             long tokens = 0;
             var stepTimer = Stopwatch.StartNew();
             bool done = globalStep >= maxSteps;
@@ -185,7 +204,7 @@ public sealed class Trainer
             {
                 var order = Order(examples, epoch);
                 long startMicro = epoch == pos.Epoch ? pos.MicroBatchInEpoch : 0;
-                using var batches = new BatchPrefetcher(examples, order, bs, startMicro, imageRoot, imageProcessor, _o.PrefetchBatches, ct);
+                using var batches = new BatchPrefetcher(examples, order, bs, startMicro, imageRoot, imageProcessor, _o.PrefetchBatches, ct, labelSettings);
                 for (long micro = startMicro; micro < stepsInEpoch; micro++)
                 {
                     if (ct.IsCancellationRequested) SaveAndStop();
@@ -201,10 +220,21 @@ public sealed class Trainer
                     {
                         using (batch)
                         {
-                            var (lossValue, _, tok) = TrainingForward.ForwardBackward(model, batch, _o.ModelMaxLength, ga, _o.GradientCheckpointing);
-                            if (!double.IsFinite(lossValue))
-                                throw new TrainingDivergedException($"The loss is {lossValue} (records {string.Join(", ", batch.Examples.Select(e => e.Id))})", globalStep + 1, lastCheckpoint);
+                            double lossValue, auxValue = double.NaN;
+                            long tok;
+                            if (_o.Stage == TrainingStage.Vision)
+                            {
+                                (lossValue, tok) = TrainingForward.VisionForwardBackward(model, batch, auxHead!, ga);
+                                auxValue = lossValue;
+                            }
+                            else if (auxHead is not null)
+                                (lossValue, auxValue, _, tok) = TrainingForward.ForwardBackwardWithAux(model, batch, _o.ModelMaxLength, ga, auxHead, _o.AuxPatchLossWeight);
+                            else
+                                (lossValue, _, tok) = TrainingForward.ForwardBackward(model, batch, _o.ModelMaxLength, ga, _o.GradientCheckpointing);
+                            if (!double.IsFinite(lossValue) || (auxHead is not null && batch.PatchLabels is not null && !double.IsFinite(auxValue)))
+                                throw new TrainingDivergedException($"The loss is {lossValue} (auxiliary {auxValue}; records {string.Join(", ", batch.Examples.Select(e => e.Id))})", globalStep + 1, lastCheckpoint);
                             trLoss += (float)lossValue / ga;
+                            if (double.IsFinite(auxValue)) auxLoss += auxValue / ga;
                             tokens += tok;
                         }
                     }
@@ -226,13 +256,14 @@ public sealed class Trainer
                     double seconds = stepTimer.Elapsed.TotalSeconds;
                     var entry = new TrainingStepLog(globalStep, EpochOf(atLastStep), trLoss,
                         _o.LearningRate * LrSchedule.Factor(_o.LrScheduler, globalStep, warmup, maxSteps), gradNorm,
-                        seconds > 0 ? tokens / seconds : 0, started.Elapsed, maxSteps, tokens, PeakRss());
+                        seconds > 0 ? tokens / seconds : 0, started.Elapsed, maxSteps, tokens, PeakRss()) { AuxLoss = auxHead is null ? double.NaN : auxLoss };
                     log.Add(entry);
                     jsonl.WriteLine(LogLine(entry));
                     jsonl.Flush();
                     tb?.Add(entry);
                     progress?.Report(entry);
                     trLoss = 0;
+                    auxLoss = 0;
                     tokens = 0;
                     stepTimer.Restart();
                     if (_o.SaveSteps > 0 && globalStep % _o.SaveSteps == 0)
@@ -262,12 +293,25 @@ public sealed class Trainer
         }
     }
 
-    private static string LogLine(TrainingStepLog e) => new JsonObject
+    private static string LogLine(TrainingStepLog e)
     {
-        ["step"] = e.Step, ["epoch"] = e.Epoch, ["loss"] = e.Loss, ["learning_rate"] = e.LearningRate, ["grad_norm"] = e.GradNorm,
-        ["tokens"] = e.Tokens, ["tokens_per_second"] = e.TokensPerSecond, ["elapsed_seconds"] = e.Elapsed.TotalSeconds,
-        ["peak_rss_bytes"] = e.PeakRssBytes,
-    }.ToJsonString();
+        var o = new JsonObject
+        {
+            ["step"] = e.Step, ["epoch"] = e.Epoch, ["loss"] = e.Loss, ["learning_rate"] = e.LearningRate, ["grad_norm"] = e.GradNorm,
+            ["tokens"] = e.Tokens, ["tokens_per_second"] = e.TokensPerSecond, ["elapsed_seconds"] = e.Elapsed.TotalSeconds,
+            ["peak_rss_bytes"] = e.PeakRssBytes,
+        };
+        if (double.IsFinite(e.AuxLoss)) o["aux_loss"] = e.AuxLoss;
+        return o.ToJsonString();
+    }
+
+    /// <summary>The model with random initial weights (<see cref="ScratchWeights"/>), for <see cref="TrainerOptions.FromScratch"/>.</summary>
+    private LlavaModel Scratch(ModelFolder source)
+    {
+        _log.LogInformation("Initialising every weight randomly (seed {Seed}): training from scratch", _o.Seed);
+        using var noGrad = torch.no_grad();
+        return new LlavaModel(source.Config, new ScratchWeights(_o.Seed));
+    }
 
     private static long PeakRss()
     {
@@ -285,8 +329,12 @@ public sealed class Trainer
         {
             case TrainingStage.ProjectorOnly: return projector;
             case TrainingStage.Finetune: return projector || language;
+            case TrainingStage.Vision when projector || language: return false;
         }
         if (projector || language) return true;
+        if (_o.TuneVitEmbeddings && (name.StartsWith("vision_tower.vision_model.embeddings.", StringComparison.Ordinal)
+                                     || name.StartsWith("vision_tower.vision_model.pre_layrnorm.", StringComparison.Ordinal)))
+            return true;
         const string layers = "vision_tower.vision_model.encoder.layers.";
         if (!name.StartsWith(layers, StringComparison.Ordinal)) return false;
         var rest = name[layers.Length..];
@@ -302,9 +350,10 @@ public sealed class Trainer
     {
         var noDecay = NoDecayNames(model);
         var groups = new List<ParameterGroup>();
+        noDecay.Add(AuxPatchHead.BiasName);
         double LrOf(string n) =>
             n.StartsWith("multi_modal_projector.", StringComparison.Ordinal) && _o.MmProjectorLr is double p ? p
-            : n.StartsWith("vision_tower.", StringComparison.Ordinal) && _o.VisionTowerLr is double v ? v
+            : (n.StartsWith("vision_tower.", StringComparison.Ordinal) || n.StartsWith("aux_patch_head.", StringComparison.Ordinal)) && _o.VisionTowerLr is double v ? v
             : _o.LearningRate;
         foreach (var g in trainable.GroupBy(t => (Lr: LrOf(t.Name), Decay: !noDecay.Contains(t.Name))))
             groups.Add(new ParameterGroup($"lr={g.Key.Lr} decay={g.Key.Decay}", g.ToList(), g.Key.Lr, g.Key.Decay ? _o.WeightDecay : 0));

@@ -12,6 +12,11 @@ public enum TrainingStage
     Finetune,
     /// <summary>LLaVA's own stage 1: template <c>plain</c>, only the projector trained.</summary>
     ProjectorOnly,
+    /// <summary>
+    /// The vision tower alone, against the auxiliary patch labels (<see cref="TrainerOptions.AuxPatchLossWeight"/>):
+    /// no text and no language model, so it is fast. For towers trained from scratch, before stage 1.
+    /// </summary>
+    Vision,
 }
 
 /// <summary>The options of a <see cref="Trainer"/> run (the CLI's <c>train</c> options map onto these one to one).</summary>
@@ -90,6 +95,26 @@ public sealed record TrainerOptions
     public LoraOptions? Lora { get; init; }
     /// <summary>Write TensorBoard event files (<c>--report-to tensorboard</c>).</summary>
     public bool ReportToTensorBoard { get; init; }
+    /// <summary>
+    /// Start from random weights (transformers' initialisation, seeded by <see cref="Seed"/>) instead of reading them:
+    /// the model folder needs only its config, preprocessor and tokenizer files.
+    /// </summary>
+    public bool FromScratch { get; init; }
+    /// <summary>How images are made square; null follows the stage (pretrain resizes and crops, finetune pads).</summary>
+    public Preprocessing.ImageAspectMode? ImageAspect { get; init; }
+    /// <summary>
+    /// Stages that train the vision tower (pretrain, vision) also train its embeddings (patch, class and position)
+    /// and its first LayerNorm, which ShareGPT4V keeps frozen: needed when the tower starts from random weights.
+    /// </summary>
+    public bool TuneVitEmbeddings { get; init; }
+    /// <summary>
+    /// Weight of the auxiliary patch loss added to the language-model loss (0 = off): a linear head classifies every
+    /// patch feature against the records' <c>patch_labels</c> images, which teaches a tower trained from scratch to see
+    /// what the captions talk about. The head is dropped from the final model.
+    /// </summary>
+    public double AuxPatchLossWeight { get; init; }
+    /// <summary>Number of patch classes (label ids 0 .. N-1, 0 = background) of the auxiliary patch loss.</summary>
+    public int AuxPatchClasses { get; init; }
 
     /// <summary>Checks every value, naming the option at fault.</summary>
     /// <exception cref="ModelConfigurationException">An option is out of range.</exception>
@@ -121,6 +146,12 @@ public sealed record TrainerOptions
         Check(SaveSteps >= 0, "save-steps", "save-steps cannot be negative");
         Check(PrefetchBatches >= 1, "prefetch", "At least one batch must be prefetched");
         Check(Lora is null || Stage == TrainingStage.Finetune, "lora-r", "LoRA is for the finetune stage");
+        Check(double.IsFinite(AuxPatchLossWeight) && AuxPatchLossWeight >= 0, "aux-patch-loss-weight", "The auxiliary patch loss weight must be a non-negative number");
+        Check(AuxPatchLossWeight == 0 || AuxPatchClasses is >= 2 and <= 256, "aux-patch-classes", "The auxiliary patch loss needs --aux-patch-classes between 2 and 256");
+        Check(Stage != TrainingStage.Vision || AuxPatchLossWeight > 0, "aux-patch-loss-weight", "The vision stage trains against the patch labels: set --aux-patch-loss-weight and --aux-patch-classes");
+        Check(AuxPatchLossWeight == 0 || !GradientCheckpointing, "gradient-checkpointing", "The auxiliary patch loss does not work with gradient checkpointing");
+        Check(AuxPatchLossWeight == 0 || Stage is TrainingStage.Pretrain or TrainingStage.Vision, "aux-patch-loss-weight", "The auxiliary patch loss trains the vision tower: it is for the pretrain and vision stages");
+        Check(!FromScratch || Lora is null, "from-scratch", "LoRA adapts trained weights; it cannot start from scratch");
         Lora?.Validate();
     }
 }
@@ -137,7 +168,11 @@ public sealed record TrainerOptions
 /// <param name="Tokens">Sequence tokens (image tokens included, padding not) in this step's micro-batches.</param>
 /// <param name="PeakRssBytes">The process's peak resident memory so far.</param>
 public sealed record TrainingStepLog(long Step, double Epoch, double Loss, double LearningRate, double GradNorm,
-    double TokensPerSecond, TimeSpan Elapsed, long TotalSteps, long Tokens = 0, long PeakRssBytes = 0);
+    double TokensPerSecond, TimeSpan Elapsed, long TotalSteps, long Tokens = 0, long PeakRssBytes = 0)
+{
+    /// <summary>The auxiliary patch loss of the step (summed over accumulation like <see cref="Loss"/>), NaN when it is off.</summary>
+    public double AuxLoss { get; init; } = double.NaN;
+}
 
 /// <summary>What a finished (or cancelled) run produced.</summary>
 /// <param name="OutputDir">The output folder.</param>

@@ -104,10 +104,14 @@ internal static class TrainingCheckpoint
     {
         var history = new JsonArray();
         foreach (var e in log)
-            history.Add(new JsonObject
+        {
+            var entry = new JsonObject
             {
                 ["epoch"] = e.Epoch, ["grad_norm"] = e.GradNorm, ["learning_rate"] = e.LearningRate, ["loss"] = e.Loss, ["step"] = e.Step,
-            });
+            };
+            if (double.IsFinite(e.AuxLoss)) entry["aux_loss"] = e.AuxLoss;
+            history.Add(entry);
+        }
         return new JsonObject
         {
             ["epoch"] = epoch,
@@ -156,7 +160,8 @@ internal static class TrainingCheckpoint
                 r["micro_batch_in_epoch"]!.GetValue<long>(), r["total_micro_batches"]!.GetValue<long>());
             long max = o["max_steps"]!.GetValue<long>();
             var log = o["log_history"]!.AsArray().Select(e => new TrainingStepLog(e!["step"]!.GetValue<long>(), e["epoch"]!.GetValue<double>(),
-                e["loss"]!.GetValue<double>(), e["learning_rate"]!.GetValue<double>(), e["grad_norm"]!.GetValue<double>(), 0, TimeSpan.Zero, max)).ToList();
+                e["loss"]!.GetValue<double>(), e["learning_rate"]!.GetValue<double>(), e["grad_norm"]!.GetValue<double>(), 0, TimeSpan.Zero, max)
+                { AuxLoss = e["aux_loss"]?.GetValue<double>() ?? double.NaN }).ToList();
             var model = r["model_path"]?.GetValue<string>() ?? ".";
             return (pos, log, Path.GetFullPath(Path.Combine(checkpointDir, model)));
         }

@@ -25,7 +25,14 @@ internal sealed record ConversationTurn(string From, string Value);
 /// <param name="Id">The record's id (its index in the file when it has none).</param>
 /// <param name="Images">Image paths relative to the image folder, in order.</param>
 /// <param name="Conversations">The turns.</param>
-internal sealed record TrainingRecord(string Id, IReadOnlyList<string> Images, IReadOnlyList<ConversationTurn> Conversations);
+internal sealed record TrainingRecord(string Id, IReadOnlyList<string> Images, IReadOnlyList<ConversationTurn> Conversations)
+{
+    /// <summary>
+    /// The record's <c>patch_labels</c>: one label image per image (same order and size, 8-bit class ids, 0 =
+    /// background), read only by the auxiliary patch loss (<see cref="TrainerOptions.AuxPatchLossWeight"/>). Empty when absent.
+    /// </summary>
+    public IReadOnlyList<string> PatchLabels { get; init; } = Array.Empty<string>();
+}
 
 /// <summary>Reads LLaVA-format training files: a JSON array of records, or JSON lines (one record per line).</summary>
 internal static class TrainingDataFile
@@ -125,6 +132,20 @@ internal static class TrainingDataFile
             turns.Add(new ConversationTurn(f.GetString()!, v.GetString()!));
         }
         if (turns.Count == 0) throw new TrainingDataException("the conversation is empty", id);
-        return new TrainingRecord(id, images, turns);
+        var labels = new List<string>();
+        if (e.TryGetProperty("patch_labels", out var pl))
+        {
+            if (pl.ValueKind == JsonValueKind.String) labels.Add(pl.GetString()!);
+            else if (pl.ValueKind == JsonValueKind.Array)
+                foreach (var x in pl.EnumerateArray())
+                {
+                    if (x.ValueKind != JsonValueKind.String) throw new TrainingDataException("'patch_labels' holds a value that is not a path", id);
+                    labels.Add(x.GetString()!);
+                }
+            else if (pl.ValueKind != JsonValueKind.Null) throw new TrainingDataException("'patch_labels' is neither a path nor a list of paths", id);
+            if (labels.Count != images.Count)
+                throw new TrainingDataException($"'patch_labels' names {labels.Count} label image(s) for {images.Count} image(s)", id);
+        }
+        return new TrainingRecord(id, images, turns) { PatchLabels = labels };
     }
 }

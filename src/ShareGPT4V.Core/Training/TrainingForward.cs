@@ -11,8 +11,14 @@ internal sealed class TrainingBatch : IDisposable
     public required IReadOnlyList<TokenizedExample> Examples { get; init; }
     /// <summary>[N, 3, H, W] float32, the images of all examples in order; null when no example has one.</summary>
     public Tensor? Pixels { get; init; }
+    /// <summary>[N, patches] int64, each image's patch classes for the auxiliary patch loss; null when it is off.</summary>
+    public Tensor? PatchLabels { get; init; }
 
-    public void Dispose() => Pixels?.Dispose();
+    public void Dispose()
+    {
+        Pixels?.Dispose();
+        PatchLabels?.Dispose();
+    }
 }
 
 /// <summary>
@@ -23,11 +29,55 @@ internal sealed class TrainingBatch : IDisposable
 /// </summary>
 internal static class TrainingForward
 {
+    /// <summary>
+    /// The vision stage: the tower's patch features (the layer the projector reads) classified by the auxiliary head,
+    /// backward of loss / <paramref name="divisor"/>. Returns the loss and the number of patches.
+    /// </summary>
+    public static (double Loss, long Patches) VisionForwardBackward(LlavaModel model, TrainingBatch batch, AuxPatchHead head, long divisor)
+    {
+        using var scope = NewDisposeScope();
+        using var held = new HeldScalars();
+        if (batch.Pixels is null || batch.PatchLabels is null)
+            throw new TrainingDataException("the vision stage needs records with an image and its patch_labels", batch.Examples[0].Id);
+        var features = model.ImageFeatures(batch.Pixels.to(model.LanguageModel.Device));
+        var loss = head.Loss(features, batch.PatchLabels.to(features.device));
+        double value = loss.item<float>();
+        if (double.IsFinite(value)) loss.div(held.Int(divisor)).backward();
+        return (value, batch.PatchLabels.numel());
+    }
+
+    /// <summary>
+    /// Forward and backward of (language-model loss + <paramref name="auxWeight"/> × auxiliary patch loss) / divisor.
+    /// Returns both losses undivided and unweighted.
+    /// </summary>
+    public static (double Loss, double AuxLoss, long Supervised, long Tokens) ForwardBackwardWithAux(LlavaModel model, TrainingBatch batch,
+        int maxLength, long divisor, AuxPatchHead head, double auxWeight)
+    {
+        using var scope = NewDisposeScope();
+        using var held = new HeldScalars();
+        var (embeds, positions, mask, labels, supervised, tokens, features) = Inputs(model, batch, maxLength, keepFeatures: true);
+        var logits = model.LanguageModel.Forward(embeds, positions, mask, null, 0, LogitsMode.All);
+        var lm = ShiftedCrossEntropy(logits, labels);
+        double value = lm.item<float>();
+        double auxValue = double.NaN;
+        Tensor total = lm;
+        if (features is not null && batch.PatchLabels is not null)
+        {
+            var aux = head.Loss(features, batch.PatchLabels.to(features.device));
+            auxValue = aux.item<float>();
+            total = lm.add(aux.mul(held[auxWeight]));
+        }
+        bool hasAux = features is not null && batch.PatchLabels is not null;
+        if (double.IsFinite(value) && (!hasAux || double.IsFinite(auxValue)))
+            total.div(held.Int(divisor)).backward();
+        return (value, auxValue, supervised, tokens);
+    }
+
     /// <summary>The loss (a float32 scalar with its graph) and the number of supervised tokens.</summary>
     public static (Tensor Loss, long Supervised, long Tokens) Loss(LlavaModel model, TrainingBatch batch, int maxLength)
     {
         using var scope = NewDisposeScope();
-        var (embeds, positions, mask, labels, supervised, tokens) = Inputs(model, batch, maxLength);
+        var (embeds, positions, mask, labels, supervised, tokens, _) = Inputs(model, batch, maxLength);
         var logits = model.LanguageModel.Forward(embeds, positions, mask, null, 0, LogitsMode.All);
         var loss = ShiftedCrossEntropy(logits, labels);
         return (loss.MoveToOuterDisposeScope(), supervised, tokens);
@@ -53,7 +103,7 @@ internal static class TrainingForward
             return (value, sup, tok);
         }
         var lm = model.LanguageModel;
-        var (embeds, positions, mask, labels, supervised, tokens) = Inputs(model, batch, maxLength);
+        var (embeds, positions, mask, labels, supervised, tokens, _) = Inputs(model, batch, maxLength);
         long b = embeds.shape[0], t = embeds.shape[1];
         var (cos, sin, m, causal) = lm.PrepareLayers(positions, mask, b, t, embeds.device);
         var saved = new List<Tensor>(lm.LayerCount);
@@ -87,15 +137,15 @@ internal static class TrainingForward
     }
 
     /// <summary>LLaVA's multimodal inputs of a batch: embeddings, positions, padding mask (null when unpadded) and labels.</summary>
-    private static (Tensor Embeds, Tensor Positions, Tensor? Mask, Tensor Labels, long Supervised, long Tokens) Inputs(
-        LlavaModel model, TrainingBatch batch, int maxLength)
+    private static (Tensor Embeds, Tensor Positions, Tensor? Mask, Tensor Labels, long Supervised, long Tokens, Tensor? Features) Inputs(
+        LlavaModel model, TrainingBatch batch, int maxLength, bool keepFeatures = false)
     {
         using var scope = NewDisposeScope();
         var lm = model.LanguageModel;
-        Tensor? images = null;
+        Tensor? images = null, features = null;
         if (batch.Pixels is not null)
         {
-            var features = model.ImageFeatures(batch.Pixels.to(lm.Device));
+            features = model.ImageFeatures(batch.Pixels.to(lm.Device));
             images = model.Projector.forward(features); // [N, tokens, hidden]
         }
         int n = batch.Examples.Count;
@@ -159,7 +209,7 @@ internal static class TrainingForward
         long supervised = labelData.Where((l, idx) => idx % t != 0 && l != TokenizedExample.IgnoreIndex).LongCount();
         long tokens = maskData.Sum();
         return (embeds.MoveToOuterDisposeScope(), positions.MoveToOuterDisposeScope(), mask?.MoveToOuterDisposeScope(),
-            labelsT.MoveToOuterDisposeScope(), supervised, tokens);
+            labelsT.MoveToOuterDisposeScope(), supervised, tokens, keepFeatures ? features?.MoveToOuterDisposeScope() : null);
     }
 
     /// <summary>Mean cross-entropy of logits [B, T, V] at positions 0..T-2 against labels [B, T] at 1..T-1, -100 ignored.</summary>

@@ -31,6 +31,9 @@ public enum TokenizerVariant
 /// <summary>A record after preprocessing: token ids with one <see cref="ImageToken"/> per image, and labels (-100 = not supervised).</summary>
 internal sealed record TokenizedExample(string Id, long[] InputIds, long[] Labels, IReadOnlyList<string> Images)
 {
+    /// <summary>The record's label images for the auxiliary patch loss (one per image), or empty.</summary>
+    public IReadOnlyList<string> PatchLabels { get; init; } = Array.Empty<string>();
+
     /// <summary>The placeholder id LLaVA puts where an image goes.</summary>
     public const long ImageToken = LlavaTokenizer.LlavaImageTokenIndex;
     public const long IgnoreIndex = -100;
@@ -122,6 +125,7 @@ internal sealed class TrainingPreprocessor
             throw new TrainingDataException($"the conversation has {markers} <image> marker(s) but the record names no image", r.Id);
         var turns = hasImage ? r.Conversations.Select(t => t with { Value = MoveImagesToFront(t.Value) }).ToList() : r.Conversations.ToList();
         var result = _template == TrainingTemplate.Plain ? Plain(r, turns) : Vicuna(r, turns, hasImage);
+        result.Example = result.Example with { PatchLabels = r.PatchLabels };
         if (!result.Example.Labels.Any(l => l != TokenizedExample.IgnoreIndex))
             throw new TrainingDataException("every label is masked (nothing to learn from: empty answers, or a tokenization mismatch)", r.Id);
         return result;

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Trains the shipped shapes-world model from nothing, with this repository's generator and trainer only:
+#   data -> init -> vision stage -> stage 1 (captions) -> stage 2 (instructions) -> held-out evaluation.
+# Usage: scripts/shapes/train.sh [WORK_DIR]   (default: artifacts/shapes; the model lands in WORK_DIR/model)
+# Deterministic for a given SEED and thread count. docs/shapes-model.md explains every step and its settings.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+WORK=${1:-artifacts/shapes}
+SEED=${SEED:-1}
+THREADS=${THREADS:-2}
+STAGE1_IMAGES=${STAGE1_IMAGES:-16000}
+STAGE2_IMAGES=${STAGE2_IMAGES:-16000}
+EVAL_IMAGES=${EVAL_IMAGES:-200}
+VISION_EPOCHS=${VISION_EPOCHS:-1}
+STAGE1_EPOCHS=${STAGE1_EPOCHS:-1}
+STAGE2_EPOCHS=${STAGE2_EPOCHS:-1}
+
+dotnet build tools/ShareGPT4V.Shapes -c Release -v q -nologo
+dotnet build samples/ShareGPT4V.Cli -c Release -v q -nologo
+shapes() { dotnet tools/ShareGPT4V.Shapes/bin/Release/net10.0/sharegpt4v-shapes.dll "$@"; }
+cli() { dotnet samples/ShareGPT4V.Cli/bin/Release/net10.0/sharegpt4v.dll "$@"; }
+stamp() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$WORK/recipe.log"; }
+
+mkdir -p "$WORK"
+: > "$WORK/recipe.log"
+start=$(date +%s)
+
+stamp "data: $STAGE1_IMAGES stage-1 images, $STAGE2_IMAGES stage-2 images, $EVAL_IMAGES held-out (seed $SEED)"
+[ -f "$WORK/data/stage2.json" ] || shapes generate --out "$WORK/data" --seed "$SEED" \
+  --stage1 "$STAGE1_IMAGES" --stage2 "$STAGE2_IMAGES" --eval "$EVAL_IMAGES"
+[ -f "$WORK/init/config.json" ] || shapes init-model --data "$WORK/data" --out "$WORK/init"
+
+common=(--threads "$THREADS" --seed "$SEED" --image-folder "$WORK/data" --tokenizer-variant legacy
+        --lr-scheduler cosine --warmup-ratio 0.03 --weight-decay 0 --max-grad-norm 1.0 --save-steps 0)
+
+# 0. The tower alone learns what each patch shows (colour, shape and size of the object under it) from the label
+#    masks: a from-scratch ViT fed only caption loss never starts to see (docs/shapes-model.md).
+stamp "vision stage"
+cli train --stage vision --model "$WORK/init" --from-scratch --data "$WORK/data/stage1.json" --output "$WORK/vision" \
+  --tune-vit-embeddings --tune-vit-from-layer 0 --aux-patch-loss-weight 1 --aux-patch-classes 49 \
+  --per-device-batch-size 32 --learning-rate 1e-3 --epochs "$VISION_EPOCHS" "${common[@]}"
+
+# 1. ShareGPT4V stage 1 on detailed captions: LLM, projector and the whole tower, the patch loss kept on so the
+#    tower does not forget; images padded as at inference (the world has 2:1 images, a centre crop would cut shapes off).
+stamp "stage 1 (captions)"
+cli train --stage pretrain --model "$WORK/vision" --data "$WORK/data/stage1.json" --output "$WORK/stage1" \
+  --image-aspect-ratio pad --tune-vit-embeddings --tune-vit-from-layer 0 --aux-patch-loss-weight 0.5 --aux-patch-classes 49 \
+  --per-device-batch-size 16 --learning-rate 1e-3 --vision-tower-lr 2e-4 --epochs "$STAGE1_EPOCHS" "${common[@]}"
+
+# 2. ShareGPT4V stage 2 on multi-turn instructions (vicuna_v1): projector and LLM, tower frozen.
+stamp "stage 2 (instructions)"
+cli train --stage finetune --model "$WORK/stage1" --data "$WORK/data/stage2.json" --output "$WORK/stage2" \
+  --per-device-batch-size 16 --learning-rate 5e-4 --epochs "$STAGE2_EPOCHS" "${common[@]}"
+
+stamp "model folder"
+rm -rf "$WORK/model"
+mkdir -p "$WORK/model"
+for f in "$WORK/stage2"/*.json "$WORK/stage2/model.safetensors"; do
+  case "$(basename "$f")" in trainer_state.json) continue ;; esac
+  cp "$f" "$WORK/model/"
+done
+stamp "done in $(( ($(date +%s) - start) / 60 )) min"

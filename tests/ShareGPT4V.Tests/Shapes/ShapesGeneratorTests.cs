@@ -1,0 +1,309 @@
+using System.Text.Json;
+using System.Text.RegularExpressions;
+using ShareGPT4V.Evaluation.Scorers;
+using ShareGPT4V.Shapes;
+using ShapesCli = ShareGPT4V.Shapes.Program;
+using ShapesText = ShareGPT4V.Shapes.Language;
+using ShareGPT4V.Training;
+using SixLabors.ImageSharp;
+using SixLabors.ImageSharp.PixelFormats;
+using Xunit;
+
+namespace ShareGPT4V.Tests.Shapes;
+
+/// <summary>The shapes-world generator: determinism, the world's rules in pixels and masks, and text that is true of the scene.</summary>
+public class ShapesGeneratorTests(ShapesDataset data) : IClassFixture<ShapesDataset>
+{
+    private static readonly string[] Colors = ["red", "green", "blue", "yellow", "orange", "purple"];
+    private static readonly string[] ShapeNames = ["circle", "square", "triangle", "star"];
+
+    private sealed record Obj(string Color, string Shape, string Size, int Row, int Col, double Extent, int ClassId, int R, int G, int B);
+    private sealed record SceneLine(string Id, string Image, int Width, int Height, string Background, List<Obj> Objects);
+
+    private static List<SceneLine> Scenes(string dir, string split) => File.ReadLines(Path.Combine(dir, "scenes", split + ".jsonl")).Select(l =>
+    {
+        var e = JsonDocument.Parse(l).RootElement;
+        var objs = e.GetProperty("objects").EnumerateArray().Select(o =>
+        {
+            var rgb = o.GetProperty("rgb").EnumerateArray().Select(v => v.GetInt32()).ToArray();
+            return new Obj(o.GetProperty("color").GetString()!, o.GetProperty("shape").GetString()!, o.GetProperty("size").GetString()!,
+                Array.IndexOf(["top", "middle", "bottom"], o.GetProperty("row").GetString()), Array.IndexOf(["left", "center", "right"], o.GetProperty("col").GetString()),
+                o.GetProperty("extent").GetDouble(), o.GetProperty("class_id").GetInt32(), rgb[0], rgb[1], rgb[2]);
+        }).ToList();
+        return new SceneLine(e.GetProperty("id").GetString()!, e.GetProperty("image").GetString()!, e.GetProperty("width").GetInt32(),
+            e.GetProperty("height").GetInt32(), e.GetProperty("background").GetString()!, objs);
+    }).ToList();
+
+    [Fact]
+    public void TheSameSeedGivesTheSameBytesAndAnotherSeedDoesNot()
+    {
+        string again = Path.Combine(data.Root, "again"), other = Path.Combine(data.Root, "other");
+        DatasetGenerator.Generate(new GenerateOptions(again, ShapesDataset.Seed, Stage1: 6, Stage2: 6, Eval: 4), TextWriter.Null, CancellationToken.None);
+        DatasetGenerator.Generate(new GenerateOptions(other, ShapesDataset.Seed + 1, Stage1: 6, Stage2: 6, Eval: 4), TextWriter.Null, CancellationToken.None);
+        var files = Directory.GetFiles(data.Dir, "*", SearchOption.AllDirectories).Select(f => Path.GetRelativePath(data.Dir, f)).OrderBy(f => f, StringComparer.Ordinal).ToList();
+        Assert.Equal(files, Directory.GetFiles(again, "*", SearchOption.AllDirectories).Select(f => Path.GetRelativePath(again, f)).OrderBy(f => f, StringComparer.Ordinal));
+        Assert.Equal(6 + 6 + 4, files.Count(f => f.StartsWith("images", StringComparison.Ordinal)));
+        foreach (var f in files) Assert.True(File.ReadAllBytes(Path.Combine(data.Dir, f)).AsSpan().SequenceEqual(File.ReadAllBytes(Path.Combine(again, f))), f);
+        Assert.False(File.ReadAllBytes(Path.Combine(data.Dir, "stage1.json")).AsSpan().SequenceEqual(File.ReadAllBytes(Path.Combine(other, "stage1.json"))));
+        Assert.False(File.ReadAllBytes(Path.Combine(data.Dir, "images/eval/ev_000001.png")).AsSpan().SequenceEqual(File.ReadAllBytes(Path.Combine(other, "images/eval/ev_000001.png"))));
+    }
+
+    [Fact]
+    public void ImagesAndMasksObeyTheWorldRules()
+    {
+        int checkedInterior = 0, objects = 0;
+        foreach (var (dir, split) in new[] { (data.Dir, "stage1"), (data.Dir, "stage2"), (data.Dir, "eval"), (data.AltDir, "eval") })
+        {
+            foreach (var s in Scenes(dir, split))
+            {
+                Assert.InRange(s.Width, 128, 512);
+                Assert.InRange(s.Height, 128, 512);
+                Assert.True(Math.Max(s.Width, s.Height) <= 2 * Math.Min(s.Width, s.Height), s.Id);
+                Assert.InRange(s.Objects.Count, 1, 4);
+                Assert.Equal(s.Objects.Count, s.Objects.Select(o => (o.Row, o.Col)).Distinct().Count());
+                Assert.Contains(s.Background, World.Backgrounds.Select(b => b.Name));
+
+                using var image = Image.Load<Rgb24>(Path.Combine(dir, s.Image));
+                using var mask = Image.Load<L8>(Path.Combine(dir, s.Image.Replace("images/", "labels/", StringComparison.Ordinal)));
+                Assert.Equal((s.Width, s.Height), (image.Width, image.Height));
+                Assert.Equal((s.Width, s.Height), (mask.Width, mask.Height));
+                double cellW = s.Width / 3.0, cellH = s.Height / 3.0, cellMin = Math.Min(cellW, cellH);
+                var labels = new byte[s.Width * s.Height];
+                mask.CopyPixelDataTo(labels);
+                var rgb = new Rgb24[s.Width * s.Height];
+                image.CopyPixelDataTo(rgb);
+                var known = s.Objects.Select(o => (byte)o.ClassId).Append((byte)0).ToHashSet();
+                Assert.All(labels.Distinct(), v => Assert.Contains(v, known));
+
+                foreach (var o in s.Objects)
+                {
+                    objects++;
+                    int ci = Array.IndexOf(Colors, o.Color), si = Array.IndexOf(ShapeNames, o.Shape), size = o.Size == "large" ? 1 : 0;
+                    Assert.Equal(1 + (ci * 4 + si) * 2 + size, o.ClassId);
+                    // About 45% / 80% of the cell's shorter side, with the renderers' jitter (±10% default, ±12% alt).
+                    Assert.InRange(o.Extent / cellMin, (size == 1 ? 0.80 : 0.45) * 0.87, (size == 1 ? 0.80 : 0.45) * 1.13);
+                    // The mask of the shape lies inside its own cell and covers a plausible area.
+                    int count = 0;
+                    for (int y = 0; y < s.Height; y++)
+                        for (int x = 0; x < s.Width; x++)
+                        {
+                            if (labels[y * s.Width + x] != o.ClassId) continue;
+                            if (s.Objects.Count(q => q.ClassId == o.ClassId) == 1)
+                            {
+                                Assert.InRange(x + 0.5, o.Col * cellW, (o.Col + 1) * cellW);
+                                Assert.InRange(y + 0.5, o.Row * cellH, (o.Row + 1) * cellH);
+                            }
+                            count++;
+                        }
+                    Assert.True(count >= 0.15 * o.Extent * o.Extent, $"{s.Id}: {o.Color} {o.Shape} has {count} mask pixels for extent {o.Extent:F1}");
+                    // Mask pixels well inside the shape carry the shape's colour (up to blur, noise and texture).
+                    for (int y = 4; y < s.Height - 4; y++)
+                        for (int x = 4; x < s.Width - 4; x++)
+                        {
+                            if (labels[y * s.Width + x] != o.ClassId) continue;
+                            // Two objects of one class share a label: take only this object's cell.
+                            if ((int)(x / cellW) != o.Col || (int)(y / cellH) != o.Row) continue;
+                            bool interior = true;
+                            for (int dy = -4; dy <= 4 && interior; dy++)
+                                for (int dx = -4; dx <= 4 && interior; dx++)
+                                    interior = labels[(y + dy) * s.Width + x + dx] == o.ClassId;
+                            if (!interior) continue;
+                            var p = rgb[y * s.Width + x];
+                            Assert.True(Math.Abs(p.R - o.R) <= 20 && Math.Abs(p.G - o.G) <= 20 && Math.Abs(p.B - o.B) <= 20,
+                                $"{s.Id} ({x},{y}): pixel {p} for {o.Color} {o.Shape} ({o.R},{o.G},{o.B})");
+                            checkedInterior++;
+                        }
+                }
+                // Background pixels far from any shape are pale.
+                var corner = rgb[0];
+                Assert.True(corner.R > 170 && corner.G > 170 && corner.B > 150, $"{s.Id}: corner {corner}");
+            }
+        }
+        Assert.True(checkedInterior > 1000, $"only {checkedInterior} interior pixels checked over {objects} objects");
+    }
+
+    [Fact]
+    public void TheAltRendererDrawsTheSameWorldDifferently()
+    {
+        // Same seed and split, other renderer: the pixels differ.
+        Assert.False(File.ReadAllBytes(Path.Combine(data.Dir, "images/eval/ev_000001.png")).AsSpan()
+            .SequenceEqual(File.ReadAllBytes(Path.Combine(data.AltDir, "images/eval/ev_000001.png"))));
+        Assert.Equal(3, Scenes(data.AltDir, "eval").Count);
+    }
+
+    [Fact]
+    public void TrainingFilesLoadWithTheTrainersReader()
+    {
+        foreach (var (file, split, minTurns, maxTurns) in new[] { ("stage1.json", "stage1", 2, 2), ("stage2.json", "stage2", 6, 12) })
+        {
+            var records = TrainingDataFile.Read(Path.Combine(data.Dir, file));
+            Assert.Equal(6, records.Count);
+            var scenes = Scenes(data.Dir, split);
+            for (int i = 0; i < records.Count; i++)
+            {
+                var r = records[i];
+                Assert.Equal(scenes[i].Id, r.Id);
+                Assert.Equal([scenes[i].Image], r.Images);
+                Assert.True(File.Exists(Path.Combine(data.Dir, r.Images[0])));
+                Assert.InRange(r.Conversations.Count, minTurns, maxTurns);
+                Assert.True(r.Conversations.Count % 2 == 0);
+                for (int t = 0; t < r.Conversations.Count; t++)
+                {
+                    Assert.Equal(t % 2 == 0 ? "human" : "gpt", r.Conversations[t].From);
+                    Assert.Equal(t == 0, r.Conversations[t].Value.StartsWith("<image>\n", StringComparison.Ordinal));
+                    Assert.DoesNotContain("<image>", r.Conversations[t].Value[(t == 0 ? 8 : 0)..], StringComparison.Ordinal);
+                }
+            }
+            using var doc = JsonDocument.Parse(File.ReadAllBytes(Path.Combine(data.Dir, file)));
+            foreach (var e in doc.RootElement.EnumerateArray())
+                Assert.True(File.Exists(Path.Combine(data.Dir, e.GetProperty("patch_labels").GetString()!)));
+        }
+    }
+
+    /// <summary>The answer a question must have, worked out from the scene by rules independent of the generator's templates' code.</summary>
+    private static string? ExpectedAnswer(string question, Scene scene)
+    {
+        var q = question.Replace(ShapesText.ShortAnswerSuffix, "", StringComparison.Ordinal).Replace("<image>\n", "", StringComparison.Ordinal);
+        if (Regex.IsMatch(q, "(How many|Count|number of)")) return scene.Objects.Count.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        var colorQ = Regex.Match(q, "(colou?r (is|of) the|Which color is the) (circle|square|triangle|star)\\?$");
+        if (colorQ.Success)
+        {
+            Assert.Single(scene.Objects);
+            Assert.Equal(colorQ.Groups[3].Value, scene.Objects[0].ShapeName);
+            return World.Capitalize(scene.Objects[0].ColorName);
+        }
+        var pair = Regex.Match(q, "(red|green|blue|yellow|orange|purple) (circle|square|triangle|star)");
+        Assert.True(pair.Success, q);
+        var named = scene.Objects.Where(o => o.ColorName == pair.Groups[1].Value && o.ShapeName == pair.Groups[2].Value).ToList();
+        if (Regex.IsMatch(q, "^(Is there|Do you see|Does the image contain|Can you see)"))
+        {
+            Assert.DoesNotContain(" a orange", q, StringComparison.Ordinal);
+            if (pair.Groups[1].Value == "orange" && !q.Contains("any orange", StringComparison.Ordinal)) Assert.Contains(" an orange ", q, StringComparison.Ordinal);
+            return named.Count > 0 ? "Yes" : "No";
+        }
+        Assert.Single(named);
+        var o = named[0];
+        string cell = (o.Row, o.Col) switch
+        {
+            (1, 1) => "center",
+            (1, _) => "middle " + World.Cols[o.Col],
+            _ => World.Rows[o.Row] + " " + World.Cols[o.Col],
+        };
+        return $"In the {cell}.";
+    }
+
+    private static void CheckCaption(string caption, Scene scene)
+    {
+        var said = ShapesBenchmark.CaptionPairs(caption);
+        Assert.True(said.SetEquals(scene.Objects.Select(o => (o.ColorName, o.ShapeName))), caption);
+        Assert.Contains(scene.BackgroundName + " background", caption);
+        foreach (var o in scene.Objects) Assert.Contains(o.Position, caption);
+        if (scene.Objects.Count == 1) Assert.Matches("([Aa] single|[Oo]ne) ", caption);
+        else Assert.Matches($"({World.NumberWords[scene.Objects.Count]}|{scene.Objects.Count}) shapes", caption);
+    }
+
+    [Fact]
+    public void AnswersAndCaptionsAreTrueOfTheScene()
+    {
+        int yes = 0, no = 0, suffixed = 0, plain = 0, describe = 0;
+        for (int i = 0; i < 400; i++)
+        {
+            var (scene, _, s1, _) = DatasetGenerator.Plan(3, 0, i, RendererKind.Default);
+            Assert.Single(s1);
+            Assert.Contains(s1[0].Question, ShapesText.DescribeRequests);
+            CheckCaption(s1[0].Answer, scene);
+
+            var (scene2, _, turns, _) = DatasetGenerator.Plan(3, 1, i, RendererKind.Default);
+            Assert.InRange(turns.Count, 3, 6);
+            foreach (var t in turns)
+            {
+                if (t.Category == "caption")
+                {
+                    describe++;
+                    Assert.Contains(t.Question, ShapesText.DescribeRequests);
+                    CheckCaption(t.Answer, scene2);
+                    continue;
+                }
+                if (t.Question.EndsWith(ShapesText.ShortAnswerSuffix, StringComparison.Ordinal)) suffixed++; else plain++;
+                Assert.Equal(ExpectedAnswer(t.Question, scene2), t.Answer);
+                if (t.Category == "yesno") { if (t.Answer == "Yes") yes++; else no++; }
+            }
+
+            var (scene3, _, _, eval) = DatasetGenerator.Plan(3, 2, i, RendererKind.Default);
+            var cats = eval.Select(q => q.Category).ToList();
+            Assert.Equal(["count", "yesno", "yesno"], cats.Take(3));
+            Assert.Equal("caption", cats[^1]);
+            Assert.Equal(scene3.Objects.Count == 1, cats.Contains("color"));
+            foreach (var q in eval)
+            {
+                if (q.Category == "caption") { Assert.Equal("Describe this image.", q.Question); CheckCaption(q.Answer, scene3); continue; }
+                Assert.Equal(ExpectedAnswer(q.Question, scene3), q.Answer);
+                // The issue's exact wording.
+                Assert.Matches(q.Category switch
+                {
+                    "count" => "^How many shapes are there in the image\\?$",
+                    "color" => "^What color is the (circle|square|triangle|star)\\?$",
+                    "yesno" => "^Is there an? [a-z]+ [a-z]+ in the image\\?$",
+                    _ => "^Where is the [a-z]+ [a-z]+\\?$",
+                }, q.Question);
+            }
+        }
+        // Half of the yes/no questions are absent pairs; about half of the short questions carry the suffix; ~1 in 4 describe.
+        Assert.InRange(no / (double)(yes + no), 0.4, 0.6);
+        Assert.InRange(suffixed / (double)(suffixed + plain), 0.4, 0.6);
+        Assert.InRange(describe / 400.0, 0.12, 0.35);
+    }
+
+    [Fact]
+    public void EvalFilesMatchTheirAnnotations()
+    {
+        var questions = File.ReadLines(Path.Combine(data.Dir, "eval", "questions.jsonl")).Select(l => JsonDocument.Parse(l).RootElement).ToList();
+        var shortQs = File.ReadLines(Path.Combine(data.Dir, "eval", "questions_short.jsonl")).Select(l => JsonDocument.Parse(l).RootElement).ToList();
+        var annotations = File.ReadLines(Path.Combine(data.Dir, "eval", "annotations.jsonl")).Select(l => JsonDocument.Parse(l).RootElement).ToList();
+        Assert.Equal(questions.Count, annotations.Count);
+        Assert.Equal(questions.Count, shortQs.Count);
+        for (int i = 0; i < questions.Count; i++)
+        {
+            Assert.Equal(questions[i].GetProperty("question_id").GetString(), annotations[i].GetProperty("question_id").GetString());
+            Assert.Equal(questions[i].GetProperty("category").GetString(), annotations[i].GetProperty("category").GetString());
+            Assert.True(File.Exists(Path.Combine(data.Dir, questions[i].GetProperty("image").GetString()!)));
+            string text = questions[i].GetProperty("text").GetString()!, shortText = shortQs[i].GetProperty("text").GetString()!;
+            Assert.Equal(questions[i].GetProperty("category").GetString() == "caption" ? text : text + ShapesText.ShortAnswerSuffix, shortText);
+        }
+        // The reference answers score 1.0 on every figure.
+        string answers = Path.Combine(data.Root, "reference-answers.jsonl");
+        File.WriteAllLines(answers, annotations.Select(a => JsonSerializer.Serialize(new { question_id = a.GetProperty("question_id").GetString(), text = a.GetProperty("answer").GetString() })));
+        var report = new ShapesBenchmark().Score(answers, Path.Combine(data.Dir, "eval"));
+        Assert.Empty(report.Issues);
+        foreach (var c in new[] { "count", "yesno", "position" }) Assert.Equal(1.0, report.Metrics[c]!["accuracy"]!.GetValue<double>());
+        Assert.Equal(1.0, report.Metrics["caption"]!["exact_set"]!.GetValue<double>());
+        Assert.Equal(4, report.Metrics["caption"]!["samples"]!.GetValue<int>());
+    }
+
+    [Fact]
+    public void TheCommandLineRefusesToOverwriteAndRejectsBadOptions()
+    {
+        var log = new StringWriter();
+        Assert.Equal(1, ShapesCli.Run(["generate", "--out", data.Dir, "--stage1", "1", "--stage2", "0", "--eval", "0"], log, CancellationToken.None));
+        Assert.Contains("not empty", log.ToString());
+        Assert.True(File.Exists(Path.Combine(data.Dir, "stage2.json")), "the refused run must leave the dataset as it was");
+        Assert.Equal(2, ShapesCli.Run(["generate", "--out", Path.Combine(data.Root, "x"), "--renderer", "fancy"], log, CancellationToken.None));
+        Assert.Equal(2, ShapesCli.Run(["generate", "--out", Path.Combine(data.Root, "x"), "--stage1", "-3"], log, CancellationToken.None));
+        Assert.Equal(2, ShapesCli.Run(["generate", "--out", Path.Combine(data.Root, "x"), "--bogus", "1"], log, CancellationToken.None));
+        Assert.Equal(2, ShapesCli.Run(["init-model", "--data", data.Dir, "--out", Path.Combine(data.Root, "y"), "--hidden", "100", "--heads", "3"], log, CancellationToken.None));
+        Assert.False(Directory.Exists(Path.Combine(data.Root, "x")));
+
+        string over = Path.Combine(data.Root, "over");
+        Assert.Equal(0, ShapesCli.Run(["generate", "--out", over, "--stage1", "2", "--stage2", "0", "--eval", "0", "--seed", "5"], log, CancellationToken.None));
+        Assert.Equal(0, ShapesCli.Run(["generate", "--out", over, "--stage1", "0", "--stage2", "0", "--eval", "1", "--overwrite"], log, CancellationToken.None));
+        Assert.False(File.Exists(Path.Combine(over, "images/stage1/s1_000001.png")));
+        Assert.True(File.Exists(Path.Combine(over, "images/eval/ev_000001.png")));
+        Assert.Empty(Directory.GetDirectories(data.Root, ".*partial*"));
+
+        using var cts = new CancellationTokenSource();
+        cts.Cancel();
+        Assert.Equal(130, ShapesCli.Run(["generate", "--out", Path.Combine(data.Root, "cancelled"), "--stage1", "50"], log, cts.Token));
+        Assert.False(Directory.Exists(Path.Combine(data.Root, "cancelled")));
+        Assert.Empty(Directory.GetDirectories(data.Root, ".*partial*"));
+    }
+}

@@ -1,0 +1,276 @@
+using System.Globalization;
+using System.Text;
+using System.Text.Encodings.Web;
+using System.Text.Json;
+using SixLabors.ImageSharp;
+using SixLabors.ImageSharp.Formats.Png;
+
+namespace ShareGPT4V.Shapes;
+
+/// <summary>What <c>generate</c> writes.</summary>
+/// <param name="OutputDir">The dataset folder.</param>
+/// <param name="Seed">Seed of everything drawn; the same seed gives the same bytes.</param>
+/// <param name="Stage1">Images with one caption each (stage 1).</param>
+/// <param name="Stage2">Images with one multi-turn conversation each (stage 2).</param>
+/// <param name="Eval">Held-out images with the evaluation questions.</param>
+/// <param name="Renderer">Which renderer draws the images.</param>
+/// <param name="Overwrite">Replace a non-empty output folder.</param>
+internal sealed record GenerateOptions(string OutputDir, int Seed = 1, int Stage1 = 20000, int Stage2 = 20000, int Eval = 200,
+    RendererKind Renderer = RendererKind.Default, bool Overwrite = false)
+{
+    public const int MaxImagesPerSplit = 10_000_000;
+
+    public void Validate()
+    {
+        if (string.IsNullOrWhiteSpace(OutputDir)) throw new ArgumentException("--out names no folder");
+        foreach (var (name, n) in new[] { ("--stage1", Stage1), ("--stage2", Stage2), ("--eval", Eval) })
+            if (n < 0 || n > MaxImagesPerSplit) throw new ArgumentException($"{name} must be in [0, {MaxImagesPerSplit}], not {n}");
+        if (Stage1 + Stage2 + Eval == 0) throw new ArgumentException("Nothing to generate: --stage1, --stage2 and --eval are all 0");
+    }
+}
+
+/// <summary>One generated image: its scene and the text written about it.</summary>
+internal sealed record GeneratedImage(string Id, string ImagePath, string LabelPath, Scene Scene, IReadOnlyList<SceneQuestion> Turns,
+    IReadOnlyList<SceneQuestion> EvalQuestions);
+
+/// <summary>Writes a shapes-world dataset: images, label masks, stage-1/2 LLaVA JSON, eval questions and annotations.</summary>
+internal static class DatasetGenerator
+{
+    public static readonly string[] Splits = ["stage1", "stage2", "eval"];
+    private static readonly string[] SplitPrefix = ["s1", "s2", "ev"];
+
+    internal static readonly JsonSerializerOptions Json = new() { Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
+    private static readonly JsonWriterOptions WriterOptions = new() { Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping, Indented = false };
+
+    /// <summary>The seed of one image; each image draws from its own generators, so images can be made in any order.</summary>
+    public static int ImageSeed(int seed, int split, int index) => unchecked((int)(seed * 1000003L + split * 100_000_000L + index));
+
+    /// <summary>Draws the scene, settings and text of one image (no pixels).</summary>
+    public static (Scene Scene, RenderSettings Settings, List<SceneQuestion> Turns, List<SceneQuestion> Eval) Plan(
+        int seed, int split, int index, RendererKind renderer)
+    {
+        int s = ImageSeed(seed, split, index);
+        var (scene, settings) = SceneSampler.Sample(new Random(s), renderer);
+        var text = new Random(s ^ 0x27d4eb2f);
+        var turns = split switch
+        {
+            0 => [new SceneQuestion("caption", Language.DescribeRequests[text.Next(Language.DescribeRequests.Length)], Language.Caption(scene, text))],
+            1 => Language.Stage2Turns(scene, text),
+            _ => new List<SceneQuestion>(),
+        };
+        var eval = split == 2 ? Language.EvalQuestions(scene, text) : new List<SceneQuestion>();
+        return (scene, settings, turns, eval);
+    }
+
+    public static void Generate(GenerateOptions o, TextWriter log, CancellationToken ct)
+    {
+        o.Validate();
+        string target = Path.GetFullPath(o.OutputDir);
+        if (File.Exists(target)) throw new IOException($"--out '{target}' is a file, not a folder");
+        if (Directory.Exists(target) && Directory.EnumerateFileSystemEntries(target).Any() && !o.Overwrite)
+            throw new IOException($"--out '{target}' is not empty (pass --overwrite to replace it)");
+        string parent = Path.GetDirectoryName(target) ?? ".";
+        Directory.CreateDirectory(parent);
+        // Everything is written beside the target first and moved into place at the end, so a failed or cancelled run
+        // leaves an earlier dataset as it was.
+        string temp = Path.Combine(parent, $".{Path.GetFileName(target)}.partial-{Environment.ProcessId}");
+        if (Directory.Exists(temp)) Directory.Delete(temp, recursive: true);
+        try
+        {
+            var counts = new[] { o.Stage1, o.Stage2, o.Eval };
+            var results = new GeneratedImage[3][];
+            var started = System.Diagnostics.Stopwatch.StartNew();
+            int total = counts.Sum(), done = 0;
+            for (int split = 0; split < 3; split++)
+            {
+                if (counts[split] == 0) { results[split] = []; continue; }
+                Directory.CreateDirectory(Path.Combine(temp, "images", Splits[split]));
+                Directory.CreateDirectory(Path.Combine(temp, "labels", Splits[split]));
+                int width = Math.Max(6, counts[split].ToString(CultureInfo.InvariantCulture).Length);
+                var items = new GeneratedImage[counts[split]];
+                int sp = split;
+                Parallel.For(0, counts[split], new ParallelOptions { CancellationToken = ct, MaxDegreeOfParallelism = Environment.ProcessorCount }, i =>
+                {
+                    items[i] = MakeImage(temp, o, sp, i, width);
+                    int d = Interlocked.Increment(ref done);
+                    if (d % 500 == 0 || d == total)
+                        lock (log) log.WriteLine($"generate: {d}/{total} images ({d / Math.Max(started.Elapsed.TotalSeconds, 1e-3):F1}/s)");
+                });
+                results[split] = items;
+            }
+            WriteJson(temp, results, o, started.Elapsed);
+            if (Directory.Exists(target)) Directory.Delete(target, recursive: true);
+            Directory.Move(temp, target);
+            log.WriteLine($"generate: {total} images in {started.Elapsed.TotalSeconds:F1} s ({total / Math.Max(started.Elapsed.TotalSeconds, 1e-3):F1}/s) -> {target}");
+        }
+        catch
+        {
+            try { if (Directory.Exists(temp)) Directory.Delete(temp, recursive: true); } catch (IOException) { }
+            throw;
+        }
+    }
+
+    private static GeneratedImage MakeImage(string root, GenerateOptions o, int split, int index, int width)
+    {
+        var (scene, settings, turns, eval) = Plan(o.Seed, split, index, o.Renderer);
+        string id = $"{SplitPrefix[split]}_{(index + 1).ToString(CultureInfo.InvariantCulture).PadLeft(width, '0')}";
+        string imagePath = $"images/{Splits[split]}/{id}.png";
+        string labelPath = $"labels/{Splits[split]}/{id}.png";
+        var render = new Random(ImageSeed(o.Seed, split, index) ^ 0x5bd1e995);
+        var (image, mask) = Renderer.Render(scene, settings, render);
+        using (image)
+        using (mask)
+        {
+            image.SaveAsPng(Path.Combine(root, imagePath), PngEncoderFast);
+            mask.SaveAsPng(Path.Combine(root, labelPath), PngEncoderFast);
+        }
+        return new GeneratedImage(id, imagePath, labelPath, scene, turns, eval);
+    }
+
+    // Noisy backgrounds compress poorly whatever the filter; unfiltered fast deflate is both the quickest and smallest here.
+    private static readonly PngEncoder PngEncoderFast = new() { CompressionLevel = PngCompressionLevel.BestSpeed, FilterMethod = PngFilterMethod.None };
+
+    private static void WriteJson(string root, GeneratedImage[][] results, GenerateOptions o, TimeSpan elapsed)
+    {
+        WriteRecords(Path.Combine(root, "stage1.json"), results[0]);
+        WriteRecords(Path.Combine(root, "stage2.json"), results[1]);
+        Directory.CreateDirectory(Path.Combine(root, "scenes"));
+        for (int split = 0; split < 3; split++)
+            WriteLines(Path.Combine(root, "scenes", Splits[split] + ".jsonl"), results[split].Select(g => SceneJson(g)));
+
+        Directory.CreateDirectory(Path.Combine(root, "eval"));
+        var evalQuestions = results[2].SelectMany(g => g.EvalQuestions.Select(q => (g, q))).ToList();
+        string Qid((GeneratedImage g, SceneQuestion q) x) => $"{x.g.Id}_{(x.q.Category == "yesno" ? (x.q.Present == true ? "yes" : "no") : x.q.Category)}";
+        WriteLines(Path.Combine(root, "eval", "questions.jsonl"), evalQuestions.Select(x => Line(w =>
+        {
+            w.WriteString("question_id", Qid(x));
+            w.WriteString("image", x.g.ImagePath);
+            w.WriteString("text", x.q.Question);
+            w.WriteString("category", x.q.Category);
+        })));
+        // The same questions with the short-answer instruction on the short-answer ones (the reference's eval prompts).
+        WriteLines(Path.Combine(root, "eval", "questions_short.jsonl"), evalQuestions.Select(x => Line(w =>
+        {
+            w.WriteString("question_id", Qid(x));
+            w.WriteString("image", x.g.ImagePath);
+            w.WriteString("text", x.q.Category == "caption" ? x.q.Question : x.q.Question + Language.ShortAnswerSuffix);
+            w.WriteString("category", x.q.Category);
+        })));
+        WriteLines(Path.Combine(root, "eval", "annotations.jsonl"), evalQuestions.Select(x => Line(w =>
+        {
+            w.WriteString("question_id", Qid(x));
+            w.WriteString("category", x.q.Category);
+            w.WriteString("answer", x.q.Answer);
+            switch (x.q.Category)
+            {
+                case "count": w.WriteNumber("count", x.g.Scene.Objects.Count); break;
+                case "color": w.WriteString("color", x.q.Color); w.WriteString("shape", x.q.Shape); break;
+                case "yesno": w.WriteString("label", x.q.Present == true ? "yes" : "no"); w.WriteString("color", x.q.Color); w.WriteString("shape", x.q.Shape); break;
+                case "position":
+                    var obj = x.g.Scene.Objects.First(ob => ob.ColorName == x.q.Color && ob.ShapeName == x.q.Shape);
+                    w.WriteString("color", x.q.Color); w.WriteString("shape", x.q.Shape);
+                    w.WriteString("row", World.Rows[obj.Row]); w.WriteString("col", World.Cols[obj.Col]);
+                    break;
+            }
+            w.WriteStartArray("objects");
+            foreach (var ob in x.g.Scene.Objects)
+            {
+                w.WriteStartObject();
+                w.WriteString("color", ob.ColorName); w.WriteString("shape", ob.ShapeName); w.WriteString("size", ob.SizeName);
+                w.WriteString("row", World.Rows[ob.Row]); w.WriteString("col", World.Cols[ob.Col]);
+                w.WriteEndObject();
+            }
+            w.WriteEndArray();
+        })));
+
+        var manifest = new Dictionary<string, object>
+        {
+            ["generator"] = "sharegpt4v-shapes",
+            ["seed"] = o.Seed,
+            ["renderer"] = o.Renderer.ToString().ToLowerInvariant(),
+            ["stage1"] = o.Stage1, ["stage2"] = o.Stage2, ["eval"] = o.Eval,
+            ["label_classes"] = World.ClassCount,
+        };
+        File.WriteAllText(Path.Combine(root, "dataset.json"), JsonSerializer.Serialize(manifest, new JsonSerializerOptions { WriteIndented = true }) + "\n");
+    }
+
+    private static string SceneJson(GeneratedImage g) => Line(w =>
+    {
+        var s = g.Scene;
+        w.WriteString("id", g.Id);
+        w.WriteString("image", g.ImagePath);
+        w.WriteNumber("width", s.Width);
+        w.WriteNumber("height", s.Height);
+        w.WriteString("background", s.BackgroundName);
+        w.WriteString("texture", s.Texture.ToString().ToLowerInvariant());
+        w.WriteStartArray("objects");
+        foreach (var o in s.Objects)
+        {
+            w.WriteStartObject();
+            w.WriteString("color", o.ColorName);
+            w.WriteString("shape", o.ShapeName);
+            w.WriteString("size", o.SizeName);
+            w.WriteString("row", World.Rows[o.Row]);
+            w.WriteString("col", World.Cols[o.Col]);
+            w.WriteString("position", o.Position);
+            w.WriteNumber("class_id", o.ClassId);
+            w.WriteNumber("cx", Math.Round(o.Cx, 2));
+            w.WriteNumber("cy", Math.Round(o.Cy, 2));
+            w.WriteNumber("extent", Math.Round(o.Extent, 2));
+            w.WriteNumber("rotation_deg", Math.Round(o.Rotation * 180 / Math.PI, 2));
+            w.WriteStartArray("rgb"); w.WriteNumberValue(o.Rgb.R); w.WriteNumberValue(o.Rgb.G); w.WriteNumberValue(o.Rgb.B); w.WriteEndArray();
+            w.WriteEndObject();
+        }
+        w.WriteEndArray();
+    });
+
+    /// <summary>A LLaVA-format JSON array: one record per image, one line per record.</summary>
+    private static void WriteRecords(string path, GeneratedImage[] images)
+    {
+        using var writer = new StreamWriter(path, false, new UTF8Encoding(false));
+        writer.Write("[\n");
+        for (int i = 0; i < images.Length; i++)
+        {
+            var g = images[i];
+            writer.Write(Line(w =>
+            {
+                w.WriteString("id", g.Id);
+                w.WriteString("image", g.ImagePath);
+                w.WriteString("patch_labels", g.LabelPath);
+                w.WriteStartArray("conversations");
+                for (int t = 0; t < g.Turns.Count; t++)
+                {
+                    w.WriteStartObject();
+                    w.WriteString("from", "human");
+                    w.WriteString("value", (t == 0 ? "<image>\n" : "") + g.Turns[t].Question);
+                    w.WriteEndObject();
+                    w.WriteStartObject();
+                    w.WriteString("from", "gpt");
+                    w.WriteString("value", g.Turns[t].Answer);
+                    w.WriteEndObject();
+                }
+                w.WriteEndArray();
+            }));
+            writer.Write(i + 1 < images.Length ? ",\n" : "\n");
+        }
+        writer.Write("]\n");
+    }
+
+    private static void WriteLines(string path, IEnumerable<string> lines)
+    {
+        using var writer = new StreamWriter(path, false, new UTF8Encoding(false));
+        foreach (var l in lines) { writer.Write(l); writer.Write('\n'); }
+    }
+
+    private static string Line(Action<Utf8JsonWriter> body)
+    {
+        var buffer = new System.Buffers.ArrayBufferWriter<byte>();
+        using (var w = new Utf8JsonWriter(buffer, WriterOptions))
+        {
+            w.WriteStartObject();
+            body(w);
+            w.WriteEndObject();
+        }
+        return Encoding.UTF8.GetString(buffer.WrittenSpan);
+    }
+}

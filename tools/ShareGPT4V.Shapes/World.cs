@@ -1,0 +1,83 @@
+namespace ShareGPT4V.Shapes;
+
+/// <summary>The fixed vocabulary of the shapes world: colours, shapes, sizes, grid cells, backgrounds.</summary>
+internal static class World
+{
+    /// <summary>Colour names in class-id order (the label mask's colour index).</summary>
+    public static readonly string[] Colors = ["red", "green", "blue", "yellow", "orange", "purple"];
+
+    /// <summary>Base RGB of each colour; a scene jitters each channel by up to ±20, which keeps the six apart.</summary>
+    public static readonly (int R, int G, int B)[] ColorRgb =
+    [
+        (220, 40, 40), (40, 165, 60), (45, 85, 220), (240, 212, 40), (246, 138, 28), (140, 60, 190),
+    ];
+
+    /// <summary>Shape names in class-id order.</summary>
+    public static readonly string[] Shapes = ["circle", "square", "triangle", "star"];
+
+    /// <summary>Size names in class-id order.</summary>
+    public static readonly string[] Sizes = ["small", "large"];
+
+    /// <summary>Nominal shape extent as a fraction of the shorter side of its cell.</summary>
+    public static readonly double[] SizeFraction = [0.45, 0.80];
+
+    public static readonly string[] Rows = ["top", "middle", "bottom"];
+    public static readonly string[] Cols = ["left", "center", "right"];
+
+    /// <summary>Pale backgrounds by name; a scene jitters each channel by a few levels.</summary>
+    public static readonly (string Name, int R, int G, int B)[] Backgrounds =
+    [
+        ("light gray", 214, 214, 214), ("white", 250, 250, 250), ("cream", 250, 244, 222), ("pale yellow", 251, 247, 196),
+        ("light blue", 208, 226, 245), ("pale pink", 250, 218, 228), ("light green", 212, 240, 212), ("beige", 238, 228, 208),
+        ("lavender", 230, 224, 246),
+    ];
+
+    public static readonly string[] NumberWords = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"];
+
+    /// <summary>The name of a grid cell as answers and captions use it ("top left", ..., "center", ..., "bottom right").</summary>
+    public static string PositionName(int row, int col) => (row, col) switch
+    {
+        (1, 1) => "center",
+        (1, _) => "middle " + Cols[col],
+        _ => Rows[row] + " " + Cols[col],
+    };
+
+    /// <summary>The label-mask class of an object: 1 + (colour·4 + shape)·2 + size, so 1..48; 0 is background.</summary>
+    public static int ClassId(int color, int shape, int size) => 1 + (color * Shapes.Length + shape) * 2 + size;
+
+    public static int ClassCount => 1 + Colors.Length * Shapes.Length * Sizes.Length;
+
+    public static string Capitalize(string s) => s.Length == 0 ? s : char.ToUpperInvariant(s[0]) + s[1..];
+}
+
+/// <summary>One filled shape: what it is, where it sits and how it is drawn.</summary>
+/// <param name="Color">Index into <see cref="World.Colors"/>.</param>
+/// <param name="Shape">Index into <see cref="World.Shapes"/>.</param>
+/// <param name="Size">0 small, 1 large.</param>
+/// <param name="Row">Grid row 0..2 (top, middle, bottom).</param>
+/// <param name="Col">Grid column 0..2 (left, center, right).</param>
+/// <param name="Cx">Centre x in pixels.</param>
+/// <param name="Cy">Centre y in pixels.</param>
+/// <param name="Extent">Drawn extent in pixels (diameter, side, base width, star's outer diameter).</param>
+/// <param name="Rotation">Rotation in radians (0 for circles).</param>
+/// <param name="StarInner">Star inner radius over outer radius.</param>
+/// <param name="Rgb">Fill colour after jitter.</param>
+internal sealed record SceneObject(int Color, int Shape, int Size, int Row, int Col, double Cx, double Cy, double Extent,
+    double Rotation, double StarInner, (byte R, byte G, byte B) Rgb)
+{
+    public string ColorName => World.Colors[Color];
+    public string ShapeName => World.Shapes[Shape];
+    public string SizeName => World.Sizes[Size];
+    public string Position => World.PositionName(Row, Col);
+    public int ClassId => World.ClassId(Color, Shape, Size);
+}
+
+/// <summary>How the background is textured.</summary>
+internal enum BackgroundTexture { Plain, Noise, Gradient, Stripes, Dots, Radial }
+
+/// <summary>A whole image: size, background and the objects in reading order (row, then column).</summary>
+internal sealed record Scene(int Width, int Height, int Background, (byte R, byte G, byte B) BackgroundRgb,
+    BackgroundTexture Texture, IReadOnlyList<SceneObject> Objects)
+{
+    public string BackgroundName => World.Backgrounds[Background].Name;
+}
