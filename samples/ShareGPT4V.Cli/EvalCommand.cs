@@ -7,7 +7,7 @@ namespace ShareGPT4V.Cli;
 /// <summary><c>eval</c>: answer a benchmark's questions (run), join shards (merge), score answers (score).</summary>
 internal static class EvalCommand
 {
-    private const string BenchmarkNames = "pope, sqa, textvqa, mme, seed, gqa, mmbench, mmbench-cn, qbench, vqav2, vizwiz, llava-bench, mm-vet";
+    private static string BenchmarkNames => string.Join(", ", Benchmarks.Names);
 
     public static VerbSpec Verb => new("eval", "run a benchmark (reference prompts), merge shards, score answers exactly as the official scripts")
     {
@@ -91,7 +91,7 @@ internal static class EvalCommand
     };
 
     private static OptionSpec Benchmark(string description) =>
-        new("benchmark", "NAME", description, Choices: BenchmarkNames.Split(", "));
+        new("benchmark", "NAME", description, Choices: Benchmarks.Names);
 
     internal static IBenchmark Benchmark(CommandLine cl)
     {

@@ -58,11 +58,6 @@ internal sealed class CommandLine
         _arguments = arguments;
     }
 
-    /// <summary>For tests and callers that build a command line by hand: <c>--name value</c> pairs and flags.</summary>
-    public static CommandLine Of(string command, IEnumerable<(string Name, string Value)> values, params string[] flags) =>
-        new(command, values.GroupBy(v => v.Name).ToDictionary(g => g.Key, g => (IReadOnlyList<string>)g.Select(v => v.Value).ToList()),
-            flags.ToHashSet(StringComparer.Ordinal), Array.Empty<string>());
-
     public bool Flag(string name) => _flags.Contains(name);
 
     public bool Has(string name) => _values.ContainsKey(name) || _flags.Contains(name);
@@ -131,15 +126,6 @@ internal sealed class CommandLine
         if (!double.TryParse(s, NumberStyles.Float, CultureInfo.InvariantCulture, out var n) || !(n > 0) || n * factor > long.MaxValue / 2)
             throw new UsageException($"--{name} must be a size such as 2GB or 500MB, got '{v}'");
         return (long)(n * factor);
-    }
-
-    /// <summary>The value when it is one of <paramref name="allowed"/> (else a usage error listing them).</summary>
-    public string? Choice(string name, IReadOnlyCollection<string> allowed)
-    {
-        var v = Value(name);
-        if (v is not null && !allowed.Contains(v))
-            throw new UsageException($"--{name} must be one of {string.Join(", ", allowed)}, got '{v}'");
-        return v;
     }
 
     private static string Format(double x) => x == double.MaxValue ? "inf" : x.ToString(CultureInfo.InvariantCulture);
