@@ -13,8 +13,8 @@ STAGE1_IMAGES=${STAGE1_IMAGES:-16000}
 STAGE2_IMAGES=${STAGE2_IMAGES:-16000}
 EVAL_IMAGES=${EVAL_IMAGES:-200}
 VISION_EPOCHS=${VISION_EPOCHS:-1}
-STAGE1_EPOCHS=${STAGE1_EPOCHS:-1}
-STAGE2_EPOCHS=${STAGE2_EPOCHS:-1}
+STAGE1_STEPS=${STAGE1_STEPS:-350}   # optimizer steps of 16 records (the first ones of the seeded shuffle)
+STAGE2_STEPS=${STAGE2_STEPS:-550}
 
 dotnet build tools/ShareGPT4V.Shapes -c Release -v q -nologo
 dotnet build samples/ShareGPT4V.Cli -c Release -v q -nologo
@@ -28,7 +28,7 @@ start=$(date +%s)
 
 stamp "data: $STAGE1_IMAGES stage-1 images, $STAGE2_IMAGES stage-2 images, $EVAL_IMAGES held-out (seed $SEED)"
 [ -f "$WORK/data/stage2.json" ] || shapes generate --out "$WORK/data" --seed "$SEED" \
-  --stage1 "$STAGE1_IMAGES" --stage2 "$STAGE2_IMAGES" --eval "$EVAL_IMAGES"
+  --stage1 "$STAGE1_IMAGES" --stage2 "$STAGE2_IMAGES" --eval "$EVAL_IMAGES" --extra-questions
 [ -f "$WORK/init/config.json" ] || shapes init-model --data "$WORK/data" --out "$WORK/init"
 
 common=(--threads "$THREADS" --seed "$SEED" --image-folder "$WORK/data" --tokenizer-variant legacy
@@ -37,21 +37,21 @@ common=(--threads "$THREADS" --seed "$SEED" --image-folder "$WORK/data" --tokeni
 # 0. The tower alone learns what each patch shows (colour, shape and size of the object under it) from the label
 #    masks: a from-scratch ViT fed only caption loss never starts to see (docs/shapes-model.md).
 stamp "vision stage"
-cli train --stage vision --model "$WORK/init" --from-scratch --data "$WORK/data/stage1.json" --output "$WORK/vision" \
+[ -f "$WORK/vision/model.safetensors" ] || cli train --stage vision --model "$WORK/init" --from-scratch --data "$WORK/data/stage1.json" --output "$WORK/vision" \
   --tune-vit-embeddings --tune-vit-from-layer 0 --aux-patch-loss-weight 1 --aux-patch-classes 49 \
   --per-device-batch-size 32 --learning-rate 1e-3 --epochs "$VISION_EPOCHS" "${common[@]}"
 
 # 1. ShareGPT4V stage 1 on detailed captions: LLM, projector and the whole tower, the patch loss kept on so the
 #    tower does not forget; images padded as at inference (the world has 2:1 images, a centre crop would cut shapes off).
 stamp "stage 1 (captions)"
-cli train --stage pretrain --model "$WORK/vision" --data "$WORK/data/stage1.json" --output "$WORK/stage1" \
+[ -f "$WORK/stage1/model.safetensors" ] || cli train --stage pretrain --model "$WORK/vision" --data "$WORK/data/stage1.json" --output "$WORK/stage1" \
   --image-aspect-ratio pad --tune-vit-embeddings --tune-vit-from-layer 0 --aux-patch-loss-weight 0.5 --aux-patch-classes 49 \
-  --per-device-batch-size 16 --learning-rate 1e-3 --vision-tower-lr 2e-4 --epochs "$STAGE1_EPOCHS" "${common[@]}"
+  --per-device-batch-size 16 --learning-rate 1e-3 --vision-tower-lr 2e-4 --max-steps "$STAGE1_STEPS" "${common[@]}"
 
 # 2. ShareGPT4V stage 2 on multi-turn instructions (vicuna_v1): projector and LLM, tower frozen.
 stamp "stage 2 (instructions)"
-cli train --stage finetune --model "$WORK/stage1" --data "$WORK/data/stage2.json" --output "$WORK/stage2" \
-  --per-device-batch-size 16 --learning-rate 5e-4 --epochs "$STAGE2_EPOCHS" "${common[@]}"
+[ -f "$WORK/stage2/model.safetensors" ] || cli train --stage finetune --model "$WORK/stage1" --data "$WORK/data/stage2.json" --output "$WORK/stage2" \
+  --per-device-batch-size 16 --learning-rate 5e-4 --max-steps "$STAGE2_STEPS" "${common[@]}"
 
 stamp "model folder"
 rm -rf "$WORK/model"

@@ -2,8 +2,6 @@ using System.Globalization;
 using System.Text;
 using System.Text.Encodings.Web;
 using System.Text.Json;
-using SixLabors.ImageSharp;
-using SixLabors.ImageSharp.Formats.Png;
 
 namespace ShareGPT4V.Shapes;
 
@@ -15,8 +13,10 @@ namespace ShareGPT4V.Shapes;
 /// <param name="Eval">Held-out images with the evaluation questions.</param>
 /// <param name="Renderer">Which renderer draws the images.</param>
 /// <param name="Overwrite">Replace a non-empty output folder.</param>
+/// <param name="ExtraQuestions">Add the binding questions (shape / colour in a cell, size, empty cells) to stage 2.</param>
+/// <param name="Threads">Images rendered at once (0 = one per processor); the output does not depend on it.</param>
 internal sealed record GenerateOptions(string OutputDir, int Seed = 1, int Stage1 = 20000, int Stage2 = 20000, int Eval = 200,
-    RendererKind Renderer = RendererKind.Default, bool Overwrite = false)
+    RendererKind Renderer = RendererKind.Default, bool Overwrite = false, bool ExtraQuestions = false, int Threads = 0)
 {
     public const int MaxImagesPerSplit = 10_000_000;
 
@@ -26,6 +26,31 @@ internal sealed record GenerateOptions(string OutputDir, int Seed = 1, int Stage
         foreach (var (name, n) in new[] { ("--stage1", Stage1), ("--stage2", Stage2), ("--eval", Eval) })
             if (n < 0 || n > MaxImagesPerSplit) throw new ArgumentException($"{name} must be in [0, {MaxImagesPerSplit}], not {n}");
         if (Stage1 + Stage2 + Eval == 0) throw new ArgumentException("Nothing to generate: --stage1, --stage2 and --eval are all 0");
+        if (Threads < 0 || Threads > 1024) throw new ArgumentException($"--threads must be in [0, 1024], not {Threads}");
+    }
+}
+
+/// <summary>Puts a finished folder in place of another without a moment where neither exists.</summary>
+internal static class FolderSwap
+{
+    /// <summary>Moves <paramref name="finished"/> to <paramref name="target"/>; an existing target is set aside first and deleted last.</summary>
+    public static void Replace(string finished, string target)
+    {
+        if (!Directory.Exists(target))
+        {
+            Directory.Move(finished, target);
+            return;
+        }
+        string aside = Path.Combine(Path.GetDirectoryName(target) ?? ".", $".{Path.GetFileName(target)}.old-{Environment.ProcessId}");
+        if (Directory.Exists(aside)) Directory.Delete(aside, recursive: true);
+        Directory.Move(target, aside);
+        try { Directory.Move(finished, target); }
+        catch
+        {
+            Directory.Move(aside, target);
+            throw;
+        }
+        Directory.Delete(aside, recursive: true);
     }
 }
 
@@ -47,7 +72,7 @@ internal static class DatasetGenerator
 
     /// <summary>Draws the scene, settings and text of one image (no pixels).</summary>
     public static (Scene Scene, RenderSettings Settings, List<SceneQuestion> Turns, List<SceneQuestion> Eval) Plan(
-        int seed, int split, int index, RendererKind renderer)
+        int seed, int split, int index, RendererKind renderer, bool extraQuestions = false)
     {
         int s = ImageSeed(seed, split, index);
         var (scene, settings) = SceneSampler.Sample(new Random(s), renderer);
@@ -55,7 +80,7 @@ internal static class DatasetGenerator
         var turns = split switch
         {
             0 => [new SceneQuestion("caption", Language.DescribeRequests[text.Next(Language.DescribeRequests.Length)], Language.Caption(scene, text))],
-            1 => Language.Stage2Turns(scene, text),
+            1 => Language.Stage2Turns(scene, text, extraQuestions),
             _ => new List<SceneQuestion>(),
         };
         var eval = split == 2 ? Language.EvalQuestions(scene, text) : new List<SceneQuestion>();
@@ -89,18 +114,25 @@ internal static class DatasetGenerator
                 int width = Math.Max(6, counts[split].ToString(CultureInfo.InvariantCulture).Length);
                 var items = new GeneratedImage[counts[split]];
                 int sp = split;
-                Parallel.For(0, counts[split], new ParallelOptions { CancellationToken = ct, MaxDegreeOfParallelism = Environment.ProcessorCount }, i =>
+                try
                 {
-                    items[i] = MakeImage(temp, o, sp, i, width);
-                    int d = Interlocked.Increment(ref done);
-                    if (d % 500 == 0 || d == total)
-                        lock (log) log.WriteLine($"generate: {d}/{total} images ({d / Math.Max(started.Elapsed.TotalSeconds, 1e-3):F1}/s)");
-                });
+                    Parallel.For(0, counts[split], new ParallelOptions { CancellationToken = ct, MaxDegreeOfParallelism = o.Threads > 0 ? o.Threads : Environment.ProcessorCount }, i =>
+                    {
+                        items[i] = MakeImage(temp, o, sp, i, width);
+                        int d = Interlocked.Increment(ref done);
+                        if (d % 500 == 0 || d == total)
+                            lock (log) log.WriteLine($"generate: {d}/{total} images ({d / Math.Max(started.Elapsed.TotalSeconds, 1e-3):F1}/s)");
+                    });
+                }
+                catch (AggregateException e) when (e.InnerExceptions.Count > 0)
+                {
+                    // A full disk or an unwritable folder: report the first worker's error itself.
+                    System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(e.InnerExceptions[0]).Throw();
+                }
                 results[split] = items;
             }
-            WriteJson(temp, results, o, started.Elapsed);
-            if (Directory.Exists(target)) Directory.Delete(target, recursive: true);
-            Directory.Move(temp, target);
+            WriteJson(temp, results, o);
+            FolderSwap.Replace(temp, target);
             log.WriteLine($"generate: {total} images in {started.Elapsed.TotalSeconds:F1} s ({total / Math.Max(started.Elapsed.TotalSeconds, 1e-3):F1}/s) -> {target}");
         }
         catch
@@ -112,25 +144,18 @@ internal static class DatasetGenerator
 
     private static GeneratedImage MakeImage(string root, GenerateOptions o, int split, int index, int width)
     {
-        var (scene, settings, turns, eval) = Plan(o.Seed, split, index, o.Renderer);
+        var (scene, settings, turns, eval) = Plan(o.Seed, split, index, o.Renderer, o.ExtraQuestions);
         string id = $"{SplitPrefix[split]}_{(index + 1).ToString(CultureInfo.InvariantCulture).PadLeft(width, '0')}";
         string imagePath = $"images/{Splits[split]}/{id}.png";
         string labelPath = $"labels/{Splits[split]}/{id}.png";
         var render = new Random(ImageSeed(o.Seed, split, index) ^ 0x5bd1e995);
-        var (image, mask) = Renderer.Render(scene, settings, render);
-        using (image)
-        using (mask)
-        {
-            image.SaveAsPng(Path.Combine(root, imagePath), PngEncoderFast);
-            mask.SaveAsPng(Path.Combine(root, labelPath), PngEncoderFast);
-        }
+        var image = Renderer.Render(scene, settings, render);
+        PngFile.Write(Path.Combine(root, imagePath), image.Rgb, image.Width, image.Height, 3);
+        PngFile.Write(Path.Combine(root, labelPath), image.Mask, image.Width, image.Height, 1);
         return new GeneratedImage(id, imagePath, labelPath, scene, turns, eval);
     }
 
-    // Noisy backgrounds compress poorly whatever the filter; unfiltered fast deflate is both the quickest and smallest here.
-    private static readonly PngEncoder PngEncoderFast = new() { CompressionLevel = PngCompressionLevel.BestSpeed, FilterMethod = PngFilterMethod.None };
-
-    private static void WriteJson(string root, GeneratedImage[][] results, GenerateOptions o, TimeSpan elapsed)
+    private static void WriteJson(string root, GeneratedImage[][] results, GenerateOptions o)
     {
         WriteRecords(Path.Combine(root, "stage1.json"), results[0]);
         WriteRecords(Path.Combine(root, "stage2.json"), results[1]);
@@ -189,6 +214,7 @@ internal static class DatasetGenerator
             ["seed"] = o.Seed,
             ["renderer"] = o.Renderer.ToString().ToLowerInvariant(),
             ["stage1"] = o.Stage1, ["stage2"] = o.Stage2, ["eval"] = o.Eval,
+            ["extra_questions"] = o.ExtraQuestions,
             ["label_classes"] = World.ClassCount,
         };
         File.WriteAllText(Path.Combine(root, "dataset.json"), JsonSerializer.Serialize(manifest, new JsonSerializerOptions { WriteIndented = true }) + "\n");
@@ -202,6 +228,9 @@ internal static class DatasetGenerator
         w.WriteNumber("width", s.Width);
         w.WriteNumber("height", s.Height);
         w.WriteString("background", s.BackgroundName);
+        w.WriteStartArray("background_rgb");
+        w.WriteNumberValue(s.BackgroundRgb.R); w.WriteNumberValue(s.BackgroundRgb.G); w.WriteNumberValue(s.BackgroundRgb.B);
+        w.WriteEndArray();
         w.WriteString("texture", s.Texture.ToString().ToLowerInvariant());
         w.WriteStartArray("objects");
         foreach (var o in s.Objects)

@@ -3,12 +3,12 @@ using System.Text;
 namespace ShareGPT4V.Shapes;
 
 /// <summary>One question about a scene with its answer and what a scorer needs to judge other answers.</summary>
-/// <param name="Category"><c>count</c>, <c>color</c>, <c>yesno</c>, <c>position</c> or <c>caption</c>.</param>
+/// <param name="Category"><c>count</c>, <c>color</c>, <c>yesno</c>, <c>position</c>, <c>caption</c>, or one of the opt-in <c>shape_at</c>, <c>color_at</c>, <c>size</c>, <c>cell</c>.</param>
 /// <param name="Question">The question text (without the image marker).</param>
 /// <param name="Answer">The reference answer.</param>
 /// <param name="Color">Colour asked about (yes/no, position) or answered (colour).</param>
 /// <param name="Shape">Shape asked about.</param>
-/// <param name="Present">For yes/no: whether the answer is yes.</param>
+/// <param name="Present">For yes/no: whether the pair is in the scene; for <c>cell</c>: whether the cell holds a shape.</param>
 internal sealed record SceneQuestion(string Category, string Question, string Answer, string? Color = null, string? Shape = null, bool? Present = null);
 
 /// <summary>The text of the world: captions, questions and their answers, all functions of the scene (wording drawn from the rng).</summary>
@@ -46,6 +46,12 @@ internal static class Language
         "Where is the {color} {shape}?", "Where is the {color} {shape} located?", "In which part of the image is the {color} {shape}?",
         "What is the position of the {color} {shape}?", "Where can the {color} {shape} be found?",
     ];
+
+    // Opt-in (--extra-questions): questions that tie a cell to what is in it, the other way round from "where".
+    private static readonly string[] ShapeAtQuestions = ["What shape is in the {pos}?", "Which shape is in the {pos}?"];
+    private static readonly string[] ColorAtQuestions = ["What color is the shape in the {pos}?", "What is the color of the shape in the {pos}?"];
+    private static readonly string[] SizeQuestions = ["Is the {color} {shape} large or small?", "What size is the {color} {shape}?"];
+    private static readonly string[] CellQuestions = ["Is there a shape in the {pos}?", "Is the {pos} of the image empty?"];
 
     private static T Pick<T>(Random rng, IReadOnlyList<T> items) => items[rng.Next(items.Count)];
 
@@ -172,12 +178,47 @@ internal static class Language
     public static SceneQuestion WhereQuestion(SceneObject o, string template) =>
         new("position", Fill(template, o.ColorName, o.ShapeName), $"In the {o.Position}.", o.ColorName, o.ShapeName);
 
-    /// <summary>3 to 6 question/answer turns about the scene for a stage-2 conversation (a describe turn in about 1 in 4).</summary>
-    public static List<SceneQuestion> Stage2Turns(Scene scene, Random rng)
+    /// <summary>The opt-in binding questions about one scene: what is in a cell (shape, colour), a shape's size, whether a cell holds a shape.</summary>
+    private static IEnumerable<SceneQuestion> ExtraQuestions(Scene scene, Random rng)
+    {
+        var o = Pick(rng, scene.Objects);
+        string pos = "the " + o.Position;
+        yield return new SceneQuestion("shape_at", Pick(rng, ShapeAtQuestions).Replace("the {pos}", pos, StringComparison.Ordinal), World.Capitalize(o.ShapeName), o.ColorName, o.ShapeName);
+        o = Pick(rng, scene.Objects);
+        pos = "the " + o.Position;
+        yield return new SceneQuestion("color_at", Pick(rng, ColorAtQuestions).Replace("the {pos}", pos, StringComparison.Ordinal), World.Capitalize(o.ColorName), o.ColorName, o.ShapeName);
+        var unique = UniquelyNamed(scene);
+        if (unique.Count > 0)
+        {
+            var u = Pick(rng, unique);
+            yield return new SceneQuestion("size", Fill(Pick(rng, SizeQuestions), u.ColorName, u.ShapeName), World.Capitalize(u.SizeName), u.ColorName, u.ShapeName);
+        }
+        // A cell with a shape or an empty one, half each (when the grid has both).
+        bool full = rng.Next(2) == 0;
+        int cell;
+        if (full) { var f = Pick(rng, scene.Objects); cell = f.Row * 3 + f.Col; }
+        else
+        {
+            var empty = Enumerable.Range(0, 9).Where(c => !scene.Objects.Any(x => x.Row * 3 + x.Col == c)).ToList();
+            cell = Pick(rng, empty);
+        }
+        string template = Pick(rng, CellQuestions);
+        bool asksEmpty = template.Contains("empty", StringComparison.Ordinal);
+        string name = World.PositionName(cell / 3, cell % 3);
+        string q = template.Replace("{pos}", name, StringComparison.Ordinal);
+        yield return new SceneQuestion("cell", q, full != asksEmpty ? "Yes" : "No", Present: full);
+    }
+
+    /// <summary>
+    /// 3 to 6 question/answer turns about the scene for a stage-2 conversation (a describe turn in about 1 in 4);
+    /// with <paramref name="extra"/> the pool also holds the binding questions of <see cref="ExtraQuestions"/>.
+    /// </summary>
+    public static List<SceneQuestion> Stage2Turns(Scene scene, Random rng, bool extra = false)
     {
         int turns = 3 + rng.Next(4);
+        // The describe turn is decided first, so about 1 image in 4 has one whatever the size of the pool.
+        SceneQuestion? describe = rng.NextDouble() < 0.25 ? new SceneQuestion("caption", Pick(rng, DescribeRequests), Caption(scene, rng)) : null;
         var pool = new List<SceneQuestion>();
-        if (rng.NextDouble() < 0.25) pool.Add(new SceneQuestion("caption", Pick(rng, DescribeRequests), Caption(scene, rng)));
         pool.Add(CountQuestion(scene, Pick(rng, CountQuestions)));
         if (scene.Objects.Count == 1) pool.Add(ColorQuestion(scene.Objects[0], Pick(rng, ColorQuestions)));
         foreach (var o in UniquelyNamed(scene)) pool.Add(WhereQuestion(o, Pick(rng, WhereQuestions)));
@@ -192,9 +233,10 @@ internal static class Language
             var absent = AbsentPair(scene, rng);
             if (asked.Add(absent)) pool.Add(YesNoQuestion(absent.Color, absent.Shape, false, Pick(rng, YesNoQuestions)));
         }
-        var list = pool.ToList();
-        rng.Shuffle(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(list));
-        var chosen = list.Take(turns).ToList();
+        if (extra) pool.AddRange(ExtraQuestions(scene, rng));
+        rng.Shuffle(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(pool));
+        var chosen = pool.Take(describe is null ? turns : turns - 1).ToList();
+        if (describe is not null) chosen.Insert(rng.Next(chosen.Count + 1), describe);
         // Short-answer questions carry the reference's short-answer instruction about half of the time.
         for (int i = 0; i < chosen.Count; i++)
             if (chosen[i].Category != "caption" && rng.Next(2) == 0)

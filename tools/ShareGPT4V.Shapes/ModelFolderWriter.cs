@@ -110,7 +110,7 @@ internal static class ModelFolderWriter
         for (int split = 0; split < 3; split++)
             for (int i = 0; i < 1500; i++)
             {
-                var (_, _, turns, eval) = DatasetGenerator.Plan(0, split, i, RendererKind.Default);
+                var (_, _, turns, eval) = DatasetGenerator.Plan(0, split, i, RendererKind.Default, extraQuestions: true);
                 foreach (var qs in new[] { turns, eval })
                 {
                     if (qs.Count == 0) continue;
@@ -187,8 +187,7 @@ internal static class ModelFolderWriter
             });
             Save("added_tokens.json", new JsonObject { ["<image>"] = imageId, ["<pad>"] = padId });
             Save("tokenizer.json", WordTokenizerBuilder.TokenizerJson(pieces, imageId, padId));
-            if (Directory.Exists(target)) Directory.Delete(target, recursive: true);
-            Directory.Move(temp, target);
+            FolderSwap.Replace(temp, target);
         }
         catch
         {

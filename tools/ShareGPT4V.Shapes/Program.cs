@@ -6,7 +6,8 @@ namespace ShareGPT4V.Shapes;
 internal static class Program
 {
     private const string Usage = """
-        usage: sharegpt4v-shapes generate --out DIR [--seed 1] [--stage1 N] [--stage2 N] [--eval 200] [--renderer default|alt] [--overwrite]
+        usage: sharegpt4v-shapes generate --out DIR [--seed 1] [--stage1 N] [--stage2 N] [--eval 200] [--renderer default|alt]
+                   [--extra-questions] [--threads N] [--overwrite]
                sharegpt4v-shapes init-model --data DIR --out MODELDIR [--image-size 160] [--patch-size 16] [--vision-hidden 160]
                    [--vision-layers 5] [--vision-heads 5] [--vision-intermediate 640] [--hidden 192] [--layers 4] [--heads 6]
                    [--intermediate 512] [--max-positions 1024] [--overwrite]
@@ -14,6 +15,7 @@ internal static class Program
         generate    draws the shapes world (docs/shapes-world.md): images/, labels/ (per-pixel class masks), stage1.json,
                     stage2.json (LLaVA format), eval/ (questions.jsonl, questions_short.jsonl, annotations.jsonl), scenes/.
                     Defaults: --stage1 20000 --stage2 20000 --eval 200. The same seed gives the same bytes.
+                    --extra-questions adds binding questions to stage 2 (shape / colour in a cell, size, empty cells).
         init-model  writes a llava-hf model folder without weights: configs and a word-level tokenizer built from DIR.
         """;
 
@@ -39,7 +41,7 @@ internal static class Program
             switch (args[0])
             {
                 case "generate":
-                    Check(options, "out", "seed", "stage1", "stage2", "eval", "renderer", "overwrite");
+                    Check(options, "out", "seed", "stage1", "stage2", "eval", "renderer", "overwrite", "extra-questions", "threads");
                     var g = new GenerateOptions(
                         Required(options, "out"),
                         Int(options, "seed", 1), Int(options, "stage1", 20000), Int(options, "stage2", 20000), Int(options, "eval", 200),
@@ -49,7 +51,9 @@ internal static class Program
                             "alt" => RendererKind.Alt,
                             var r => throw new ArgumentException($"--renderer must be 'default' or 'alt', not '{r}'"),
                         },
-                        options.ContainsKey("overwrite"));
+                        options.ContainsKey("overwrite"),
+                        options.ContainsKey("extra-questions"),
+                        Int(options, "threads", 0));
                     g.Validate();
                     DatasetGenerator.Generate(g, log, ct);
                     return 0;
@@ -97,7 +101,7 @@ internal static class Program
         {
             if (!args[i].StartsWith("--", StringComparison.Ordinal) || args[i].Length == 2) throw new ArgumentException($"unexpected argument '{args[i]}'");
             string name = args[i][2..];
-            bool flag = name == "overwrite";
+            bool flag = name is "overwrite" or "extra-questions";
             if (!flag && i + 1 >= args.Length) throw new ArgumentException($"--{name} needs a value");
             if (!d.TryAdd(name, flag ? "true" : args[++i])) throw new ArgumentException($"--{name} is given twice");
         }

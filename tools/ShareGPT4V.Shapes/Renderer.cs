@@ -1,15 +1,17 @@
-using SixLabors.ImageSharp;
-using SixLabors.ImageSharp.PixelFormats;
+using System.Numerics;
 
 namespace ShareGPT4V.Shapes;
 
+/// <summary>An image as interleaved RGB bytes and its label mask (one byte per pixel).</summary>
+internal sealed record RenderedImage(int Width, int Height, byte[] Rgb, byte[] Mask);
+
 /// <summary>
-/// A per-pixel rasteriser: background texture, shapes with optional k×k supersampled coverage, blur, noise.
-/// Writes the label mask alongside: each pixel whose centre lies inside a shape gets that shape's class id.
+/// A per-pixel rasteriser: background texture, shapes with optional k×k supersampled coverage of their edge pixels,
+/// blur, noise. Writes the label mask alongside: each pixel whose centre lies inside a shape gets that shape's class id.
 /// </summary>
 internal static class Renderer
 {
-    public static (Image<Rgb24> Image, Image<L8> Mask) Render(Scene scene, RenderSettings s, Random rng)
+    public static RenderedImage Render(Scene scene, RenderSettings s, Random rng)
     {
         int w = scene.Width, h = scene.Height;
         var buf = new float[w * h * 3];
@@ -18,24 +20,11 @@ internal static class Renderer
         foreach (var o in scene.Objects) PaintObject(o, s.Supersample, buf, mask, w, h);
         if (s.BlurSigma > 0) GaussianBlur(buf, w, h, s.BlurSigma);
         if (s.BoxBlur > 0) BoxBlur(buf, w, h, s.BoxBlur);
-        if (s.Noise > 0) AddNoise(buf, s.Noise, s.GaussianNoise, rng);
-
-        var image = new Image<Rgb24>(w, h);
-        image.ProcessPixelRows(rows =>
-        {
-            for (int y = 0; y < h; y++)
-            {
-                var row = rows.GetRowSpan(y);
-                int i = y * w * 3;
-                for (int x = 0; x < w; x++, i += 3)
-                    row[x] = new Rgb24(ToByte(buf[i]), ToByte(buf[i + 1]), ToByte(buf[i + 2]));
-            }
-        });
-        var maskImage = Image.LoadPixelData<L8>(mask, w, h);
-        return (image, maskImage);
+        if (s.Noise > 0) AddNoise(buf, s.Noise, s.GaussianNoise, (ulong)rng.NextInt64());
+        var rgb = new byte[buf.Length];
+        for (int i = 0; i < buf.Length; i++) rgb[i] = (byte)Math.Clamp((int)MathF.Round(buf[i]), 0, 255);
+        return new RenderedImage(w, h, rgb, mask);
     }
-
-    private static byte ToByte(float v) => (byte)Math.Clamp((int)MathF.Round(v), 0, 255);
 
     private static void PaintBackground(Scene scene, RenderSettings s, float[] buf)
     {
@@ -44,23 +33,44 @@ internal static class Renderer
         double amp = s.TextureAmplitude, period = s.TexturePeriod;
         double dx = Math.Cos(s.TextureAngle), dy = Math.Sin(s.TextureAngle);
         double diag = Math.Sqrt((double)w * w + (double)h * h);
+        // Every texture is a sum or product of a term in x and a term in y, computed once per column and per row.
+        var fx = new double[w];
+        var gx = new double[w];
+        var fy = new double[h];
+        var gy = new double[h];
+        bool product = false;
+        switch (scene.Texture)
+        {
+            case BackgroundTexture.Gradient: // soft linear gradient across the image, ±amp
+                for (int x = 0; x < w; x++) fx[x] = amp * 2 * (x - w / 2.0) * dx / diag;
+                for (int y = 0; y < h; y++) fy[y] = amp * 2 * (y - h / 2.0) * dy / diag;
+                break;
+            case BackgroundTexture.Stripes: // faint stripes: sin(a + b) = sin a cos b + cos a sin b
+                for (int x = 0; x < w; x++) { double a = 2 * Math.PI * x * dx / period; fx[x] = Math.Sin(a); gx[x] = Math.Cos(a); }
+                for (int y = 0; y < h; y++) { double a = 2 * Math.PI * y * dy / period; fy[y] = amp * 0.5 * Math.Cos(a); gy[y] = amp * 0.5 * Math.Sin(a); }
+                product = true;
+                break;
+            case BackgroundTexture.Dots: // a faint grid of soft dots (clamped below at 0 after the product)
+                for (int x = 0; x < w; x++) fx[x] = Math.Cos(2 * Math.PI * x / period);
+                for (int y = 0; y < h; y++) fy[y] = Math.Cos(2 * Math.PI * y / period);
+                break;
+            case BackgroundTexture.Radial: // darker towards the corners
+                for (int x = 0; x < w; x++) fx[x] = -amp * Math.Pow(x - w / 2.0, 2) / (diag * diag / 4);
+                for (int y = 0; y < h; y++) fy[y] = -amp * Math.Pow(y - h / 2.0, 2) / (diag * diag / 4);
+                break;
+        }
         for (int y = 0; y < h; y++)
         {
-            for (int x = 0; x < w; x++)
+            int i = y * w * 3;
+            for (int x = 0; x < w; x++, i += 3)
             {
                 double d = scene.Texture switch
                 {
-                    // Soft linear gradient across the whole image.
-                    BackgroundTexture.Gradient => amp * 2 * ((x - w / 2.0) * dx + (y - h / 2.0) * dy) / diag,
-                    // Faint stripes.
-                    BackgroundTexture.Stripes => amp * 0.5 * Math.Sin(2 * Math.PI * (x * dx + y * dy) / period),
-                    // A faint grid of soft dots.
-                    BackgroundTexture.Dots => -amp * 0.6 * Math.Max(0, Math.Cos(2 * Math.PI * x / period) * Math.Cos(2 * Math.PI * y / period)),
-                    // Darker towards the corners.
-                    BackgroundTexture.Radial => -amp * (Math.Pow(x - w / 2.0, 2) + Math.Pow(y - h / 2.0, 2)) / (diag * diag / 4),
+                    BackgroundTexture.Gradient or BackgroundTexture.Radial => fx[x] + fy[y],
+                    BackgroundTexture.Stripes when product => fx[x] * fy[y] + gx[x] * gy[y],
+                    BackgroundTexture.Dots => -amp * 0.6 * Math.Max(0, fx[x] * fy[y]),
                     _ => 0,
                 };
-                int i = (y * w + x) * 3;
                 buf[i] = (float)(r + d);
                 buf[i + 1] = (float)(g + d);
                 buf[i + 2] = (float)(b + d);
@@ -71,7 +81,7 @@ internal static class Renderer
     private static void PaintObject(SceneObject o, int k, float[] buf, byte[] mask, int w, int h)
     {
         (double X, double Y)[]? poly = o.Shape == 0 ? null : Geometry.Polygon(o.Shape, o.Extent, o.Rotation, o.StarInner);
-        double radius2 = o.Extent * o.Extent / 4;
+        double radius = o.Extent / 2, radius2 = radius * radius;
         var (hx, hy) = Geometry.HalfExtents(o.Shape, o.Extent, o.Rotation, o.StarInner);
         int x0 = Math.Max(0, (int)Math.Floor(o.Cx - hx) - 1), x1 = Math.Min(w - 1, (int)Math.Ceiling(o.Cx + hx) + 1);
         int y0 = Math.Max(0, (int)Math.Floor(o.Cy - hy) - 1), y1 = Math.Min(h - 1, (int)Math.Ceiling(o.Cy + hy) + 1);
@@ -81,7 +91,6 @@ internal static class Renderer
             return poly is null ? u * u + v * v <= radius2 : Geometry.Inside(poly, u, v);
         }
         // Distance from a point to the outline; pixels farther than half a diagonal are wholly in or out.
-        double radius = o.Extent / 2;
         double EdgeDistance(double px, double py)
         {
             double u = px - o.Cx, v = py - o.Cy;
@@ -134,58 +143,73 @@ internal static class Renderer
 
     private static void Convolve(float[] buf, int w, int h, float[] kernel)
     {
-        int radius = kernel.Length / 2;
+        int radius = kernel.Length / 2, stride = w * 3;
         var tmp = new float[buf.Length];
-        // Horizontal pass over a clamped-edge copy of each row, then the vertical pass the same way.
-        var line = new float[(Math.Max(w, h) + 2 * radius) * 3];
+        // Horizontal: each row copied with clamped edges, then a weighted sum of shifted copies (contiguous, vectorised).
+        var line = new float[(w + 2 * radius) * 3];
         for (int y = 0; y < h; y++)
         {
-            for (int x = -radius; x < w + radius; x++)
+            var row = buf.AsSpan(y * stride, stride);
+            for (int p = 0; p < radius; p++)
             {
-                int src = (y * w + Math.Clamp(x, 0, w - 1)) * 3, dst = (x + radius) * 3;
-                line[dst] = buf[src]; line[dst + 1] = buf[src + 1]; line[dst + 2] = buf[src + 2];
+                row[..3].CopyTo(line.AsSpan(p * 3));
+                row[^3..].CopyTo(line.AsSpan((w + radius + p) * 3));
             }
-            ConvolveLine(line, kernel, w, tmp, y * w * 3, 3);
+            row.CopyTo(line.AsSpan(radius * 3));
+            var dst = tmp.AsSpan(y * stride, stride);
+            dst.Clear();
+            for (int t = 0; t < kernel.Length; t++) AddScaled(dst, line.AsSpan(t * 3, stride), kernel[t]);
         }
-        for (int x = 0; x < w; x++)
+        // Vertical: each output row is a weighted sum of whole (clamped) rows.
+        for (int y = 0; y < h; y++)
         {
-            for (int y = -radius; y < h + radius; y++)
-            {
-                int src = (Math.Clamp(y, 0, h - 1) * w + x) * 3, dst = (y + radius) * 3;
-                line[dst] = tmp[src]; line[dst + 1] = tmp[src + 1]; line[dst + 2] = tmp[src + 2];
-            }
-            ConvolveLine(line, kernel, h, buf, x * 3, w * 3);
+            var dst = buf.AsSpan(y * stride, stride);
+            dst.Clear();
+            for (int t = 0; t < kernel.Length; t++)
+                AddScaled(dst, tmp.AsSpan(Math.Clamp(y + t - radius, 0, h - 1) * stride, stride), kernel[t]);
         }
     }
 
-    /// <summary>Convolves <paramref name="n"/> RGB samples of a padded line into <paramref name="output"/> at the given stride.</summary>
-    private static void ConvolveLine(float[] line, float[] kernel, int n, float[] output, int offset, int stride)
+    private static void AddScaled(Span<float> dst, ReadOnlySpan<float> src, float k)
     {
-        for (int i = 0; i < n; i++)
+        int i = 0;
+        if (Vector.IsHardwareAccelerated)
         {
-            float r = 0, g = 0, b = 0;
-            int p = i * 3;
-            for (int t = 0; t < kernel.Length; t++, p += 3)
-            {
-                float kv = kernel[t];
-                r += kv * line[p]; g += kv * line[p + 1]; b += kv * line[p + 2];
-            }
-            int o = offset + i * stride;
-            output[o] = r; output[o + 1] = g; output[o + 2] = b;
+            var kv = new Vector<float>(k);
+            for (; i <= dst.Length - Vector<float>.Count; i += Vector<float>.Count)
+                (new Vector<float>(dst[i..]) + kv * new Vector<float>(src[i..])).CopyTo(dst[i..]);
         }
+        for (; i < dst.Length; i++) dst[i] += k * src[i];
     }
 
-    private static void AddNoise(float[] buf, double amplitude, bool gaussian, Random rng)
+    /// <summary>SplitMix64: a small, fast generator for per-pixel noise, seeded from the image's own generator.</summary>
+    private static ulong Next(ref ulong state)
     {
+        ulong z = state += 0x9E3779B97F4A7C15UL;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
+        return z ^ (z >> 31);
+    }
+
+    private static void AddNoise(float[] buf, double amplitude, bool gaussian, ulong state)
+    {
+        float amp = (float)amplitude;
         for (int i = 0; i < buf.Length; i += 3)
         {
-            double n = gaussian
-                ? amplitude * 0.5 * Math.Sqrt(-2 * Math.Log(1 - rng.NextDouble())) * Math.Cos(2 * Math.PI * rng.NextDouble())
-                : amplitude * (rng.NextDouble() * 2 - 1);
-            // Mostly luminance noise with a little per-channel variation.
-            buf[i] += (float)(n + (rng.NextDouble() - 0.5));
-            buf[i + 1] += (float)(n + (rng.NextDouble() - 0.5));
-            buf[i + 2] += (float)(n + (rng.NextDouble() - 0.5));
+            ulong z = Next(ref state);
+            float n;
+            if (gaussian)
+            {
+                // Sum of four uniforms (Irwin-Hall), scaled to unit variance, standard deviation amp / 2.
+                ulong g = Next(ref state);
+                float sum = (g & 0xFFFF) + ((g >> 16) & 0xFFFF) + ((g >> 32) & 0xFFFF) + (g >> 48);
+                n = amp * 0.5f * (sum / 65536f - 2f) * 1.7320508f;
+            }
+            else n = amp * ((z >> 40) / 8388608f - 1f); // uniform in [-amp, amp)
+            // Mostly luminance noise with a little per-channel variation (±0.5).
+            buf[i] += n + ((z & 0xFF) / 255f - 0.5f);
+            buf[i + 1] += n + (((z >> 8) & 0xFF) / 255f - 0.5f);
+            buf[i + 2] += n + (((z >> 16) & 0xFF) / 255f - 0.5f);
         }
     }
 }

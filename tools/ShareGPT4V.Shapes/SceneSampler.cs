@@ -45,7 +45,9 @@ internal static class SceneSampler
         }
 
         int bg = rng.Next(World.Backgrounds.Length);
-        var (_, br, bgG, bb) = World.Backgrounds[bg];
+        var bgProtos = World.Backgrounds[bg].Rgb;
+        // Default: any rendering of the name; alt: the CSS-like one where there is one.
+        var (br, bgG, bb) = kind == RendererKind.Default ? bgProtos[rng.Next(bgProtos.Length)] : bgProtos[Math.Min(1, bgProtos.Length - 1)];
         var bgRgb = (Clamp(br + rng.Next(-5, 6)), Clamp(bgG + rng.Next(-5, 6)), Clamp(bb + rng.Next(-5, 6)));
         BackgroundTexture texture = kind == RendererKind.Default
             ? (BackgroundTexture)rng.Next(4) // plain, noise, gradient, stripes
@@ -80,8 +82,13 @@ internal static class SceneSampler
             }
             double cx = (col + 0.5) * cellW + (rng.NextDouble() * 2 - 1) * Math.Min(slackX, 0.12 * cellW);
             double cy = (row + 0.5) * cellH + (rng.NextDouble() * 2 - 1) * Math.Min(slackY, 0.12 * cellH);
-            var (r, g, b) = World.ColorRgb[color];
-            var rgb = (Clamp(r + rng.Next(-20, 21)), Clamp(g + rng.Next(-20, 21)), Clamp(b + rng.Next(-20, 21)));
+            var protos = World.ColorPrototypes[color];
+            int proto, jitterLevels;
+            if (kind == RendererKind.Alt) (proto, jitterLevels) = (1, World.AltColorJitter);
+            else if (rng.Next(2) == 0) (proto, jitterLevels) = (0, World.BaseColorJitter);
+            else (proto, jitterLevels) = (1 + rng.Next(protos.Length - 1), World.ColorVariantJitter);
+            var (r, g, b) = protos[proto];
+            var rgb = (Clamp(r + rng.Next(-jitterLevels, jitterLevels + 1)), Clamp(g + rng.Next(-jitterLevels, jitterLevels + 1)), Clamp(b + rng.Next(-jitterLevels, jitterLevels + 1)));
             objects.Add(new SceneObject(color, shape, size, row, col, cx, cy, extent, rotation, inner, rgb));
         }
 

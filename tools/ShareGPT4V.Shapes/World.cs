@@ -6,11 +6,23 @@ internal static class World
     /// <summary>Colour names in class-id order (the label mask's colour index).</summary>
     public static readonly string[] Colors = ["red", "green", "blue", "yellow", "orange", "purple"];
 
-    /// <summary>Base RGB of each colour; a scene jitters each channel by up to ±20, which keeps the six apart.</summary>
-    public static readonly (int R, int G, int B)[] ColorRgb =
+    /// <summary>
+    /// RGB prototypes of each colour. The first is the world's own base (jittered ±20 per channel); the others are
+    /// common renderings of the same name, such as the CSS / PIL named colours (jittered ±12), so a model does not learn
+    /// one renderer's palette. The second is the CSS / PIL named colour itself, which the alt renderer uses. Every
+    /// jittered prototype stays at least 15 levels (in some channel) from every prototype of another colour.
+    /// </summary>
+    public static readonly (int R, int G, int B)[][] ColorPrototypes =
     [
-        (220, 40, 40), (40, 165, 60), (45, 85, 220), (240, 212, 40), (246, 138, 28), (140, 60, 190),
+        [(220, 40, 40), (255, 0, 0), (200, 25, 35), (230, 70, 60)],
+        [(40, 165, 60), (0, 128, 0), (0, 200, 0), (34, 139, 34), (60, 180, 75)],
+        [(45, 85, 220), (0, 0, 255), (30, 110, 230), (65, 105, 225)],
+        [(240, 218, 40), (255, 255, 0), (250, 225, 50)],
+        [(246, 138, 28), (255, 165, 0), (255, 140, 0), (245, 120, 48)],
+        [(140, 60, 190), (128, 0, 128), (150, 40, 170), (110, 50, 160)],
     ];
+
+    public const int BaseColorJitter = 20, ColorVariantJitter = 12, AltColorJitter = 8;
 
     /// <summary>Shape names in class-id order.</summary>
     public static readonly string[] Shapes = ["circle", "square", "triangle", "star"];
@@ -24,12 +36,21 @@ internal static class World
     public static readonly string[] Rows = ["top", "middle", "bottom"];
     public static readonly string[] Cols = ["left", "center", "right"];
 
-    /// <summary>Pale backgrounds by name; a scene jitters each channel by a few levels.</summary>
-    public static readonly (string Name, int R, int G, int B)[] Backgrounds =
+    /// <summary>
+    /// Pale backgrounds by name, each with a few renderings (the world's own first, then CSS-like ones such as
+    /// lightblue, lightgreen, lightpink); a scene jitters each channel by up to ±5.
+    /// </summary>
+    public static readonly (string Name, (int R, int G, int B)[] Rgb)[] Backgrounds =
     [
-        ("light gray", 214, 214, 214), ("white", 250, 250, 250), ("cream", 250, 244, 222), ("pale yellow", 251, 247, 196),
-        ("light blue", 208, 226, 245), ("pale pink", 250, 218, 228), ("light green", 212, 240, 212), ("beige", 238, 228, 208),
-        ("lavender", 230, 224, 246),
+        ("light gray", [(214, 214, 214), (211, 211, 211), (226, 226, 226)]),
+        ("white", [(250, 250, 250), (255, 255, 255)]),
+        ("cream", [(250, 244, 222), (255, 253, 208)]),
+        ("pale yellow", [(251, 247, 196), (255, 255, 224)]),
+        ("light blue", [(208, 226, 245), (173, 216, 230), (224, 238, 252)]),
+        ("pale pink", [(250, 218, 228), (255, 182, 193), (255, 228, 225)]),
+        ("light green", [(212, 240, 212), (144, 238, 144), (236, 252, 236)]),
+        ("beige", [(238, 228, 208), (245, 245, 220)]),
+        ("lavender", [(230, 224, 246), (230, 230, 250)]),
     ];
 
     public static readonly string[] NumberWords = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"];

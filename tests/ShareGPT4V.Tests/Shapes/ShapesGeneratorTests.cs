@@ -18,7 +18,7 @@ public class ShapesGeneratorTests(ShapesDataset data) : IClassFixture<ShapesData
     private static readonly string[] ShapeNames = ["circle", "square", "triangle", "star"];
 
     private sealed record Obj(string Color, string Shape, string Size, int Row, int Col, double Extent, int ClassId, int R, int G, int B);
-    private sealed record SceneLine(string Id, string Image, int Width, int Height, string Background, List<Obj> Objects);
+    private sealed record SceneLine(string Id, string Image, int Width, int Height, string Background, int[] BackgroundRgb, List<Obj> Objects);
 
     private static List<SceneLine> Scenes(string dir, string split) => File.ReadLines(Path.Combine(dir, "scenes", split + ".jsonl")).Select(l =>
     {
@@ -31,14 +31,16 @@ public class ShapesGeneratorTests(ShapesDataset data) : IClassFixture<ShapesData
                 o.GetProperty("extent").GetDouble(), o.GetProperty("class_id").GetInt32(), rgb[0], rgb[1], rgb[2]);
         }).ToList();
         return new SceneLine(e.GetProperty("id").GetString()!, e.GetProperty("image").GetString()!, e.GetProperty("width").GetInt32(),
-            e.GetProperty("height").GetInt32(), e.GetProperty("background").GetString()!, objs);
+            e.GetProperty("height").GetInt32(), e.GetProperty("background").GetString()!,
+            e.GetProperty("background_rgb").EnumerateArray().Select(v => v.GetInt32()).ToArray(), objs);
     }).ToList();
 
     [Fact]
     public void TheSameSeedGivesTheSameBytesAndAnotherSeedDoesNot()
     {
         string again = Path.Combine(data.Root, "again"), other = Path.Combine(data.Root, "other");
-        DatasetGenerator.Generate(new GenerateOptions(again, ShapesDataset.Seed, Stage1: 6, Stage2: 6, Eval: 4), TextWriter.Null, CancellationToken.None);
+        // One thread here, all processors for the fixture: the bytes do not depend on the order images are made in.
+        DatasetGenerator.Generate(new GenerateOptions(again, ShapesDataset.Seed, Stage1: 6, Stage2: 6, Eval: 4, Threads: 1), TextWriter.Null, CancellationToken.None);
         DatasetGenerator.Generate(new GenerateOptions(other, ShapesDataset.Seed + 1, Stage1: 6, Stage2: 6, Eval: 4), TextWriter.Null, CancellationToken.None);
         var files = Directory.GetFiles(data.Dir, "*", SearchOption.AllDirectories).Select(f => Path.GetRelativePath(data.Dir, f)).OrderBy(f => f, StringComparer.Ordinal).ToList();
         Assert.Equal(files, Directory.GetFiles(again, "*", SearchOption.AllDirectories).Select(f => Path.GetRelativePath(again, f)).OrderBy(f => f, StringComparer.Ordinal));
@@ -114,12 +116,93 @@ public class ShapesGeneratorTests(ShapesDataset data) : IClassFixture<ShapesData
                             checkedInterior++;
                         }
                 }
-                // Background pixels far from any shape are pale.
-                var corner = rgb[0];
-                Assert.True(corner.R > 170 && corner.G > 170 && corner.B > 150, $"{s.Id}: corner {corner}");
+                // Away from the shapes the image is the background colour up to texture and noise, and pale.
+                foreach (var corner in new[] { rgb[0], rgb[s.Width - 1], rgb[^1], rgb[^s.Width] })
+                {
+                    Assert.True(Math.Abs(corner.R - s.BackgroundRgb[0]) <= 30 && Math.Abs(corner.G - s.BackgroundRgb[1]) <= 30
+                        && Math.Abs(corner.B - s.BackgroundRgb[2]) <= 30, $"{s.Id}: corner {corner} on {s.Background} {string.Join(",", s.BackgroundRgb)}");
+                    Assert.True(corner.R + corner.G + corner.B > 3 * 150, $"{s.Id}: corner {corner}");
+                }
             }
         }
         Assert.True(checkedInterior > 1000, $"only {checkedInterior} interior pixels checked over {objects} objects");
+    }
+
+    [Fact]
+    public void TheColoursStayApartWhateverTheirRendering()
+    {
+        // Every jittered prototype of a colour keeps at least 15 levels, in some channel, from every one of another colour.
+        var protos = World.ColorPrototypes;
+        for (int a = 0; a < protos.Length; a++)
+            for (int b = a + 1; b < protos.Length; b++)
+                for (int i = 0; i < protos[a].Length; i++)
+                    for (int j = 0; j < protos[b].Length; j++)
+                    {
+                        int ja = i == 0 ? World.BaseColorJitter : World.ColorVariantJitter, jb = j == 0 ? World.BaseColorJitter : World.ColorVariantJitter;
+                        var (p, q) = (protos[a][i], protos[b][j]);
+                        int gap = new[] { Math.Abs(p.R - q.R), Math.Abs(p.G - q.G), Math.Abs(p.B - q.B) }.Max() - ja - jb;
+                        Assert.True(gap >= 15, $"{World.Colors[a]} #{i} and {World.Colors[b]} #{j} are {gap} levels apart");
+                    }
+        // Shapes stand out from every background: no background is closer than 60 levels in every channel to a shape colour.
+        foreach (var (name, rgbs) in World.Backgrounds)
+            foreach (var bg in rgbs)
+                for (int c = 0; c < protos.Length; c++)
+                    foreach (var p in protos[c])
+                        Assert.True(new[] { Math.Abs(p.R - bg.R), Math.Abs(p.G - bg.G), Math.Abs(p.B - bg.B) }.Max() >= 60, $"{World.Colors[c]} {p} on {name} {bg}");
+    }
+
+    [Theory]
+    [InlineData("default")]
+    [InlineData("alt")]
+    public void EveryDrawnShapeStaysInsideItsCell(string rendererName)
+    {
+        var renderer = rendererName == "alt" ? RendererKind.Alt : RendererKind.Default;
+        // The geometry of 1500 scenes (no pixels): sizes, aspect, counts, cells, and the rotated outline inside its cell.
+        var counts = new int[5];
+        for (int i = 0; i < 1500; i++)
+        {
+            var (scene, settings, _, _) = DatasetGenerator.Plan(5, i % 3, i, renderer);
+            Assert.InRange(scene.Width, 128, 512);
+            Assert.InRange(scene.Height, 128, 512);
+            Assert.True(Math.Max(scene.Width, scene.Height) <= 2 * Math.Min(scene.Width, scene.Height));
+            counts[scene.Objects.Count]++;
+            Assert.Equal(scene.Objects.Count, scene.Objects.Select(o => o.Row * 3 + o.Col).Distinct().Count());
+            double cw = scene.Width / 3.0, ch = scene.Height / 3.0;
+            foreach (var o in scene.Objects)
+            {
+                var (hx, hy) = Geometry.HalfExtents(o.Shape, o.Extent, o.Rotation, o.StarInner);
+                Assert.True(o.Cx - hx >= o.Col * cw && o.Cx + hx <= (o.Col + 1) * cw, $"scene {i}: x extent leaves the cell");
+                Assert.True(o.Cy - hy >= o.Row * ch && o.Cy + hy <= (o.Row + 1) * ch, $"scene {i}: y extent leaves the cell");
+                Assert.InRange(Math.Abs(o.Rotation) * 180 / Math.PI, 0, renderer == RendererKind.Default ? 20 : 30);
+                Assert.InRange(o.Extent / Math.Min(cw, ch), World.SizeFraction[o.Size] * 0.87, World.SizeFraction[o.Size] * 1.13);
+            }
+            Assert.Contains(settings.Supersample, renderer == RendererKind.Default ? new[] { 1, 4 } : new[] { 1, 2, 3 });
+        }
+        // One to four shapes, uniformly.
+        Assert.Equal(0, counts[0]);
+        Assert.All(counts.Skip(1), c => Assert.InRange(c, 300, 450));
+    }
+
+    [Fact]
+    public void ThePngWriterRoundTripsThroughImageSharp()
+    {
+        var rng = new Random(11);
+        var rgb = new byte[37 * 23 * 3];
+        var gray = new byte[37 * 23];
+        rng.NextBytes(rgb);
+        rng.NextBytes(gray);
+        string rgbPath = Path.Combine(data.Root, "rt-rgb.png"), grayPath = Path.Combine(data.Root, "rt-gray.png");
+        PngFile.Write(rgbPath, rgb, 37, 23, 3);
+        PngFile.Write(grayPath, gray, 37, 23, 1);
+        using var a = Image.Load<Rgb24>(rgbPath);
+        using var b = Image.Load<L8>(grayPath);
+        var backRgb = new byte[rgb.Length];
+        var backGray = new byte[gray.Length];
+        a.CopyPixelDataTo(backRgb);
+        b.CopyPixelDataTo(backGray);
+        Assert.Equal(rgb, backRgb);
+        Assert.Equal(gray, backGray);
+        Assert.Equal(SixLabors.ImageSharp.Formats.Png.PngColorType.Grayscale, b.Metadata.GetPngMetadata().ColorType);
     }
 
     [Fact]
@@ -165,6 +248,18 @@ public class ShapesGeneratorTests(ShapesDataset data) : IClassFixture<ShapesData
     {
         var q = question.Replace(ShapesText.ShortAnswerSuffix, "", StringComparison.Ordinal).Replace("<image>\n", "", StringComparison.Ordinal);
         if (Regex.IsMatch(q, "(How many|Count|number of)")) return scene.Objects.Count.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        // The opt-in binding questions name a cell.
+        var cellQ = Regex.Match(q, "^(What shape is in|Which shape is in|What color is the shape in|What is the color of the shape in|Is there a shape in|Is) the (top left|top center|top right|middle left|center|middle right|bottom left|bottom center|bottom right)( of the image empty)?\\?$");
+        if (cellQ.Success)
+        {
+            string[] names = ["top left", "top center", "top right", "middle left", "center", "middle right", "bottom left", "bottom center", "bottom right"];
+            int cellIndex = Array.IndexOf(names, cellQ.Groups[2].Value);
+            var at = scene.Objects.FirstOrDefault(x => x.Row * 3 + x.Col == cellIndex);
+            if (cellQ.Groups[1].Value.Contains("shape is", StringComparison.Ordinal)) return World.Capitalize(at!.ShapeName);
+            if (cellQ.Groups[1].Value.Contains("color", StringComparison.Ordinal)) return World.Capitalize(at!.ColorName);
+            bool empty = at is null;
+            return (cellQ.Groups[3].Success ? empty : !empty) ? "Yes" : "No";
+        }
         var colorQ = Regex.Match(q, "(colou?r (is|of) the|Which color is the) (circle|square|triangle|star)\\?$");
         if (colorQ.Success)
         {
@@ -175,6 +270,11 @@ public class ShapesGeneratorTests(ShapesDataset data) : IClassFixture<ShapesData
         var pair = Regex.Match(q, "(red|green|blue|yellow|orange|purple) (circle|square|triangle|star)");
         Assert.True(pair.Success, q);
         var named = scene.Objects.Where(o => o.ColorName == pair.Groups[1].Value && o.ShapeName == pair.Groups[2].Value).ToList();
+        if (Regex.IsMatch(q, "(large or small|What size)"))
+        {
+            Assert.Single(named);
+            return World.Capitalize(named[0].SizeName);
+        }
         if (Regex.IsMatch(q, "^(Is there|Do you see|Does the image contain|Can you see)"))
         {
             Assert.DoesNotContain(" a orange", q, StringComparison.Ordinal);
@@ -205,7 +305,7 @@ public class ShapesGeneratorTests(ShapesDataset data) : IClassFixture<ShapesData
     [Fact]
     public void AnswersAndCaptionsAreTrueOfTheScene()
     {
-        int yes = 0, no = 0, suffixed = 0, plain = 0, describe = 0;
+        int yes = 0, no = 0, suffixed = 0, plain = 0, describe = 0, extraSeen = 0;
         for (int i = 0; i < 400; i++)
         {
             var (scene, _, s1, _) = DatasetGenerator.Plan(3, 0, i, RendererKind.Default);
@@ -213,7 +313,10 @@ public class ShapesGeneratorTests(ShapesDataset data) : IClassFixture<ShapesData
             Assert.Contains(s1[0].Question, ShapesText.DescribeRequests);
             CheckCaption(s1[0].Answer, scene);
 
-            var (scene2, _, turns, _) = DatasetGenerator.Plan(3, 1, i, RendererKind.Default);
+            // Every other image with the opt-in binding questions.
+            var (scene2, _, turns, _) = DatasetGenerator.Plan(3, 1, i, RendererKind.Default, extraQuestions: i % 2 == 1);
+            if (i % 2 == 1) extraSeen += turns.Count(t => t.Category is "shape_at" or "color_at" or "size" or "cell");
+            else Assert.DoesNotContain(turns, t => t.Category is "shape_at" or "color_at" or "size" or "cell");
             Assert.InRange(turns.Count, 3, 6);
             foreach (var t in turns)
             {
@@ -251,7 +354,8 @@ public class ShapesGeneratorTests(ShapesDataset data) : IClassFixture<ShapesData
         // Half of the yes/no questions are absent pairs; about half of the short questions carry the suffix; ~1 in 4 describe.
         Assert.InRange(no / (double)(yes + no), 0.4, 0.6);
         Assert.InRange(suffixed / (double)(suffixed + plain), 0.4, 0.6);
-        Assert.InRange(describe / 400.0, 0.12, 0.35);
+        Assert.InRange(describe / 400.0, 0.18, 0.32);
+        Assert.True(extraSeen > 100, $"{extraSeen} binding questions");
     }
 
     [Fact]
@@ -290,6 +394,7 @@ public class ShapesGeneratorTests(ShapesDataset data) : IClassFixture<ShapesData
         Assert.Equal(2, ShapesCli.Run(["generate", "--out", Path.Combine(data.Root, "x"), "--renderer", "fancy"], log, CancellationToken.None));
         Assert.Equal(2, ShapesCli.Run(["generate", "--out", Path.Combine(data.Root, "x"), "--stage1", "-3"], log, CancellationToken.None));
         Assert.Equal(2, ShapesCli.Run(["generate", "--out", Path.Combine(data.Root, "x"), "--bogus", "1"], log, CancellationToken.None));
+        Assert.Equal(2, ShapesCli.Run(["generate", "--out", Path.Combine(data.Root, "x"), "--threads", "many"], log, CancellationToken.None));
         Assert.Equal(2, ShapesCli.Run(["init-model", "--data", data.Dir, "--out", Path.Combine(data.Root, "y"), "--hidden", "100", "--heads", "3"], log, CancellationToken.None));
         Assert.False(Directory.Exists(Path.Combine(data.Root, "x")));
 
@@ -299,6 +404,15 @@ public class ShapesGeneratorTests(ShapesDataset data) : IClassFixture<ShapesData
         Assert.False(File.Exists(Path.Combine(over, "images/stage1/s1_000001.png")));
         Assert.True(File.Exists(Path.Combine(over, "images/eval/ev_000001.png")));
         Assert.Empty(Directory.GetDirectories(data.Root, ".*partial*"));
+        Assert.Empty(Directory.GetDirectories(data.Root, ".*old*"));
+
+        // init-model: the same refusal, and a replacement that leaves a complete folder.
+        Assert.Equal(1, ShapesCli.Run(["init-model", "--data", data.Dir, "--out", data.ModelDir], log, CancellationToken.None));
+        Assert.Equal(0, ShapesCli.Run(["init-model", "--data", data.Dir, "--out", data.ModelDir, "--overwrite", "--hidden", "128", "--heads", "4"], log, CancellationToken.None));
+        Assert.Contains("\"hidden_size\": 128", File.ReadAllText(Path.Combine(data.ModelDir, "config.json")));
+        Assert.True(File.Exists(Path.Combine(data.ModelDir, "tokenizer.json")));
+        Assert.Equal(1, ShapesCli.Run(["init-model", "--data", Path.Combine(data.Root, "nothing-here"), "--out", Path.Combine(data.Root, "m2")], log, CancellationToken.None));
+        Assert.Empty(Directory.GetDirectories(data.Root, ".*old*"));
 
         using var cts = new CancellationTokenSource();
         cts.Cancel();
