@@ -121,9 +121,14 @@ public sealed class MultimodalPipeline : IDisposable
         if (options.Threads is int threads) torch.set_num_threads(threads);
         LlavaTokenizer tokenizer;
         PreprocessorConfig pre;
+        string? converted = null;
         if (gguf)
         {
-            using (var llm = Checkpoints.Gguf.GgufFile.Open(folder.ModelPath)) tokenizer = Checkpoints.Gguf.GgufModel.ReadTokenizer(llm);
+            using (var llm = Checkpoints.Gguf.GgufFile.Open(folder.ModelPath))
+            {
+                tokenizer = Checkpoints.Gguf.GgufModel.ReadTokenizer(llm);
+                converted = Checkpoints.Gguf.GgufModel.ConvertedAtLoad(llm);
+            }
             using (var mm = Checkpoints.Gguf.GgufFile.Open(folder.MmprojPath!)) pre = Checkpoints.Gguf.GgufModel.ReadPreprocessor(mm, folder.Config.Vision);
         }
         else
@@ -141,7 +146,7 @@ public sealed class MultimodalPipeline : IDisposable
             : ConversationTemplates.ChooseDefault(folder.Config.ModelType, folder.Config.Layout == CheckpointLayout.LlavaHf,
                 Path.GetFileName(folder.ModelPath), folder.Config.ConversationTemplate);
         // A GGUF model on the CPU with the default dtype keeps every tensor as the file stores it (F16 stays F16, Q4_0
-        // blocks are used as they are).
+        // blocks are used as they are; Q4_K / Q6_K / Q5_0 become Q8_0).
         bool asStored = gguf && quantization is null && DTypeChoice.Parse(options.DType) is null && placement.Device.type == DeviceType.CPU;
         var model = ModelLoader.Load(folder, new LoadOptions
         {
@@ -149,6 +154,8 @@ public sealed class MultimodalPipeline : IDisposable
         }, progress, cancellationToken);
         if (quantization is not null || gguf)
             logger.LogInformation("Weight storage: {Storage}", Modeling.WeightStorage.Describe(model));
+        if (converted is not null && asStored)
+            logger.LogInformation("GGUF {Types} tensors were converted to Q8_0 at load (the kernels run 32-weight blocks; see docs/quantization.md)", converted);
         logger.LogInformation("Loaded {Model} ({Layout}, {Layers} layers, template {Template}) on {Placement} in {Seconds:F2} s",
             folder.ModelPath, folder.Config.Layout, folder.Config.Text.NumHiddenLayers, template.Name, placement.Description, sw.Elapsed.TotalSeconds);
         return new MultimodalPipeline(options, folder, model, tokenizer, processor, template, logger, placement);

@@ -126,11 +126,18 @@ public sealed class FuzzTargets : IDisposable
     {
         var path = Fresh("gguf", "input.gguf", data);
         string arch;
-        using (var f = GgufFile.Open(path)) arch = f.String("general.architecture") ?? "";
+        int? hidden;
+        using (var f = GgufFile.Open(path))
+        {
+            arch = f.String("general.architecture") ?? "";
+            hidden = arch == "clip" ? null : f.Int("llama.embedding_length");
+        }
         bool mmproj = arch == "clip";
+        // The K-quant LLM (hidden 256) pairs with the mmproj that projects to its width.
+        var partner = hidden == 256 ? "gguf-kquant/mmproj.gguf" : "gguf/hf_llama2vocab/mmproj-f16.gguf";
         var folder = mmproj
             ? ModelFolder.OpenGguf(Path.Combine(_fixtures, "gguf/hf_llama2vocab/llm-q4_0.gguf"), path)
-            : ModelFolder.OpenGguf(path, Path.Combine(_fixtures, "gguf/hf_llama2vocab/mmproj-f16.gguf"));
+            : ModelFolder.OpenGguf(path, Path.Combine(_fixtures, partner));
         using (var model = ModelLoader.Load(folder, new LoadOptions { DType = null }))
             foreach (var (name, p) in model.named_parameters())
             {

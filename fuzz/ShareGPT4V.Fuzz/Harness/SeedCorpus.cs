@@ -54,6 +54,7 @@ public static class SeedCorpus
                 Add("gguf/hf_llama2vocab/mmproj-f16.gguf");
                 Add("gguf/hf_llama2vocab/mmproj-f32.gguf");
                 Add("gguf/hf_llama2vocab/llm-q4_0.gguf");
+                Add("gguf-kquant/llm-q4_k_m.gguf");
                 break;
             case "bin-legacy":
                 Add("oracle/dtype_bin/dtype_legacy.bin");

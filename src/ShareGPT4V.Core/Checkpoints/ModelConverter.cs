@@ -300,7 +300,8 @@ public static class ModelConverter
         public torch.Tensor Load(string name, torch.ScalarType? dtype = null, torch.Device? device = null)
         {
             if (!_formats.TryGetValue(name, out var f)) return _inner.Load(name, dtype, device);
-            using var stored = _inner.Load(name);
+            // Blocks of another format (or a GGUF K-quant, held as Q8_0) are requantized from their exact values.
+            using var stored = _inner.GetInfo(name).Format is { } held && held != f ? _inner.Load(name, torch.ScalarType.Float32) : _inner.Load(name);
             if (stored is Modeling.QuantizedWeight sq && sq.Format == f) return sq.alias();
             using var values = stored is Modeling.QuantizedWeight other ? other.Dequantize() : stored.alias();
             return Modeling.QuantizedWeight.Quantize(values, f);

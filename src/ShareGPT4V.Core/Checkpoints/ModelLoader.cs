@@ -251,7 +251,9 @@ internal static class ModelLoader
             if (!language || !QuantizedWeight.Fits(shape[1]))
                 return reader.Load(key, language ? _options.DType : ScalarType.Float16, _options.Device);
             var format = name.EndsWith("lm_head.weight", StringComparison.Ordinal) ? QuantizationFormat.Q8_0 : requested;
-            var stored = reader.Load(key, info.Format is null ? null : (ScalarType?)null, _options.Device);
+            // Blocks of another format (or a GGUF K-quant, held as Q8_0) are requantized from their exact values, so
+            // a K-quant is rounded once, not twice.
+            var stored = reader.Load(key, info.Format is { } held && held != format ? ScalarType.Float32 : null, _options.Device);
             if (stored is QuantizedWeight sq && sq.Format == format) return sq;
             using (stored)
             {

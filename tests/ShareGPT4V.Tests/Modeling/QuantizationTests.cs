@@ -44,6 +44,36 @@ public sealed class QuantizationTests
         }
     }
 
+    [Fact]
+    public void VectorQ8_0QuantizerEqualsTheScalarOne()
+    {
+        // Random rows, and rows whose x/d land on exact halves (k + 0.5)·d and just beside them, where rounding differs.
+        var rng = new Random(20261207);
+        const int cols = 64;
+        var rows = new List<float[]>();
+        for (int r = 0; r < 400; r++)
+            rows.Add(Enumerable.Range(0, cols).Select(_ => (float)((rng.NextDouble() * 2 - 1) * Math.Pow(10, rng.Next(-6, 4)))).ToArray());
+        for (int r = 0; r < 200; r++)
+        {
+            float d = (float)rng.NextDouble() * 0.1f + 1e-3f;
+            rows.Add(Enumerable.Range(0, cols).Select(j => j % 32 == 0 ? 127 * d * (rng.Next(2) * 2 - 1)
+                : (rng.Next(-127, 127) + 0.5f) * d * (1 + (rng.Next(3) - 1) * 1e-7f)).ToArray());
+        }
+        rows.Add(new float[cols]);
+        rows.Add(Enumerable.Repeat(-0f, cols).ToArray());
+        int rowBytes = (int)QuantizationFormats.RowBytes(QuantizationFormat.Q8_0, cols);
+        foreach (var x in rows)
+        {
+            var vector = new byte[rowBytes];
+            var scalar = new byte[rowBytes];
+            BlockQuantizer.QuantizeRow(x, vector, QuantizationFormat.Q8_0);
+            QuantKernels.ForceScalar = true;
+            try { BlockQuantizer.QuantizeRow(x, scalar, QuantizationFormat.Q8_0); }
+            finally { QuantKernels.ForceScalar = false; }
+            Assert.Equal(scalar, vector);
+        }
+    }
+
     [Theory]
     [MemberData(nameof(Sets))]
     public void DequantizationIsScaleTimesValue(string set)

@@ -9,7 +9,7 @@ internal enum GgmlType : uint
     F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q8_1 = 9,
     Q2_K = 10, Q3_K = 11, Q4_K = 12, Q5_K = 13, Q6_K = 14, Q8_K = 15,
     IQ2_XXS = 16, IQ2_XS = 17, IQ3_XXS = 18, IQ1_S = 19, IQ4_NL = 20, IQ3_S = 21, IQ2_S = 22, IQ4_XS = 23,
-    I8 = 24, I16 = 25, I32 = 26, I64 = 27, F64 = 28, IQ1_M = 29, BF16 = 30,
+    I8 = 24, I16 = 25, I32 = 26, I64 = 27, F64 = 28, IQ1_M = 29, BF16 = 30, TQ1_0 = 34, TQ2_0 = 35, MXFP4 = 39,
 }
 
 /// <summary>One tensor of a GGUF file, as its header describes it.</summary>
@@ -175,6 +175,12 @@ internal sealed class GgufFile : IDisposable
         GgmlType.Q8_0 => (32, 34), GgmlType.Q8_1 => (32, 36),
         GgmlType.Q2_K => (256, 84), GgmlType.Q3_K => (256, 110), GgmlType.Q4_K => (256, 144), GgmlType.Q5_K => (256, 176),
         GgmlType.Q6_K => (256, 210), GgmlType.Q8_K => (256, 292),
+        // Types we do not compute with: their sizes still let a file's layout be checked, so that the tensor using
+        // one is refused by name and type when it is read (GgufTensorReader).
+        GgmlType.IQ2_XXS => (256, 66), GgmlType.IQ2_XS => (256, 74), GgmlType.IQ3_XXS => (256, 98),
+        GgmlType.IQ1_S => (256, 50), GgmlType.IQ4_NL => (32, 18), GgmlType.IQ3_S => (256, 110), GgmlType.IQ2_S => (256, 82),
+        GgmlType.IQ4_XS => (256, 136), GgmlType.IQ1_M => (256, 56), GgmlType.TQ1_0 => (256, 54), GgmlType.TQ2_0 => (256, 66),
+        GgmlType.MXFP4 => (32, 17),
         _ => null,
     };
 

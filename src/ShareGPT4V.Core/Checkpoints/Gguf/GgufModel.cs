@@ -151,6 +151,14 @@ internal static class GgufModel
         };
     }
 
+    /// <summary>The tensors of the LLM file a load converts to Q8_0, by type (<c>"Q4_K 7, Q6_K 3"</c>), or null when none.</summary>
+    public static string? ConvertedAtLoad(GgufFile f)
+    {
+        var counts = f.Tensors.Where(t => t.Type is GgmlType.Q4_K or GgmlType.Q6_K or GgmlType.Q5_0)
+            .GroupBy(t => t.Type).OrderBy(g => g.Key).Select(g => $"{g.Key} {g.Count()}").ToList();
+        return counts.Count == 0 ? null : string.Join(", ", counts);
+    }
+
     /// <summary>The SentencePiece-style tokenizer the LLM file carries (<c>tokenizer.ggml.model</c> = <c>llama</c>).</summary>
     public static LlavaTokenizer ReadTokenizer(GgufFile f) => LlavaTokenizer.FromGguf(f);
 }

@@ -11,7 +11,11 @@ namespace ShareGPT4V.Checkpoints.Gguf;
 /// swapped <c>ffn_up</c>/<c>ffn_down</c> decided by shape), the rows of q/k are put back in transformers' order (the
 /// converter interleaves the two rotary halves within each head), and a tower without <c>post_layernorm</c> (the
 /// converter drops it; LLaVA never uses it) gets an identity one. F32/F16/BF16 tensors view the mapped file; Q8_0
-/// and Q4_0 matrices stay as stored (<see cref="QuantizedWeight"/>) unless a float dtype is asked for.
+/// and Q4_0 matrices stay as stored (<see cref="QuantizedWeight"/>) unless a float dtype is asked for. Q4_K and Q6_K
+/// matrices (llama.cpp's K-quants, 256-weight super-blocks), and the Q5_0 that Q4_K_M files hold where rows are not whole
+/// super-blocks, are converted at load into Q8_0 blocks (Q5_0 losslessly), the nearest format
+/// our kernels run (docs/quantization.md measures what that costs), or dequantized exactly when a dtype is asked for.
+/// Any other type is refused when the reader is built, naming the tensor and its type.
 /// </summary>
 internal sealed partial class GgufTensorReader : ITensorReader
 {
@@ -35,7 +39,19 @@ internal sealed partial class GgufTensorReader : ITensorReader
     private static partial Regex VisionBlock();
 
     /// <summary>The LLM file's tensors; q/k rows are un-permuted with the head counts of <paramref name="heads"/>/<paramref name="kvHeads"/>.</summary>
-    public static GgufTensorReader ForLanguageModel(GgufFile file, int heads, int kvHeads)
+    public static GgufTensorReader ForLanguageModel(GgufFile file, int heads, int kvHeads) => OwnOnFailure(file, () => BuildLanguageModel(file, heads, kvHeads));
+
+    /// <summary>The mmproj file's CLIP tower and projector tensors.</summary>
+    public static GgufTensorReader ForMmproj(GgufFile file, int hidden, int layers) => OwnOnFailure(file, () => BuildMmproj(file, hidden, layers));
+
+    // The reader owns the file; a refused file (an unsupported tensor type ...) is closed here.
+    private static GgufTensorReader OwnOnFailure(GgufFile file, Func<GgufTensorReader> build)
+    {
+        try { return build(); }
+        catch { file.Dispose(); throw; }
+    }
+
+    private static GgufTensorReader BuildLanguageModel(GgufFile file, int heads, int kvHeads)
     {
         var r = new GgufTensorReader(file);
         const string p = "language_model.";
@@ -76,8 +92,7 @@ internal sealed partial class GgufTensorReader : ITensorReader
         return r;
     }
 
-    /// <summary>The mmproj file's CLIP tower and projector tensors.</summary>
-    public static GgufTensorReader ForMmproj(GgufFile file, int hidden, int layers)
+    private static GgufTensorReader BuildMmproj(GgufFile file, int hidden, int layers)
     {
         var r = new GgufTensorReader(file);
         const string v = "vision_tower.vision_model.";
@@ -142,8 +157,18 @@ internal sealed partial class GgufTensorReader : ITensorReader
         return dot < 0 ? (rest, "") : (rest[..dot], rest[(dot + 1)..]);
     }
 
+    /// <summary>The tensor types this reader loads, as messages list them.</summary>
+    internal const string SupportedTypes = "F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K, Q5_0";
+
+    private static bool Supported(GgmlType t) => t is GgmlType.F32 or GgmlType.F16 or GgmlType.BF16 or GgmlType.Q8_0 or GgmlType.Q4_0
+        or GgmlType.Q4_K or GgmlType.Q6_K or GgmlType.Q5_0;
+
     private void Add(string name, GgufTensorInfo t, int permuteHeads)
     {
+        if (!Supported(t.Type))
+            throw new CheckpointFormatException($"Tensor type {t.Type} is not supported (supported: {SupportedTypes}; a K-quant file " +
+                "mixing other types, e.g. Q4_K_S or Q5_K_M with Q5_K, or an IQ file, can be re-quantized with llama.cpp's llama-quantize to Q4_K_M, Q8_0 or Q4_0)",
+                _file.FilePath, t.Name);
         if (_entries.ContainsKey(name))
             throw new CheckpointFormatException($"Two tensors map to parameter '{name}'", _file.FilePath, t.Name);
         var shape = t.Shape;
@@ -183,10 +208,20 @@ internal sealed partial class GgufTensorReader : ITensorReader
         _ => ScalarType.Float32, // block formats: float32 is what they dequantize to
     };
 
+    /// <summary>The block format a tensor is held in: as stored, or Q8_0 for a K-quant (see <see cref="LoadKQuant"/>).</summary>
     private static QuantizationFormat? FormatOf(GgmlType t) => t switch
     {
         GgmlType.Q8_0 => QuantizationFormat.Q8_0,
         GgmlType.Q4_0 => QuantizationFormat.Q4_0,
+        GgmlType.Q4_K or GgmlType.Q6_K or GgmlType.Q5_0 => QuantizationFormat.Q8_0,
+        _ => null,
+    };
+
+    private static GgufBlockType? KQuantOf(GgmlType t) => t switch
+    {
+        GgmlType.Q4_K => GgufBlockType.Q4_K,
+        GgmlType.Q6_K => GgufBlockType.Q6_K,
+        GgmlType.Q5_0 => GgufBlockType.Q5_0,
         _ => null,
     };
 
@@ -202,6 +237,12 @@ internal sealed partial class GgufTensorReader : ITensorReader
         if (e.Source is null)
         {
             result = torch.full(e.Shape, e.Fill, dtype ?? ScalarType.Float32);
+        }
+        else if (KQuantOf(e.Source.Type) is { } kind)
+        {
+            var q = LoadKQuant(e, kind, dtype is null && (device is null || device.type == DeviceType.CPU) ? QuantizationFormat.Q8_0 : null);
+            if (q is QuantizedWeight) return q; // a parameter in its own right; not in this scope
+            result = dtype is { } d && d != ScalarType.Float32 ? q.to(d) : q;
         }
         else if (FormatOf(e.Source.Type) is { } format)
         {
@@ -223,9 +264,67 @@ internal sealed partial class GgufTensorReader : ITensorReader
             if (dtype is { } d && d != result.dtype) result = result.to(d);
         }
         else
-            throw new CheckpointFormatException($"Tensor type {e.Source.Type} is not supported (supported: F32, F16, BF16, Q8_0, Q4_0)", _file.FilePath, e.Source.Name);
+            throw new CheckpointFormatException($"Tensor type {e.Source.Type} is not supported (supported: {SupportedTypes})", _file.FilePath, e.Source.Name);
         if (device is not null && device.type != DeviceType.CPU) result = result.to(device);
         return result.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// A Q4_K / Q6_K / Q5_0 matrix: converted row by row into <paramref name="target"/> blocks (a <see cref="QuantizedWeight"/>
+    /// owning its memory), or with no target dequantized exactly to float32. Every super-block is checked: a NaN or
+    /// infinite scale (llama.cpp's own validation refuses those) or values beyond the target's fp16 scale fail the load
+    /// naming the tensor, row and block. Rows are independent, so they run on libtorch's thread count.
+    /// </summary>
+    private unsafe Tensor LoadKQuant(Entry e, GgufBlockType kind, QuantizationFormat? target)
+    {
+        var t = e.Source!;
+        if (t.Ne.Length != 2)
+            throw new CheckpointFormatException($"A {t.Type} tensor must be a matrix (it has {t.Ne.Length} dimensions)", _file.FilePath, t.Name);
+        long rows = t.Ne[1], columns = t.Ne[0];
+        long srcRowBytes = KQuants.RowBytes(kind, columns);
+        using var scope = NewDisposeScope();
+        var mapped = _file.Bytes(t);
+        var blocks = mapped.view(rows, srcRowBytes);
+        if (e.Order == Rows.UnpermuteHeads) blocks = UnpermuteRows(blocks, e.Heads);
+        long dstRowBytes = target is { } f ? QuantizationFormats.RowBytes(f, columns) : columns * sizeof(float);
+        var dst = target is null ? torch.empty(new[] { rows, columns }, ScalarType.Float32) : torch.empty(new[] { rows, dstRowBytes }, ScalarType.Byte);
+        nint src = (nint)System.Runtime.CompilerServices.Unsafe.AsPointer(ref System.Runtime.InteropServices.MemoryMarshal.GetReference(blocks.bytes));
+        nint dstp = (nint)System.Runtime.CompilerServices.Unsafe.AsPointer(ref System.Runtime.InteropServices.MemoryMarshal.GetReference(dst.bytes));
+        // The first problem by row, so the message does not depend on thread timing.
+        long badRow = long.MaxValue;
+        KQuants.RowProblem badProblem = default;
+        var gate = new object();
+        Parallel.For(0, rows, new ParallelOptions { MaxDegreeOfParallelism = Math.Max(1, torch.get_num_threads()) }, r =>
+        {
+            var row = new ReadOnlySpan<byte>((byte*)src + r * srcRowBytes, (int)srcRowBytes);
+            KQuants.RowProblem? problem = null;
+            if (target is { } format)
+                problem = KQuants.ConvertRow(row, new Span<byte>((byte*)dstp + r * dstRowBytes, (int)dstRowBytes), kind, format);
+            else
+            {
+                var values = new Span<float>((float*)dstp + r * columns, (int)columns);
+                for (int b = 0; b < columns / KQuants.BlockWeights(kind); b++)
+                {
+                    int bb = KQuants.BlockBytes(kind);
+                    if (!KQuants.ScalesFinite(row.Slice(b * bb, bb), kind)) { problem = new(b, "a NaN or infinite fp16 scale"); break; }
+                }
+                if (problem is null) KQuants.DequantizeRow(row, values, kind);
+            }
+            if (problem is { } p)
+                lock (gate)
+                    if (r < badRow) { badRow = r; badProblem = p; }
+        });
+        if (badRow != long.MaxValue)
+        {
+            // Rows are stored in file order; name the stored row (before any q/k un-permutation).
+            string where = e.Order == Rows.UnpermuteHeads ? "(un-permuted) row" : "row";
+            throw new CheckpointFormatException($"{t.Type} {(kind == GgufBlockType.Q5_0 ? "block" : "super-block")} {badProblem.Block} of {where} {badRow} has {badProblem.Reason}", _file.FilePath, t.Name);
+        }
+        // The source pages were only read: drop them from this process (they stay in the page cache).
+        MappedMemory.Release(mapped);
+        if (target is { } tf)
+            return new QuantizedWeight(dst.DetachFromDisposeScope(), tf, rows, columns);
+        return dst.MoveToOuterDisposeScope();
     }
 
     /// <summary>
