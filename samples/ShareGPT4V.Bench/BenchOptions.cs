@@ -15,7 +15,7 @@ internal sealed record BenchOptions
     public int Threads { get; init; } = Environment.ProcessorCount;
     /// <summary>
     /// auto, fp32, bf16 or fp16: the dtype weights are kept in. auto is float32 on the CPU and the CUDA provider's
-    /// policy on a GPU (bfloat16 from compute capability 8.0, else float16); see the README's dtype section.
+    /// policy on a GPU (bfloat16 from compute capability 8.0, else float16); see docs/benchmarks.md (Dtypes on CPU).
     /// </summary>
     public string DType { get; init; } = "auto";
     public int Batch { get; init; } = 1;
@@ -70,47 +70,83 @@ internal sealed record BenchOptions
         _ => DTypeChoice.Name(t),
     };
 
-    public const string Usage = """
-        sharegpt4v-bench run --model DIR --image FILE [--max-new-tokens N] [--threads N] [--dtype auto|fp32|bf16|fp16|q8_0|q4_0]
-                             [--batch N] [--device cpu|cuda|cuda:N|auto] [--libtorch-dir DIR] [--template NAME]
-                             [--prompt TEXT] [--warmup-tokens N] [--repeat N] [--bandwidth-mib N] [--skip-limits]
-                             [--dump-inputs FILE] [--concurrency 1,2,4,8] [--second-turn] [--json]
-        sharegpt4v-bench make-checkpoint --out DIR [--llm-layers N] [--seed S] [--dtype fp32|bf16|fp16] [--overwrite]
-                             [--libtorch-dir DIR]
-        sharegpt4v-bench limits [--threads N] [--bandwidth-mib N] [--libtorch-dir DIR]
-        sharegpt4v-bench kernels [--threads N]   (the decode mat-vec kernel per weight storage)
-        sharegpt4v-bench quality --model DIR [--dtype q8_0|q4_0|bf16|fp16] [--tokens N] [--threads N]
-                             (top-1 agreement and mean KL against float32 on the same weights, teacher-forced)
-        --libtorch-dir (default: the SHAREGPT4V_LIBTORCH_DIR variable) runs on another libtorch, e.g. PyTorch's torch/lib.
-        """;
+    public static readonly OptionSpec LibTorchDirOption = new("libtorch-dir", "DIR",
+        "run on this libtorch, e.g. PyTorch's torch/lib (default: the SHAREGPT4V_LIBTORCH_DIR variable)");
 
-    public static BenchOptions Parse(IReadOnlyList<string> args)
+    /// <summary><c>run</c>: the options of a timed caption.</summary>
+    public static VerbSpec RunVerb(Func<CommandLine, CancellationToken, Task<int>>? run = null) => new("run", "time a caption end to end and print the figures (the default verb)")
     {
-        var a = new ArgReader(args, flags: new[] { "--json", "--skip-limits", "--second-turn" });
+        Options =
+        [
+            new("model", "DIR", "model folder (required)"),
+            new("image", "FILE", "image to caption (required)"),
+            new("max-new-tokens", "N", "new tokens per row, the prefill's included (default 32)"),
+            new("threads", "N", "threads for libtorch and the decode kernels (default: all cores)"),
+            new("dtype", "NAME", "auto (default), fp32, bf16, fp16, q8_0 or q4_0", Choices: new[] { "auto", "fp32", "bf16", "fp16", "q8_0", "q4_0" }),
+            new("batch", "N", "rows generated together (default 1)"),
+            new("device", "NAME", "cpu (default), cuda, cuda:N or auto", Choices: new[] { "cpu", "cuda", "cuda:0", "auto" }),
+            LibTorchDirOption,
+            new("template", "NAME", "conversation template (default vicuna_v1)"),
+            new("prompt", "TEXT", "the instruction (default: \"Describe this image in detail.\")"),
+            new("warmup-tokens", "N", "decode steps left out of the median (default 3)"),
+            new("repeat", "N", "times the vision and prefill stages run; medians are reported (default 1)"),
+            new("bandwidth-mib", "N", "MiB streamed by the read-bandwidth measurement (default 1024)"),
+            OptionSpec.Flag("skip-limits", "skip the machine-limit measurements (no ratios)"),
+            new("dump-inputs", "FILE", "write one row's input ids and pixel values as safetensors, for transformers"),
+            new("concurrency", "LIST", "measure the aggregate decode speed at these numbers of concurrent requests, e.g. 1,2,4,8"),
+            OptionSpec.Flag("second-turn", "measure a chat's second-turn time to first token against the first turn's"),
+            OptionSpec.Flag("json", "print only the JSON line on standard output (the log goes to standard error)"),
+        ],
+        Run = run,
+    };
+
+    /// <summary><c>make-checkpoint</c>: a benchmark-size checkpoint with seeded random weights.</summary>
+    public static VerbSpec MakeCheckpointVerb(Func<CommandLine, CancellationToken, Task<int>>? run = null) => new("make-checkpoint", "write a benchmark-size checkpoint with seeded random weights")
+    {
+        Options =
+        [
+            new("out", "DIR", "the folder to write (required)"),
+            new("llm-layers", "N", "decoder layers of the language model (default: the benchmark model's)"),
+            new("seed", "S", "weight seed (default 1)"),
+            new("dtype", "NAME", "fp32 (default), bf16 or fp16: the dtype the file stores", Choices: new[] { "fp32", "bf16", "fp16" }),
+            OptionSpec.Flag("overwrite", "replace an existing checkpoint in --out"),
+            LibTorchDirOption,
+        ],
+        Run = run,
+    };
+
+    /// <summary>The options of a timed caption, from a command line (tests pass the arguments after <c>run</c>).</summary>
+    public static BenchOptions Parse(IReadOnlyList<string> args) => From(CommandLineApp.ParseVerb(RunVerb(), args));
+
+    public static BenchOptions From(CommandLine a)
+    {
         var o = new BenchOptions
         {
-            Model = a.Required("--model"),
-            Image = a.Required("--image"),
-            MaxNewTokens = a.Int("--max-new-tokens", 32, min: 1, max: 100_000),
-            Threads = a.Int("--threads", Environment.ProcessorCount, min: 1, max: 1024),
-            DType = a.String("--dtype", "auto"),
-            Batch = a.Int("--batch", 1, min: 1, max: 256),
-            Json = a.Flag("--json"),
-            Device = a.String("--device", "cpu"),
-            LibTorchDir = a.String("--libtorch-dir", null),
-            DumpInputs = a.String("--dump-inputs", null),
-            Template = a.String("--template", "vicuna_v1"),
-            Prompt = a.String("--prompt", "Describe this image in detail."),
-            WarmupTokens = a.Int("--warmup-tokens", 3, min: 0, max: 100_000),
-            Repeat = a.Int("--repeat", 1, min: 1, max: 100),
-            BandwidthBytes = (long)a.Int("--bandwidth-mib", 1024, min: 1, max: 1 << 20) << 20,
-            SkipLimits = a.Flag("--skip-limits"),
-            Concurrency = a.IntList("--concurrency", min: 1, max: 256),
-            SecondTurn = a.Flag("--second-turn"),
+            Model = a.Required("model"),
+            Image = a.Required("image"),
+            MaxNewTokens = a.Int("max-new-tokens", 32, min: 1, max: 100_000),
+            Threads = a.Int("threads", Environment.ProcessorCount, min: 1, max: 1024),
+            DType = a.Value("dtype", "auto"),
+            Batch = a.Int("batch", 1, min: 1, max: 256),
+            Json = a.Flag("json"),
+            Device = a.Value("device", "cpu"),
+            LibTorchDir = a.Value("libtorch-dir"),
+            DumpInputs = a.Value("dump-inputs"),
+            Template = a.Value("template", "vicuna_v1"),
+            Prompt = a.Value("prompt", "Describe this image in detail."),
+            WarmupTokens = a.Int("warmup-tokens", 3, min: 0, max: 100_000),
+            Repeat = a.Int("repeat", 1, min: 1, max: 100),
+            BandwidthBytes = (long)a.Int("bandwidth-mib", 1024, min: 1, max: 1 << 20) << 20,
+            SkipLimits = a.Flag("skip-limits"),
+            Concurrency = a.IntList("concurrency", min: 1, max: 256),
+            SecondTurn = a.Flag("second-turn"),
         };
-        a.EnsureAllUsed();
-        _ = o.RequestedDType; // validates --dtype
-        DeviceRequest.Parse(o.Device, "--device"); // the syntax only; the provider decides whether the device can be used
+        try
+        {
+            _ = o.RequestedDType; // validates --dtype
+            DeviceRequest.Parse(o.Device, "--device"); // the syntax only; the provider decides whether the device can be used
+        }
+        catch (ShareGPT4VException e) { throw new UsageException(e.Message); }
         return o;
     }
 }
@@ -125,95 +161,21 @@ internal sealed record MakeCheckpointOptions
     public bool Overwrite { get; init; }
     public string? LibTorchDir { get; init; }
 
-    public static MakeCheckpointOptions Parse(IReadOnlyList<string> args)
+    public static MakeCheckpointOptions Parse(IReadOnlyList<string> args) => From(CommandLineApp.ParseVerb(BenchOptions.MakeCheckpointVerb(), args));
+
+    public static MakeCheckpointOptions From(CommandLine a)
     {
-        var a = new ArgReader(args, flags: new[] { "--overwrite" });
         var o = new MakeCheckpointOptions
         {
-            Out = a.Required("--out"),
-            LlmLayers = a.Int("--llm-layers", BenchModelSpec.Default.Text.NumHiddenLayers, min: 1, max: 1000),
-            Seed = (ulong)a.Int("--seed", 1, min: 0, max: int.MaxValue),
-            DType = a.String("--dtype", "fp32"),
-            Overwrite = a.Flag("--overwrite"),
-            LibTorchDir = a.String("--libtorch-dir", null),
+            Out = a.Required("out"),
+            LlmLayers = a.Int("llm-layers", BenchModelSpec.Default.Text.NumHiddenLayers, min: 1, max: 1000),
+            Seed = (ulong)a.Int("seed", 1, min: 0, max: int.MaxValue),
+            DType = a.Value("dtype", "fp32"),
+            Overwrite = a.Flag("overwrite"),
+            LibTorchDir = a.Value("libtorch-dir"),
         };
-        a.EnsureAllUsed();
-        BenchOptions.ParseDType(o.DType, "--dtype");
+        try { BenchOptions.ParseDType(o.DType, "--dtype"); }
+        catch (ShareGPT4VException e) { throw new UsageException(e.Message); }
         return o;
-    }
-}
-
-/// <summary>A minimal <c>--name value</c> parser whose errors name the option at fault.</summary>
-internal sealed class ArgReader
-{
-    private readonly Dictionary<string, string?> _values = new(StringComparer.Ordinal);
-    private readonly HashSet<string> _used = new(StringComparer.Ordinal);
-
-    public ArgReader(IReadOnlyList<string> args, IEnumerable<string> flags)
-    {
-        var flagSet = new HashSet<string>(flags, StringComparer.Ordinal);
-        for (int i = 0; i < args.Count; i++)
-        {
-            var name = args[i];
-            if (!name.StartsWith("--", StringComparison.Ordinal))
-                throw new ModelConfigurationException($"Unexpected argument '{name}' (options are written --name value)", null, name);
-            string? value = null;
-            if (!flagSet.Contains(name))
-            {
-                if (i + 1 >= args.Count) throw new ModelConfigurationException("The option needs a value", null, name);
-                value = args[++i];
-            }
-            if (!_values.TryAdd(name, value))
-                throw new ModelConfigurationException("The option is given twice", null, name);
-        }
-    }
-
-    public string Required(string name) =>
-        String(name, null) ?? throw new ModelConfigurationException("The option is required", null, name);
-
-    public string String(string name, string? fallback)
-    {
-        _used.Add(name);
-        return _values.TryGetValue(name, out var v) ? v! : fallback!;
-    }
-
-    public bool Flag(string name)
-    {
-        _used.Add(name);
-        return _values.ContainsKey(name);
-    }
-
-    public int Int(string name, int fallback, int min, int max)
-    {
-        _used.Add(name);
-        if (!_values.TryGetValue(name, out var v)) return fallback;
-        if (!int.TryParse(v, NumberStyles.Integer, CultureInfo.InvariantCulture, out var n))
-            throw new ModelConfigurationException($"'{v}' is not an integer", null, name);
-        if (n < min || n > max)
-            throw new ModelConfigurationException($"{n} is outside [{min}, {max}]", null, name);
-        return n;
-    }
-
-    /// <summary>A comma-separated list of integers (empty when the option is absent).</summary>
-    public IReadOnlyList<int> IntList(string name, int min, int max)
-    {
-        _used.Add(name);
-        if (!_values.TryGetValue(name, out var v)) return Array.Empty<int>();
-        var list = new List<int>();
-        foreach (var part in v!.Split(',', StringSplitOptions.TrimEntries))
-        {
-            if (!int.TryParse(part, NumberStyles.Integer, CultureInfo.InvariantCulture, out var n))
-                throw new ModelConfigurationException($"'{part}' is not an integer (expected a list such as 1,2,4,8)", null, name);
-            if (n < min || n > max) throw new ModelConfigurationException($"{n} is outside [{min}, {max}]", null, name);
-            list.Add(n);
-        }
-        return list;
-    }
-
-    public void EnsureAllUsed()
-    {
-        var unknown = _values.Keys.Where(k => !_used.Contains(k)).ToList();
-        if (unknown.Count > 0)
-            throw new ModelConfigurationException($"Unknown option(s): {string.Join(", ", unknown)}", null, unknown[0]);
     }
 }

@@ -4,52 +4,54 @@ using ShareGPT4V.Checkpoints;
 
 // sharegpt4v-bench: `run` times a caption end to end and prints the figures, on the CPU or a CUDA device;
 // `make-checkpoint` writes a benchmark-size checkpoint with seeded random weights; `limits` measures only the machine.
-// See the README's Benchmark section, and scripts/gpu/ for the run on a GPU machine.
-try
-{
-    if (args.Length == 0 || args[0] is "-h" or "--help" or "help")
+// See docs/benchmarks.md, and scripts/gpu/ for the run on a GPU machine. The verbs are parsed by the command-line setup
+// the sharegpt4v tool and the GPU check share (samples/Shared); `run` is the default verb (options first).
+const string Description = """
+    sharegpt4v-bench: time ShareGPT4V / LLaVA-1.5 inference and measure the machine's limits.
+    --libtorch-dir (default: the SHAREGPT4V_LIBTORCH_DIR variable) runs on another libtorch, e.g. PyTorch's torch/lib.
+    Exit codes: 0 done, 1 error, 2 bad command line.
+    """;
+
+VerbSpec[] verbs =
+[
+    BenchOptions.RunVerb((cl, _) =>
     {
-        Console.WriteLine(BenchOptions.Usage);
-        return args.Length == 0 ? 2 : 0;
-    }
-    string command = args[0].StartsWith("--", StringComparison.Ordinal) ? "run" : args[0];
-    var rest = command == args[0] ? args[1..] : args;
-    switch (command)
+        var options = BenchOptions.From(cl);
+        options = options with { LibTorchDir = LoadExternalLibTorch(options.LibTorchDir) };
+        var log = options.Json ? Console.Error : Console.Out;
+        var result = BenchRunner.Run(options, log);
+        if (!options.Json) Console.WriteLine(result.ToTable());
+        Console.WriteLine(result.ToJsonLine());
+        return Task.FromResult(0);
+    }),
+    new("kernels", "the decode mat-vec kernel per weight storage")
     {
-        case "run":
+        Options = [new("threads", "N", "threads (default: all cores)")],
+        Run = (cl, _) =>
         {
-            var options = BenchOptions.Parse(rest);
-            options = options with { LibTorchDir = LoadExternalLibTorch(options.LibTorchDir) };
-            var log = options.Json ? Console.Error : Console.Out;
-            var result = BenchRunner.Run(options, log);
-            if (!options.Json) Console.WriteLine(result.ToTable());
-            Console.WriteLine(result.ToJsonLine());
-            return 0;
-        }
-        case "kernels":
+            KernelBench.Run(cl.Int("threads", Environment.ProcessorCount, 1, 1024), Console.Out);
+            return Task.FromResult(0);
+        },
+    },
+    QualityOptions.Verb((cl, _) =>
+    {
+        var r = QualityRunner.Run(QualityOptions.From(cl), Console.Error);
+        Console.WriteLine(System.Text.Json.JsonSerializer.Serialize(r, new System.Text.Json.JsonSerializerOptions { PropertyNamingPolicy = System.Text.Json.JsonNamingPolicy.SnakeCaseLower }));
+        return Task.FromResult(0);
+    }),
+    new("limits", "only the machine's limits (no model): quick checks of contention before a run")
+    {
+        Options =
+        [
+            new("threads", "N", "threads (default: all cores)"),
+            new("bandwidth-mib", "N", "MiB streamed by the read-bandwidth measurement (default 1024)"),
+            BenchOptions.LibTorchDirOption,
+        ],
+        Run = (cl, _) =>
         {
-            var a = new ArgReader(rest, flags: Array.Empty<string>());
-            int threads = a.Int("--threads", Environment.ProcessorCount, 1, 1024);
-            a.EnsureAllUsed();
-            KernelBench.Run(threads, Console.Out);
-            return 0;
-        }
-        case "quality":
-        {
-            var options = QualityOptions.Parse(rest);
-            var r = QualityRunner.Run(options, Console.Error);
-            Console.WriteLine(System.Text.Json.JsonSerializer.Serialize(r, new System.Text.Json.JsonSerializerOptions { PropertyNamingPolicy = System.Text.Json.JsonNamingPolicy.SnakeCaseLower }));
-            return 0;
-        }
-        case "limits":
-        {
-            // Only the machine's limits (no model): quick checks of contention before a run.
-            var a = new ArgReader(rest, flags: Array.Empty<string>());
-            int threads = a.Int("--threads", Environment.ProcessorCount, 1, 1024);
-            long bytes = (long)a.Int("--bandwidth-mib", 1024, 1, 1 << 20) << 20;
-            string? libtorch = a.String("--libtorch-dir", null);
-            a.EnsureAllUsed();
-            LoadExternalLibTorch(libtorch);
+            int threads = cl.Int("threads", Environment.ProcessorCount, 1, 1024);
+            long bytes = (long)cl.Int("bandwidth-mib", 1024, 1, 1 << 20) << 20;
+            LoadExternalLibTorch(cl.Value("libtorch-dir"));
             TorchSharp.torch.set_num_threads(threads);
             Console.WriteLine($"threads {threads}, load average {ProcessStats.LoadAverage1()}");
             Console.WriteLine($"read bandwidth {MachineLimits.ReadBandwidthGBs(threads, bytes):F1} GB/s");
@@ -58,36 +60,37 @@ try
             var t = BenchModelSpec.Default.Text;
             Console.WriteLine($"decode kernel (fp32 weights) {MachineLimits.MatVecGBs(bytes, TorchSharp.torch.ScalarType.Float32):F1} GB/s, (bf16 weights) {MachineLimits.MatVecGBs(bytes, TorchSharp.torch.ScalarType.BFloat16):F1} GB/s");
             Console.WriteLine($"GEMM 625x{t.HiddenSize} by {t.HiddenSize}->{t.IntermediateSize} fp32 {MachineLimits.GemmGFlops(625, t.HiddenSize, t.IntermediateSize, TorchSharp.torch.ScalarType.Float32, TorchSharp.torch.CPU):F1} GFLOP/s");
-            return 0;
-        }
-        case "make-checkpoint":
+            return Task.FromResult(0);
+        },
+    },
+    BenchOptions.MakeCheckpointVerb((cl, _) =>
+    {
+        var options = MakeCheckpointOptions.From(cl);
+        LoadExternalLibTorch(options.LibTorchDir);
+        var spec = BenchModelSpec.Default.WithLlmLayers(options.LlmLayers);
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        int lastPercent = -1;
+        var progress = new SyncProgress<CheckpointWriteProgress>(p =>
         {
-            var options = MakeCheckpointOptions.Parse(rest);
-            LoadExternalLibTorch(options.LibTorchDir);
-            var spec = BenchModelSpec.Default.WithLlmLayers(options.LlmLayers);
-            var sw = System.Diagnostics.Stopwatch.StartNew();
-            int lastPercent = -1;
-            var progress = new SyncProgress<CheckpointWriteProgress>(p =>
-            {
-                int percent = (int)(100 * p.BytesDone / Math.Max(1, p.TotalBytes));
-                if (percent / 10 != lastPercent / 10) Console.Error.WriteLine($"{percent}% ({p.File})");
-                lastPercent = percent;
-            });
-            var result = CheckpointMaker.Make(options.Out, spec, options.Seed, BenchOptions.ParseDType(options.DType, "--dtype"),
-                options.Overwrite, progress: progress);
-            Console.WriteLine($"wrote {result.TensorCount} tensors, {result.TotalBytes / 1e9:F2} GB in {result.Files.Count} file(s) to {Path.GetFullPath(options.Out)} in {sw.Elapsed.TotalSeconds:F1} s");
-            return 0;
-        }
-        default:
-            Console.Error.WriteLine($"Unknown command '{command}'.{Environment.NewLine}{BenchOptions.Usage}");
-            return 2;
-    }
-}
-catch (ShareGPT4VException e)
+            int percent = (int)(100 * p.BytesDone / Math.Max(1, p.TotalBytes));
+            if (percent / 10 != lastPercent / 10) Console.Error.WriteLine($"{percent}% ({p.File})");
+            lastPercent = percent;
+        });
+        var result = CheckpointMaker.Make(options.Out, spec, options.Seed, BenchOptions.ParseDType(options.DType, "--dtype"),
+            options.Overwrite, progress: progress);
+        Console.WriteLine($"wrote {result.TensorCount} tensors, {result.TotalBytes / 1e9:F2} GB in {result.Files.Count} file(s) to {Path.GetFullPath(options.Out)} in {sw.Elapsed.TotalSeconds:F1} s");
+        return Task.FromResult(0);
+    }),
+];
+
+// `sharegpt4v-bench --model ... --image ...` is a run.
+if (args.Length > 0 && args[0].StartsWith("--", StringComparison.Ordinal) && args[0] is not ("--help" or "--version")) args = ["run", .. args];
+return await CommandLineApp.RunAsync("sharegpt4v-bench", Description, verbs, args, e =>
 {
+    if (e is not ShareGPT4VException) return null;
     Console.Error.WriteLine($"error: {e.Message}");
-    return 2;
-}
+    return 1;
+}, CancellationToken.None);
 
 /// <summary>
 /// Loads the libtorch named by --libtorch-dir (else by SHAREGPT4V_LIBTORCH_DIR) before anything touches TorchSharp: the

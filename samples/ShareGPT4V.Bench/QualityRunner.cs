@@ -18,18 +18,29 @@ internal sealed record QualityOptions
     public int Tokens { get; init; } = 512;
     public int Threads { get; init; } = Environment.ProcessorCount;
 
-    public static QualityOptions Parse(IReadOnlyList<string> args)
+    public static VerbSpec Verb(Func<CommandLine, CancellationToken, Task<int>>? run = null) => new("quality", "top-1 agreement and mean KL against float32 on the same weights, teacher-forced")
     {
-        var a = new ArgReader(args, flags: Array.Empty<string>());
+        Options =
+        [
+            new("model", "DIR", "model folder (required)"),
+            new("dtype", "NAME", "q8_0 (default), q4_0, bf16 or fp16: the storage compared with float32", Choices: new[] { "q8_0", "q4_0", "bf16", "fp16" }),
+            new("tokens", "N", "length of the teacher-forced text (default 512)"),
+            new("threads", "N", "CPU threads (default: all cores)"),
+        ],
+        Run = run,
+    };
+
+    public static QualityOptions From(CommandLine a)
+    {
         var o = new QualityOptions
         {
-            Model = a.Required("--model"),
-            DType = a.String("--dtype", "q8_0")!,
-            Tokens = a.Int("--tokens", 512, min: 2, max: 1 << 16),
-            Threads = a.Int("--threads", Environment.ProcessorCount, min: 1, max: 1024),
+            Model = a.Required("model"),
+            DType = a.Value("dtype", "q8_0"),
+            Tokens = a.Int("tokens", 512, min: 2, max: 1 << 16),
+            Threads = a.Int("threads", Environment.ProcessorCount, min: 1, max: 1024),
         };
-        a.EnsureAllUsed();
-        if (QuantizationFormats.TryParse(o.DType) is null) BenchOptions.ParseDType(o.DType, "--dtype");
+        try { if (QuantizationFormats.TryParse(o.DType) is null) BenchOptions.ParseDType(o.DType, "--dtype"); }
+        catch (ShareGPT4VException e) { throw new UsageException(e.Message); }
         return o;
     }
 }

@@ -5,7 +5,9 @@ namespace ShareGPT4V.Cli;
 /// <summary><c>caption</c>: one image, several, or every image of a folder (as JSON lines, with a progress bar).</summary>
 internal static class CaptionCommand
 {
-    public const string Help = """
+    public static VerbSpec Verb => new("caption", "caption one image, several, or a folder of images (JSON lines)")
+    {
+        Details = """
         usage: sharegpt4v caption --model DIR --image FILE|FOLDER [--image ...] [options]
                sharegpt4v caption --model DIR --manifest FILE.jsonl --output FILE [--shard i/N] [options]
 
@@ -18,26 +20,27 @@ internal static class CaptionCommand
         by a killed run is dropped first). --shard i/N (or a Kubernetes Indexed Job's JOB_COMPLETION_INDEX and
         JOB_COMPLETIONS) captions every N-th image starting at i; 'sharegpt4v merge' joins the shards' outputs
         into the unsharded order. "{shard}" in --output is replaced by the shard index.
-
-          --image FILE|FOLDER     image to caption (repeatable)
-          --manifest FILE         JSON lines, one {"image": PATH, "prompt": TEXT (optional)} per image;
-                                  relative paths are read from the manifest's folder
-          --prompt TEXT           the instruction (default: "Describe this image in detail.")
-          --json                  print JSON (one object per answer, with text and token_ids)
-          --output FILE           write the JSON lines to FILE instead of standard output (resumed if it exists)
-          --overwrite             start --output afresh instead of resuming it
-          --shard i/N             caption only shard i (0-based) of N
-          --batch-size N          images generated together (default 8)
-
-        """ + Shared.ModelHelp + Shared.GenerationHelp;
+        """,
+        Options =
+        [
+            new("image", "FILE|FOLDER", "image to caption (repeatable)", Repeatable: true),
+            new("manifest", "FILE", "JSON lines, one {\"image\": PATH, \"prompt\": TEXT (optional)} per image; relative paths are read from the manifest's folder"),
+            new("prompt", "TEXT", "the instruction (default: \"Describe this image in detail.\")"),
+            OptionSpec.Flag("json", "print JSON (one object per answer, with text and token_ids)"),
+            new("output", "FILE", "write the JSON lines to FILE instead of standard output (resumed if it exists)"),
+            OptionSpec.Flag("overwrite", "start --output afresh instead of resuming it"),
+            new("shard", "i/N", "caption only shard i (0-based) of N"),
+            new("batch-size", "N", "images generated together (default 8)"),
+            .. Shared.ModelOptions,
+            .. Shared.GenerationOptionSpecs,
+        ],
+        Run = RunAsync,
+    };
 
     private static readonly string[] ImageExtensions = { ".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp" };
 
-    public static async Task<int> RunAsync(IReadOnlyList<string> args, CancellationToken ct)
+    public static async Task<int> RunAsync(CommandLine cl, CancellationToken ct)
     {
-        var cl = CommandLine.Parse("caption", args,
-            new[] { "image", "manifest", "prompt", "output", "batch-size", "shard" }.Concat(Shared.ModelOptions).Concat(Shared.GenerationOptionNames).ToArray(),
-            new[] { "json", "overwrite" }.Concat(Shared.GenerationFlags).ToArray());
         var generation = Shared.Generation(cl);
         if (cl.Value("manifest") is not null && cl.All("image").Count > 0) throw new UsageException("Give --image or --manifest, not both");
         var manifest = cl.Value("manifest") is { } m ? CaptionJob.ReadManifest(m) : null; // checked before the model loads
@@ -50,17 +53,24 @@ internal static class CaptionCommand
         if (!lines)
         {
             var image = ImageInput.FromFile(images[0]);
-            if (cl.Flag("json"))
+            var messages = new[] { new ConversationMessage(ConversationRole.User, prompt ?? MultimodalPipeline.DefaultCaptionPrompt, 1) };
+            try
             {
-                var r = await pipeline.CaptionAsync(image, prompt, null, ct);
-                Console.WriteLine(Shared.ToJson(r));
+                if (cl.Flag("json"))
+                {
+                    var r = await pipeline.CaptionAsync(image, prompt, null, ct);
+                    Console.WriteLine(Shared.ToJson(r));
+                }
+                else
+                {
+                    await foreach (var piece in pipeline.ChatStreamingAsync(messages, new[] { image }, null, ct))
+                        Console.Write(piece);
+                    Console.WriteLine();
+                }
             }
-            else
+            catch (PromptException e) when (Shared.ContextOverflow(e, pipeline, pipeline.BuildPrompt(messages), 1, generation) is { } explained)
             {
-                var messages = new[] { new ConversationMessage(ConversationRole.User, prompt ?? MultimodalPipeline.DefaultCaptionPrompt, 1) };
-                await foreach (var piece in pipeline.ChatStreamingAsync(messages, new[] { image }, null, ct))
-                    Console.Write(piece);
-                Console.WriteLine();
+                throw explained;
             }
             return 0;
         }

@@ -5,7 +5,9 @@ namespace ShareGPT4V.Cli;
 /// <summary><c>chat</c>: one question (<c>--prompt</c>) or an interactive multi-turn conversation about images.</summary>
 internal static class ChatCommand
 {
-    public const string Help = """
+    public static VerbSpec Verb(Interrupts interrupts) => new("chat", "ask about images, once (--prompt) or as an interactive conversation")
+    {
+        Details = """
         usage: sharegpt4v chat --model DIR [--image FILE ...] [--prompt TEXT] [options]
 
         With --prompt, answers once (streamed, or as JSON with --json). Without it, reads your turns from standard
@@ -13,19 +15,21 @@ internal static class ChatCommand
         /exit (or end of input) quits; a line starting with // sends text that begins with /. Ctrl+C stops the answer
         being generated; at the prompt, Ctrl+C twice quits. When the conversation outgrows the context window, the oldest
         turns are dropped and answers are shortened to fit.
+        """,
+        Options =
+        [
+            new("image", "FILE", "image for the first turn (repeatable)", Repeatable: true),
+            new("prompt", "TEXT", "the question (one answer, then exit)"),
+            new("system", "TEXT", "replaces the template's system message"),
+            OptionSpec.Flag("json", "print the answer as JSON (text, token_ids, ...); needs --prompt"),
+            .. Shared.ModelOptions,
+            .. Shared.GenerationOptionSpecs,
+        ],
+        Run = (cl, _) => RunAsync(cl, interrupts),
+    };
 
-          --image FILE            image for the first turn (repeatable)
-          --prompt TEXT           the question (one answer, then exit)
-          --system TEXT           replaces the template's system message
-          --json                  print the answer as JSON (text, token_ids, ...); needs --prompt
-
-        """ + Shared.ModelHelp + Shared.GenerationHelp;
-
-    public static async Task<int> RunAsync(IReadOnlyList<string> args, Interrupts interrupts)
+    public static async Task<int> RunAsync(CommandLine cl, Interrupts interrupts)
     {
-        var cl = CommandLine.Parse("chat", args,
-            new[] { "image", "prompt", "system" }.Concat(Shared.ModelOptions).Concat(Shared.GenerationOptionNames).ToArray(),
-            new[] { "json" }.Concat(Shared.GenerationFlags).ToArray());
         var generation = Shared.Generation(cl);
         foreach (var f in cl.All("image"))
             if (!File.Exists(f)) throw new UsageException($"Image '{f}' does not exist");
@@ -41,12 +45,19 @@ internal static class ChatCommand
             var messages = new[] { new ConversationMessage(ConversationRole.User, prompt, pending.Count) };
             var text = pipeline.BuildPrompt(messages, system);
             using var cts = interrupts.ForOperation();
-            if (cl.Flag("json"))
-                Console.WriteLine(Shared.ToJson(await pipeline.GenerateAsync(text, pending, null, cts.Token)));
-            else
+            try
             {
-                await StreamAsync(pipeline, text, pending, new System.Text.StringBuilder(), cts.Token);
-                Console.WriteLine();
+                if (cl.Flag("json"))
+                    Console.WriteLine(Shared.ToJson(await pipeline.GenerateAsync(text, pending, null, cts.Token)));
+                else
+                {
+                    await StreamAsync(pipeline, text, pending, new System.Text.StringBuilder(), cts.Token);
+                    Console.WriteLine();
+                }
+            }
+            catch (PromptException e) when (Shared.ContextOverflow(e, pipeline, text, pending.Count, generation) is { } explained)
+            {
+                throw explained;
             }
             return 0;
         }

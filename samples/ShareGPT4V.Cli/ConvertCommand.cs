@@ -6,33 +6,36 @@ namespace ShareGPT4V.Cli;
 /// <summary><c>convert</c>: any checkpoint the library reads (PyTorch .bin, safetensors) → safetensors in a chosen layout.</summary>
 internal static class ConvertCommand
 {
-    public const string Help = """
+    public static VerbSpec Verb => new("convert", "rewrite a checkpoint (PyTorch .bin or safetensors) as safetensors, in either layout")
+    {
+        Details = """
         usage: sharegpt4v convert --model DIR --output DIR [--layout same|llava-hf|original] [options]
 
         Rewrites a model as sharded safetensors, one tensor at a time in its stored dtype (bit-identical), with its
         config, tokenizer and preprocessor files. The checkpoint is checked against the model first: one that would
         not load is not converted. The output folder must not exist or be empty.
 
-          --model DIR|REPO        model folder (llava-hf, or the LLM folder of an original checkpoint), or a hub id
-                                  fetched into the hub cache with its vision tower (required)
-          --revision R            hub branch, tag or commit for a hub id (default main)
-          --vision-tower DIR|REPO CLIP tower folder or hub id, when mm_vision_tower cannot be found next to the model
-          --output DIR            where to write (required). llava-hf: the model folder. original: a folder holding
-                                  the LLM folder and the tower folder side by side
-          --layout NAME           same (default), llava-hf, or original
-          --max-shard-size SIZE   largest shard, e.g. 2GB or 500MB (default 5GB)
-          --llm-folder NAME       original layout: name of the LLM folder (default: the source's)
-          --tower-folder NAME     original layout: name of the tower folder (default: the source's, or clip-vision-tower)
-          --format NAME           safetensors (default), or gguf: llama.cpp's LLaVA pair, llm-TYPE.gguf and
-                                  mmproj-f32|f16.gguf, written into --output (--dtype f32, f16, q8_0 or q4_0; default f32)
-          --dtype q8_0|q4_0       write the language model's matrices block-quantized (llama.cpp's Q8_0 / Q4_0 blocks;
-                                  the LM head Q8_0), llava-hf layout; the folder loads with the blocks memory-mapped
-        """;
+        """,
+        Options =
+        [
+            new("model", "DIR|REPO", "model folder (llava-hf, or the LLM folder of an original checkpoint), or a hub id fetched into the hub cache with its vision tower (required)"),
+            new("revision", "R", "hub branch, tag or commit for a hub id (default main)"),
+            new("vision-tower", "DIR|REPO", "CLIP tower folder or hub id, when mm_vision_tower cannot be found next to the model"),
+            new("output", "DIR", "where to write (required). llava-hf: the model folder. original: a folder holding the LLM folder and the tower folder side by side"),
+            new("layout", "NAME", "same (default), llava-hf, or original", Choices: new[] { "same", "llava-hf", "original" }),
+            new("max-shard-size", "SIZE", "largest shard, e.g. 2GB or 500MB (default 5GB)"),
+            new("llm-folder", "NAME", "original layout: name of the LLM folder (default: the source's)"),
+            new("tower-folder", "NAME", "original layout: name of the tower folder (default: the source's, or clip-vision-tower)"),
+            new("format", "NAME", "safetensors (default), or gguf: llama.cpp's LLaVA pair, llm-TYPE.gguf and mmproj-f32|f16.gguf, written into --output (--dtype f32, f16, q8_0 or q4_0; default f32)"),
+            new("dtype", "q8_0|q4_0", "write the language model's matrices block-quantized (llama.cpp's Q8_0 / Q4_0 blocks; the LM head Q8_0), llava-hf layout; the folder loads with the blocks memory-mapped"),
+        ],
+        Run = RunAsync,
+    };
 
-    public static async Task<int> RunAsync(IReadOnlyList<string> args, CancellationToken cancellationToken)
+    public static async Task<int> RunAsync(CommandLine cl, CancellationToken cancellationToken)
     {
-        var cl = CommandLine.Parse("convert", args,
-            new[] { "model", "revision", "vision-tower", "output", "layout", "max-shard-size", "llm-folder", "tower-folder", "dtype", "format" }, Array.Empty<string>());
+        bool gguf = (cl.Value("format") ?? "safetensors") == "gguf";
+        Shared.CheckModelPath(cl, hubId: !gguf, gguf: false);
         if ((cl.Value("format") ?? "safetensors") is var format && format != "safetensors")
         {
             if (format != "gguf") throw new UsageException($"--format must be safetensors or gguf, got '{format}'");

@@ -5,7 +5,9 @@ namespace ShareGPT4V.Cli;
 /// <summary><c>download</c>: a hub repository into the hub cache (shared with Python) or into a folder.</summary>
 internal static class DownloadCommand
 {
-    public const string Help = """
+    public static VerbSpec Verb => new("download", "fetch a Hugging Face hub repository into the hub cache (or a folder), with its vision tower")
+    {
+        Details = """
         usage: sharegpt4v download REPO [--revision R] [--include GLOB]... [--local-dir DIR]
 
         Downloads a Hugging Face hub repository (e.g. Lin-Chen/ShareGPT4V-7B) into the hub cache that transformers and
@@ -14,22 +16,24 @@ internal static class DownloadCommand
         checked before it becomes visible. For a ShareGPT4V / LLaVA LLM repository, the vision tower repository its
         config names (mm_vision_tower) is downloaded too, and its folder printed on a second line.
 
-          --revision R            branch, tag or commit (default main)
-          --include GLOB          only files matching GLOB (repeatable; * also crosses folders, e.g. "*.json")
-          --local-dir DIR         plain files in DIR instead of the cache (a tower goes beside DIR, named as its repository)
-          --no-tower              do not fetch the vision tower repository
-
         Environment: HF_ENDPOINT (hub address), HF_TOKEN (gated or private repositories), HF_HOME / HF_HUB_CACHE (cache
         location, default ~/.cache/huggingface/hub), HF_HUB_OFFLINE=1 (cache only: print the cached folder or fail).
-        """;
+        """,
+        Options =
+        [
+            new("revision", "R", "branch, tag or commit (default main)"),
+            new("include", "GLOB", "only files matching GLOB (repeatable; * also crosses folders, e.g. \"*.json\")", Repeatable: true),
+            new("local-dir", "DIR", "plain files in DIR instead of the cache (a tower goes beside DIR, named as its repository)"),
+            OptionSpec.Flag("no-tower", "do not fetch the vision tower repository"),
+        ],
+        Arguments = [new("REPO", "the hub repository id (owner/name), e.g. Lin-Chen/ShareGPT4V-7B")],
+        Run = RunAsync,
+    };
 
-    public static async Task<int> RunAsync(IReadOnlyList<string> args, CancellationToken cancellationToken)
+    public static async Task<int> RunAsync(CommandLine cl, CancellationToken cancellationToken)
     {
-        if (args.Count == 0 || args[0].StartsWith("--", StringComparison.Ordinal))
-            throw new UsageException("download needs a repository id (owner/name) first");
-        var repo = args[0];
+        var repo = cl.Argument(0) ?? throw new UsageException("download needs a repository id (owner/name)");
         if (!HuggingFaceHub.IsRepoId(repo)) throw new UsageException($"'{repo}' is not a hub repository id (owner/name)");
-        var cl = CommandLine.Parse("download", args.Skip(1).ToList(), new[] { "revision", "include", "local-dir" }, new[] { "no-tower" });
         var include = cl.All("include");
         var localDir = cl.Value("local-dir");
         using var hub = new HuggingFaceHub(new HubOptions { Revision = cl.Value("revision"), Progress = ProgressBar() });

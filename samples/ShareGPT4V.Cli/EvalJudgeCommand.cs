@@ -8,10 +8,8 @@ namespace ShareGPT4V.Cli;
 /// <summary><c>eval judge</c>: LLaVA-Bench reviews and MM-Vet grades from a judge behind an OpenAI-compatible endpoint.</summary>
 internal static class EvalJudgeCommand
 {
-    public static async Task<int> RunAsync(IReadOnlyList<string> args, CancellationToken ct)
+    public static async Task<int> RunAsync(CommandLine cl, CancellationToken ct)
     {
-        var cl = CommandLine.Parse("eval judge", args,
-            new[] { "benchmark", "answers", "reviews", "endpoint", "judge-model", "api-key-env", "questions", "context", "reference", "runs" }, Array.Empty<string>());
         var benchmark = EvalCommand.Benchmark(cl);
         var endpoint = cl.Required("endpoint");
         if (!Uri.TryCreate(endpoint, UriKind.Absolute, out var uri)) throw new UsageException($"--endpoint must be an absolute URL, got '{endpoint}'");

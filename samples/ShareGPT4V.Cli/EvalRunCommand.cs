@@ -8,38 +8,38 @@ namespace ShareGPT4V.Cli;
 /// <summary><c>eval run</c>: answers a benchmark's questions as the reference runner does, resumable and shardable.</summary>
 internal static class EvalRunCommand
 {
-    public const string Help = """
+    public static VerbSpec Verb => new("run", "answer a benchmark's questions as the reference runner does (resumable, shardable)")
+    {
+        Details = """
         usage: sharegpt4v eval run --benchmark NAME --model DIR --questions PATH --image-folder DIR --answers OUT [options]
 
         Writes LLaVA's answer file (question_id, prompt, text, answer_id, model_id, metadata) with the reference
         runner's prompt construction, preprocessing (pad or resize + crop) and greedy decoding. An existing answer
         file is continued: questions already answered are skipped (a line cut off by a crash is dropped).
 
-          --benchmark NAME        pope, sqa, textvqa, mme, seed, gqa, mmbench, mmbench-cn, vqav2, vizwiz,
-                                  qbench, llava-bench, mm-vet
-          --questions PATH        the reference question file (llava_*.jsonl, llava_test_CQM-A.json, the MMBench TSV,
-                                  llvisionqa_dev.json, ...)
-          --image-folder DIR      folder the question file's image names are relative to (not used by MMBench)
-          --answers OUT           answer file to write or continue
-          --shard i/N             answer only part i (0-based) of N, cut as LLaVA's --chunk-idx/--num-chunks; default:
-                                  JOB_COMPLETION_INDEX/JOB_COMPLETIONS when set (Kubernetes Indexed Job), else all
-          --batch-size N          questions generated together (default 8)
-          --model-id NAME         the answers' model_id (default: the model folder's name, as LLaVA)
-          --preprocess MODE       pad or resize: override the benchmark's reference preprocessing
-          --skip-missing-images   skip (and count) questions whose image is missing instead of refusing to start
-
         Without --template the prompts use vicuna_v1 (llava_v1 for qbench), as the reference scripts do; without
         --max-new-tokens the reference runner's limit (128 for the loader benchmarks, else 1024). Progress and ETA
         go to standard error.
+        """,
+        Options =
+        [
+            new("benchmark", "NAME", "pope, sqa, textvqa, mme, seed, gqa, mmbench, mmbench-cn, vqav2, vizwiz, qbench, llava-bench, mm-vet"),
+            new("questions", "PATH", "the reference question file (llava_*.jsonl, llava_test_CQM-A.json, the MMBench TSV, llvisionqa_dev.json, ...)"),
+            new("image-folder", "DIR", "folder the question file's image names are relative to (not used by MMBench)"),
+            new("answers", "OUT", "answer file to write or continue"),
+            new("shard", "i/N", "answer only part i (0-based) of N, cut as LLaVA's --chunk-idx/--num-chunks; default: JOB_COMPLETION_INDEX/JOB_COMPLETIONS when set (Kubernetes Indexed Job), else all"),
+            new("batch-size", "N", "questions generated together (default 8)"),
+            new("model-id", "NAME", "the answers' model_id (default: the model folder's name, as LLaVA)"),
+            new("preprocess", "MODE", "pad or resize: override the benchmark's reference preprocessing"),
+            OptionSpec.Flag("skip-missing-images", "skip (and count) questions whose image is missing instead of refusing to start"),
+            .. Shared.ModelOptions,
+            .. Shared.GenerationOptionSpecs,
+        ],
+        Run = RunAsync,
+    };
 
-        """ + Shared.ModelHelp + Shared.GenerationHelp;
-
-    public static async Task<int> RunAsync(IReadOnlyList<string> args, CancellationToken ct)
+    public static async Task<int> RunAsync(CommandLine cl, CancellationToken ct)
     {
-        var cl = CommandLine.Parse("eval run", args,
-            new[] { "benchmark", "questions", "image-folder", "answers", "shard", "batch-size", "model-id", "preprocess" }
-                .Concat(Shared.ModelOptions).Concat(Shared.GenerationOptionNames).ToArray(),
-            new[] { "skip-missing-images" });
         var benchmark = EvalCommand.Benchmark(cl);
         var settings = benchmark.RunSettings;
         var questionsPath = cl.Required("questions");

@@ -5,22 +5,26 @@ namespace ShareGPT4V.Cli;
 /// <summary><c>merge</c>: joins the JSON lines of sharded caption runs into one file in input order.</summary>
 internal static class MergeCommand
 {
-    public const string Help = """
+    public static VerbSpec Verb => new("merge", "join the JSON lines of sharded caption runs in input order")
+    {
+        Details = """
         usage: sharegpt4v merge --input FILE|FOLDER [--input ...] --output FILE
 
         Joins the outputs of 'caption --shard i/N' runs (or any caption JSON lines) into one file, ordered by each
         line's "index" (the image's position in the whole input), so the result equals an unsharded run's output
         (timings aside). An image found more than once keeps its first line; a partial last line of an input (a
         killed run) is skipped. The output is written to a temporary file and renamed into place.
+        """,
+        Options =
+        [
+            new("input", "FILE|FOLDER", "a JSON-lines file, or a folder whose *.jsonl files are all read (repeatable)", Repeatable: true),
+            new("output", "FILE", "the merged file"),
+        ],
+        Run = (cl, _) => Task.FromResult(Run(cl)),
+    };
 
-          --input FILE|FOLDER     a JSON-lines file, or a folder whose *.jsonl files are all read (repeatable)
-          --output FILE           the merged file
-
-        """;
-
-    public static int Run(IReadOnlyList<string> args)
+    public static int Run(CommandLine cl)
     {
-        var cl = CommandLine.Parse("merge", args, new[] { "input", "output" }, Array.Empty<string>());
         var output = cl.Required("output");
         var inputs = new List<string>();
         foreach (var i in cl.All("input"))

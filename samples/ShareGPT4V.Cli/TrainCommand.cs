@@ -6,7 +6,9 @@ namespace ShareGPT4V.Cli;
 /// <summary><c>train</c>: fine-tune a model with ShareGPT4V's / LLaVA's recipe (HF Trainer semantics).</summary>
 internal static class TrainCommand
 {
-    public const string Help = """
+    public static VerbSpec Verb => new("train", "fine-tune a model (ShareGPT4V / LLaVA stages, LoRA, HF Trainer semantics), resumable checkpoints")
+    {
+        Details = """
         usage: sharegpt4v train --model DIR --data FILE --image-folder DIR --output DIR --stage pretrain|finetune|projector-only|vision [options]
 
         Fine-tunes a LLaVA-1.5 / ShareGPT4V model as LLaVA's train.py with Hugging Face Trainer does: stage pretrain
@@ -15,63 +17,59 @@ internal static class TrainCommand
         receives checkpoint-N folders (every --save-steps), the final model in the input's layout,
         trainer_state.json (log_history: step, loss, learning_rate, grad_norm), training_log.jsonl. Ctrl+C saves a
         checkpoint of the last completed step; --resume continues from the latest checkpoint bit for bit.
+        """,
+        Options =
+        [
+            new("model", "DIR", "model to start from (llava-hf, or the LLM folder of an original checkpoint) (required)"),
+            new("vision-tower", "DIR", "CLIP tower folder, when mm_vision_tower cannot be found next to the model"),
+            new("data", "FILE", "LLaVA-format records: a JSON array or JSON lines (required)"),
+            new("image-folder", "DIR", "folder the records' image paths are relative to (default: the data file's)"),
+            new("output", "DIR", "where checkpoints, the final model and the logs go (required)"),
+            new("stage", "NAME", "pretrain, finetune (default), projector-only, or vision (the CLIP tower alone against --aux-patch-* labels, no text)",
+                Choices: new[] { "pretrain", "finetune", "projector-only", "vision" }),
+            new("learning-rate", "F", "peak learning rate (default 2e-5)"),
+            new("mm-projector-lr", "F", "projector learning rate (default: --learning-rate)"),
+            new("vision-tower-lr", "F", "vision tower learning rate (default: --learning-rate)"),
+            new("per-device-batch-size", "N", "examples per micro-batch (default 1)"),
+            new("gradient-accumulation-steps", "K", "micro-batches per optimizer step (default 1)"),
+            new("max-steps", "S", "optimizer steps (overrides --epochs)"),
+            new("epochs", "E", "passes over the data (default 1)"),
+            new("lr-scheduler", "NAME", "cosine (default), linear, constant, constant_with_warmup"),
+            new("warmup-ratio", "F", "warmup as a fraction of the steps, rounded up (default 0)"),
+            new("warmup-steps", "N", "warmup steps (overrides --warmup-ratio)"),
+            new("weight-decay", "F", "AdamW weight decay (not on biases and norms) (default 0)"),
+            new("adam-beta1", "F", "AdamW beta1 (default 0.9)"),
+            new("adam-beta2", "F", "AdamW beta2 (default 0.999)"),
+            new("adam-epsilon", "F", "AdamW epsilon (default 1e-8)"),
+            new("max-grad-norm", "F", "clip the total gradient norm (default 1; 0 = off)"),
+            new("seed", "N", "data order seed (default 42)"),
+            OptionSpec.Flag("no-shuffle", "keep the file's order"),
+            OptionSpec.Flag("group-by-modality-length", "batches of image records or of text-only records (LLaVA's option)"),
+            new("dtype", "fp32|bf16", "bf16 autocast where the device supports it (the CPU trains in fp32)"),
+            new("tune-vit-from-layer", "L", "pretrain: first CLIP encoder layer trained (default 12)"),
+            new("model-max-length", "N", "longest sequence in tokens, image tokens included (default 2048)"),
+            new("tokenizer-variant", "NAME", "llava (default: LLaVA main, legacy=false), sharegpt4v (transformers 4.31), legacy"),
+            new("save-steps", "N", "save a checkpoint every N optimizer steps (default: only at the end)"),
+            OptionSpec.Flag("resume", "continue from the latest checkpoint in --output"),
+            OptionSpec.Flag("gradient-checkpointing", "recompute decoder-layer activations in the backward pass"),
+            OptionSpec.Flag("fail-on-bad-records", "stop at the first broken record or image (default: log and skip it)"),
+            new("lora-r", "N", "LoRA on the LLM with rank N (finetune stage; the projector is trained in full)"),
+            new("lora-alpha", "F", "LoRA alpha (default 16)"),
+            new("lora-dropout", "F", "LoRA dropout (default 0.05)"),
+            new("report-to", "NAME", "tensorboard: event files in OUTPUT/runs; none (default)"),
+            OptionSpec.Flag("from-scratch", "random initial weights (seeded by --seed): --model needs only config and tokenizer files"),
+            new("image-aspect-ratio", "NAME", "pad or square (default: square for pretrain, pad for finetune and vision)", Choices: new[] { "pad", "square" }),
+            OptionSpec.Flag("tune-vit-embeddings", "pretrain/vision: also train the tower's patch/position embeddings and pre-LayerNorm"),
+            new("aux-patch-loss-weight", "W", "add W x the auxiliary patch loss: a linear head classifies each patch feature against the " +
+                "records' \"patch_labels\" images (pretrain and vision; default 0 = off)"),
+            new("aux-patch-classes", "N", "number of patch label classes (ids 0..N-1, 0 = background)"),
+            new("threads", "N", "CPU threads"),
+        ],
+        Run = RunAsync,
+    };
 
-          --model DIR                      model to start from (llava-hf, or the LLM folder of an original checkpoint) (required)
-          --vision-tower DIR               CLIP tower folder, when mm_vision_tower cannot be found next to the model
-          --data FILE                      LLaVA-format records: a JSON array or JSON lines (required)
-          --image-folder DIR               folder the records' image paths are relative to (default: the data file's)
-          --output DIR                     where checkpoints, the final model and the logs go (required)
-          --stage NAME                     pretrain, finetune (default), projector-only, or vision (the CLIP tower alone
-                                           against --aux-patch-* labels, no text)
-          --learning-rate F                peak learning rate (default 2e-5)
-          --mm-projector-lr F              projector learning rate (default: --learning-rate)
-          --vision-tower-lr F              vision tower learning rate (default: --learning-rate)
-          --per-device-batch-size N        examples per micro-batch (default 1)
-          --gradient-accumulation-steps K  micro-batches per optimizer step (default 1)
-          --max-steps S                    optimizer steps (overrides --epochs)
-          --epochs E                       passes over the data (default 1)
-          --lr-scheduler NAME              cosine (default), linear, constant, constant_with_warmup
-          --warmup-ratio F                 warmup as a fraction of the steps, rounded up (default 0)
-          --warmup-steps N                 warmup steps (overrides --warmup-ratio)
-          --weight-decay F                 AdamW weight decay (not on biases and norms) (default 0)
-          --adam-beta1 F, --adam-beta2 F, --adam-epsilon F   AdamW settings (0.9, 0.999, 1e-8)
-          --max-grad-norm F                clip the total gradient norm (default 1; 0 = off)
-          --seed N                         data order seed (default 42)
-          --no-shuffle                     keep the file's order
-          --group-by-modality-length       batches of image records or of text-only records (LLaVA's option)
-          --dtype fp32|bf16                bf16 autocast where the device supports it (the CPU trains in fp32)
-          --tune-vit-from-layer L          pretrain: first CLIP encoder layer trained (default 12)
-          --model-max-length N             longest sequence in tokens, image tokens included (default 2048)
-          --tokenizer-variant NAME         llava (default: LLaVA main, legacy=false), sharegpt4v (transformers 4.31), legacy
-          --save-steps N                   save a checkpoint every N optimizer steps (default: only at the end)
-          --resume                         continue from the latest checkpoint in --output
-          --gradient-checkpointing         recompute decoder-layer activations in the backward pass
-          --fail-on-bad-records            stop at the first broken record or image (default: log and skip it)
-          --lora-r N                       LoRA on the LLM with rank N (finetune stage; the projector is trained in full)
-          --lora-alpha F                   LoRA alpha (default 16)
-          --lora-dropout F                 LoRA dropout (default 0.05)
-          --report-to NAME                 tensorboard: event files in OUTPUT/runs; none (default)
-          --from-scratch                   random initial weights (seeded by --seed): --model needs only config and tokenizer files
-          --image-aspect-ratio NAME        pad or square (default: square for pretrain, pad for finetune and vision)
-          --tune-vit-embeddings            pretrain/vision: also train the tower's patch/position embeddings and pre-LayerNorm
-          --aux-patch-loss-weight W        add W x the auxiliary patch loss: a linear head classifies each patch feature
-                                           against the records' "patch_labels" images (pretrain and vision; default 0 = off)
-          --aux-patch-classes N            number of patch label classes (ids 0..N-1, 0 = background)
-          --threads N                      CPU threads
-        """;
-
-    public static async Task<int> RunAsync(IReadOnlyList<string> args, CancellationToken ct)
+    public static async Task<int> RunAsync(CommandLine cl, CancellationToken ct)
     {
-        var cl = CommandLine.Parse("train", args,
-            new[]
-            {
-                "model", "vision-tower", "data", "image-folder", "output", "stage", "learning-rate", "mm-projector-lr", "vision-tower-lr",
-                "per-device-batch-size", "gradient-accumulation-steps", "max-steps", "epochs", "lr-scheduler", "warmup-ratio",
-                "warmup-steps", "weight-decay", "adam-beta1", "adam-beta2", "adam-epsilon", "max-grad-norm", "seed", "dtype",
-                "tune-vit-from-layer", "model-max-length", "tokenizer-variant", "save-steps", "report-to", "threads", "lora-r", "lora-alpha", "lora-dropout",
-                "image-aspect-ratio", "aux-patch-loss-weight", "aux-patch-classes",
-            },
-            new[] { "no-shuffle", "group-by-modality-length", "resume", "gradient-checkpointing", "fail-on-bad-records", "from-scratch", "tune-vit-embeddings" });
         if (cl.Value("max-steps") is not null && cl.Value("epochs") is not null)
             throw new UsageException("Give --max-steps or --epochs, not both");
         var stage = (cl.Value("stage") ?? "finetune") switch
@@ -118,7 +116,7 @@ internal static class TrainCommand
 
         var options = new TrainerOptions
         {
-            ModelPath = cl.Required("model"),
+            ModelPath = Shared.CheckModelPath(cl, hubId: false, gguf: false),
             VisionTowerPath = cl.Value("vision-tower"),
             DataPath = cl.Required("data"),
             ImageFolder = cl.Value("image-folder"),

@@ -7,7 +7,7 @@ namespace ShareGPT4V.GpuCheck;
 /// <summary>Which libtorch is loaded, whether CUDA works, and the devices (name, compute capability, memory).</summary>
 internal static class NativeCommand
 {
-    public static JsonObject Run(Args opts)
+    public static JsonObject Run(CommandLine opts)
     {
         var probe = new TorchSharpCudaProbe().Probe(); // also loads SHAREGPT4V_LIBTORCH_DIR when set
         var native = probe.Native ?? NativeLibTorchReport.Current();

@@ -18,14 +18,14 @@ internal static class OracleCommand
     private const double Fp32Tol = 1e-4;
     private static readonly string[] Cases = { "hf_tiny", "llava_tiny336", "hf_llama2vocab", "llava_tiny336_bin" };
 
-    public static JsonObject Run(Args opts)
+    public static JsonObject Run(CommandLine opts)
     {
         // CUDA goes through the provider first: a missing or mismatched libtorch becomes a DeviceException here.
-        var placement = new ShareGPT4V.Cuda.CudaDeviceProvider(new ShareGPT4V.Cuda.CudaOptions { LibTorchDirectory = opts.Get("libtorch-dir") })
-            .Resolve(new ShareGPT4V.Devices.DeviceResolutionRequest { Device = opts.Get("device", "cuda:0"), DType = "float32" }, new ConsoleLogger());
+        var placement = new ShareGPT4V.Cuda.CudaDeviceProvider(new ShareGPT4V.Cuda.CudaOptions { LibTorchDirectory = opts.Value("libtorch-dir") })
+            .Resolve(new ShareGPT4V.Devices.DeviceResolutionRequest { Device = opts.Value("device", "cuda:0"), DType = "float32" }, new ConsoleLogger());
         var device = placement.Device;
-        var fixtures = Path.GetFullPath(opts.Get("fixtures", "tests/ShareGPT4V.Tests/Fixtures"));
-        var modes = opts.GetList("modes", device.type == DeviceType.CUDA ? "fp32,fp32-tf32,fp16,bf16" : "fp32");
+        var fixtures = Path.GetFullPath(opts.Value("fixtures", "tests/ShareGPT4V.Tests/Fixtures"));
+        var modes = opts.Value("modes", device.type == DeviceType.CUDA ? "fp32,fp32-tf32,fp16,bf16" : "fp32").Split(',', StringSplitOptions.RemoveEmptyEntries);
         var result = new JsonObject { ["device"] = device.ToString(), ["fixtures"] = fixtures };
         bool ok = true;
         var table = new List<string> { $"{"mode",-10} {"case",-18} {"worst check",-34} {"max |diff|",10}  greedy ids" };

@@ -185,8 +185,9 @@ internal sealed class GenerationEngine : IDisposable
                 maxNew = context - length;
             else
                 throw new PromptException(length >= context
-                    ? $"The prompt takes {length} tokens (image tokens included), more than the context window of {context}"
-                    : $"The prompt takes {length} tokens and {maxNew} new tokens were asked for: {length + maxNew} exceeds the context window of {context} (lower MaxNewTokens or set Overflow = ClampNewTokens)");
+                    ? $"The prompt takes {length} tokens (image tokens included), more than the context window of {context} (shorten the prompt or send fewer images)"
+                    : $"The prompt takes {length} tokens and {maxNew} new tokens were asked for: {length + maxNew} exceeds the context window of {context} " +
+                      $"(set GenerationOptions.MaxNewTokens to {context - length} or less, or PipelineOptions.Overflow = PromptOverflow.ClampNewTokens to shorten the answer to fit)");
         }
 
         // A cached prefix first: the images it covers need no encoding. At least the last prompt position is

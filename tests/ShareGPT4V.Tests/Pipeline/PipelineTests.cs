@@ -136,6 +136,12 @@ public class PipelineTests : IClassFixture<PipelineFixture>
         Assert.Contains("context window of 2048", e3.Message);
         var e4 = await Assert.ThrowsAsync<PromptException>(() => _p.GenerateAsync("hi", null, new GenerationOptions { MaxNewTokens = 5000 }));
         Assert.Contains("exceeds the context window", e4.Message);
+        // The advice names library options that exist, with the largest answer that fits.
+        int promptTokens = _p.CountPromptTokens("hi", 0);
+        Assert.Contains($"set GenerationOptions.MaxNewTokens to {_p.ContextLength - promptTokens} or less", e4.Message);
+        Assert.Contains("PipelineOptions.Overflow = PromptOverflow.ClampNewTokens", e4.Message);
+        Assert.NotNull(typeof(GenerationOptions).GetProperty(nameof(GenerationOptions.MaxNewTokens)));
+        Assert.NotNull(typeof(PipelineOptions).GetProperty(nameof(PipelineOptions.Overflow)));
         var ok = await _p.GenerateAsync(_case.Prompt("text").GetProperty("text").GetString()!, null, Reference);
         Assert.Equal(Ints(_case.Prompt("text").GetProperty("generated_ids")), ok.TokenIds);
     }

@@ -80,7 +80,7 @@ public sealed class CliGenerationTests
     {
         var r = CliTests.Cli(null, command, "--help");
         Assert.Equal(0, r.ExitCode);
-        foreach (var option in new[] { "--repetition-penalty R", "--no-repeat-ngram-size K", "--num-beams B", "--length-penalty L", "--min-p", "--early-stopping" })
+        foreach (var option in new[] { "--repetition-penalty <R>", "--no-repeat-ngram-size <K>", "--num-beams <B>", "--length-penalty <L>", "--min-p", "--early-stopping" })
             Assert.Contains(option, r.Out);
     }
 
