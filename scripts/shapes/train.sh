@@ -15,6 +15,7 @@ EVAL_IMAGES=${EVAL_IMAGES:-200}
 VISION_EPOCHS=${VISION_EPOCHS:-1}
 STAGE1_STEPS=${STAGE1_STEPS:-350}   # optimizer steps of 16 records (the first ones of the seeded shuffle)
 STAGE2_STEPS=${STAGE2_STEPS:-550}
+STAGE3_STEPS=${STAGE3_STEPS:-500}
 
 dotnet build tools/ShareGPT4V.Shapes -c Release -v q -nologo
 dotnet build samples/ShareGPT4V.Cli -c Release -v q -nologo
@@ -31,7 +32,7 @@ stamp "data: $STAGE1_IMAGES stage-1 images, $STAGE2_IMAGES stage-2 images, $EVAL
   --stage1 "$STAGE1_IMAGES" --stage2 "$STAGE2_IMAGES" --eval "$EVAL_IMAGES" --extra-questions
 [ -f "$WORK/init/config.json" ] || shapes init-model --data "$WORK/data" --out "$WORK/init"
 
-common=(--threads "$THREADS" --seed "$SEED" --image-folder "$WORK/data" --tokenizer-variant legacy
+common=(--threads "$THREADS" --image-folder "$WORK/data" --tokenizer-variant legacy
         --lr-scheduler cosine --warmup-ratio 0.03 --weight-decay 0 --max-grad-norm 1.0 --save-steps 0)
 
 # 0. The tower alone learns what each patch shows (colour, shape and size of the object under it) from the label
@@ -39,24 +40,30 @@ common=(--threads "$THREADS" --seed "$SEED" --image-folder "$WORK/data" --tokeni
 stamp "vision stage"
 [ -f "$WORK/vision/model.safetensors" ] || cli train --stage vision --model "$WORK/init" --from-scratch --data "$WORK/data/stage1.json" --output "$WORK/vision" \
   --tune-vit-embeddings --tune-vit-from-layer 0 --aux-patch-loss-weight 1 --aux-patch-classes 49 \
-  --per-device-batch-size 32 --learning-rate 1e-3 --epochs "$VISION_EPOCHS" "${common[@]}"
+  --per-device-batch-size 32 --learning-rate 1e-3 --epochs "$VISION_EPOCHS" --seed "$SEED" "${common[@]}"
 
 # 1. ShareGPT4V stage 1 on detailed captions: LLM, projector and the whole tower, the patch loss kept on so the
 #    tower does not forget; images padded as at inference (the world has 2:1 images, a centre crop would cut shapes off).
 stamp "stage 1 (captions)"
 [ -f "$WORK/stage1/model.safetensors" ] || cli train --stage pretrain --model "$WORK/vision" --data "$WORK/data/stage1.json" --output "$WORK/stage1" \
   --image-aspect-ratio pad --tune-vit-embeddings --tune-vit-from-layer 0 --aux-patch-loss-weight 0.5 --aux-patch-classes 49 \
-  --per-device-batch-size 16 --learning-rate 1e-3 --vision-tower-lr 2e-4 --max-steps "$STAGE1_STEPS" "${common[@]}"
+  --per-device-batch-size 16 --learning-rate 1e-3 --vision-tower-lr 2e-4 --max-steps "$STAGE1_STEPS" --seed "$SEED" "${common[@]}"
 
 # 2. ShareGPT4V stage 2 on multi-turn instructions (vicuna_v1): projector and LLM, tower frozen.
 stamp "stage 2 (instructions)"
 [ -f "$WORK/stage2/model.safetensors" ] || cli train --stage finetune --model "$WORK/stage1" --data "$WORK/data/stage2.json" --output "$WORK/stage2" \
-  --per-device-batch-size 16 --learning-rate 5e-4 --max-steps "$STAGE2_STEPS" "${common[@]}"
+  --per-device-batch-size 16 --learning-rate 5e-4 --max-steps "$STAGE2_STEPS" --seed "$SEED" "${common[@]}"
+
+# 3. A second instruction pass, another shuffle of the same records at a lower rate: binding a named shape to its
+#    colour and cell is what the first pass leaves unfinished (docs/shapes-model.md).
+stamp "stage 2, second pass"
+[ -f "$WORK/stage3/model.safetensors" ] || cli train --stage finetune --model "$WORK/stage2" --data "$WORK/data/stage2.json" --output "$WORK/stage3" \
+  --per-device-batch-size 16 --learning-rate 3e-4 --max-steps "$STAGE3_STEPS" --seed $((SEED + 1)) "${common[@]}"
 
 stamp "model folder"
 rm -rf "$WORK/model"
 mkdir -p "$WORK/model"
-for f in "$WORK/stage2"/*.json "$WORK/stage2/model.safetensors"; do
+for f in "$WORK/stage3"/*.json "$WORK/stage3/model.safetensors"; do
   case "$(basename "$f")" in trainer_state.json) continue ;; esac
   cp "$f" "$WORK/model/"
 done
