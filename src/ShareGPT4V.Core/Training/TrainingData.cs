@@ -109,18 +109,7 @@ internal static class TrainingDataFile
         if (e.ValueKind != JsonValueKind.Object) throw new TrainingDataException("is not a JSON object", id);
         if (e.TryGetProperty("id", out var idEl))
             id = idEl.ValueKind == JsonValueKind.String ? idEl.GetString()! : idEl.GetRawText();
-        var images = new List<string>();
-        if (e.TryGetProperty("image", out var img))
-        {
-            if (img.ValueKind == JsonValueKind.String) images.Add(img.GetString()!);
-            else if (img.ValueKind == JsonValueKind.Array)
-                foreach (var x in img.EnumerateArray())
-                {
-                    if (x.ValueKind != JsonValueKind.String) throw new TrainingDataException("'image' holds a value that is not a path", id);
-                    images.Add(x.GetString()!);
-                }
-            else if (img.ValueKind != JsonValueKind.Null) throw new TrainingDataException("'image' is neither a path nor a list of paths", id);
-        }
+        var images = Paths(e, "image", id);
         if (!e.TryGetProperty("conversations", out var conv) || conv.ValueKind != JsonValueKind.Array)
             throw new TrainingDataException("has no 'conversations' list", id);
         var turns = new List<ConversationTurn>();
@@ -132,20 +121,25 @@ internal static class TrainingDataFile
             turns.Add(new ConversationTurn(f.GetString()!, v.GetString()!));
         }
         if (turns.Count == 0) throw new TrainingDataException("the conversation is empty", id);
-        var labels = new List<string>();
-        if (e.TryGetProperty("patch_labels", out var pl))
-        {
-            if (pl.ValueKind == JsonValueKind.String) labels.Add(pl.GetString()!);
-            else if (pl.ValueKind == JsonValueKind.Array)
-                foreach (var x in pl.EnumerateArray())
-                {
-                    if (x.ValueKind != JsonValueKind.String) throw new TrainingDataException("'patch_labels' holds a value that is not a path", id);
-                    labels.Add(x.GetString()!);
-                }
-            else if (pl.ValueKind != JsonValueKind.Null) throw new TrainingDataException("'patch_labels' is neither a path nor a list of paths", id);
-            if (labels.Count != images.Count)
-                throw new TrainingDataException($"'patch_labels' names {labels.Count} label image(s) for {images.Count} image(s)", id);
-        }
+        var labels = Paths(e, "patch_labels", id);
+        if (labels.Count > 0 && labels.Count != images.Count)
+            throw new TrainingDataException($"'patch_labels' names {labels.Count} label image(s) for {images.Count} image(s)", id);
         return new TrainingRecord(id, images, turns) { PatchLabels = labels };
+    }
+
+    /// <summary>A key holding one path or a list of paths (absent or null: none).</summary>
+    private static List<string> Paths(JsonElement e, string key, string id)
+    {
+        var paths = new List<string>();
+        if (!e.TryGetProperty(key, out var v) || v.ValueKind == JsonValueKind.Null) return paths;
+        if (v.ValueKind == JsonValueKind.String) paths.Add(v.GetString()!);
+        else if (v.ValueKind == JsonValueKind.Array)
+            foreach (var x in v.EnumerateArray())
+            {
+                if (x.ValueKind != JsonValueKind.String) throw new TrainingDataException($"'{key}' holds a value that is not a path", id);
+                paths.Add(x.GetString()!);
+            }
+        else throw new TrainingDataException($"'{key}' is neither a path nor a list of paths", id);
+        return paths;
     }
 }
