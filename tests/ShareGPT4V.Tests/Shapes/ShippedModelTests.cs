@@ -56,7 +56,7 @@ public sealed class ShippedModelTests(ITestOutputHelper output) : IDisposable
     }
 
     [Fact]
-    public void TheReadmeCommandCaptionsTheShippedSampleTruthfully()
+    public async Task TheReadmeCommandCaptionsTheShippedSampleTruthfully()
     {
         var args = ReadmeRunArgs();
         Assert.Equal("caption", args[0]);
@@ -66,9 +66,11 @@ public sealed class ShippedModelTests(ITestOutputHelper output) : IDisposable
         using var p = Process.Start(psi)!;
         var stdout = p.StandardOutput.ReadToEndAsync();
         var stderr = p.StandardError.ReadToEndAsync();
-        Assert.True(p.WaitForExit(120_000), "the README command did not finish in 2 minutes");
-        Assert.True(p.ExitCode == 0, stderr.Result);
-        string caption = stdout.Result.Trim();
+        using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(2));
+        try { await p.WaitForExitAsync(timeout.Token); }
+        catch (OperationCanceledException) { p.Kill(true); Assert.Fail("the README command did not finish in 2 minutes"); }
+        Assert.True(p.ExitCode == 0, await stderr);
+        string caption = (await stdout).Trim();
         output.WriteLine(caption);
         string image = args[Array.IndexOf(args, "--image") + 1];
         Assert.Equal(Truth(image), ShapesBenchmark.CaptionPairs(caption));
