@@ -57,7 +57,7 @@ def clip_features(pixels):
         h = h + F.linear(att.transpose(1, 2).reshape(x.shape), W[q + "self_attn.out_proj.weight"], W[q + "self_attn.out_proj.bias"])
         x = F.layer_norm(h, (vc["hidden_size"],), W[q + "layer_norm2.weight"], W[q + "layer_norm2.bias"], vc["layer_norm_eps"])
         x = F.linear(x, W[q + "mlp.fc1.weight"], W[q + "mlp.fc1.bias"])
-        x = x * torch.sigmoid(1.702 * x)
+        x = x * torch.sigmoid(1.702 * x) if vc.get("hidden_act", "quick_gelu") == "quick_gelu" else F.gelu(x)
         h = h + F.linear(x, W[q + "mlp.fc2.weight"], W[q + "mlp.fc2.bias"])
     return h[:, 1:]
 
@@ -94,9 +94,10 @@ def layer(i, h, cos, sin, mask):
 
 n_img = (vc["image_size"] // vc["patch_size"]) ** 2
 T = n_img + args.text
-ids = torch.randint(3, 32000, (1, args.text))
+vocab = min(tc["vocab_size"], 32000)
+ids = torch.randint(3, vocab, (1, args.text))
 labels = torch.full((1, T), -100)
-labels[0, T - args.supervised:] = torch.randint(3, 32000, (args.supervised,))
+labels[0, T - args.supervised:] = torch.randint(3, vocab, (args.supervised,))
 pixels = torch.randn(1, 3, vc["image_size"], vc["image_size"])
 params = list(trainable.values())
 opt = torch.optim.AdamW(params, lr=2e-5, weight_decay=0.0)
