@@ -15,8 +15,11 @@ namespace ShareGPT4V.Shapes;
 /// <param name="Overwrite">Replace a non-empty output folder.</param>
 /// <param name="ExtraQuestions">Add the binding questions (shape / colour in a cell, size, empty cells) to stage 2.</param>
 /// <param name="Threads">Images rendered at once (0 = one per processor); the output does not depend on it.</param>
+/// <param name="LabelCells">Label masks name each object's colour, shape and grid cell (<see cref="World.CellClassId"/>)
+/// instead of its colour, shape and size.</param>
 internal sealed record GenerateOptions(string OutputDir, int Seed = 1, int Stage1 = 20000, int Stage2 = 20000, int Eval = 200,
-    RendererKind Renderer = RendererKind.Default, bool Overwrite = false, bool ExtraQuestions = false, int Threads = 0)
+    RendererKind Renderer = RendererKind.Default, bool Overwrite = false, bool ExtraQuestions = false, int Threads = 0,
+    bool LabelCells = false)
 {
     public const int MaxImagesPerSplit = 10_000_000;
 
@@ -150,9 +153,31 @@ internal static class DatasetGenerator
         string labelPath = $"labels/{Splits[split]}/{id}.png";
         var render = new Random(ImageSeed(o.Seed, split, index) ^ 0x5bd1e995);
         var image = Renderer.Render(scene, settings, render);
+        if (o.LabelCells) RelabelWithCells(scene, image.Mask);
         PngFile.Write(Path.Combine(root, imagePath), image.Rgb, image.Width, image.Height, 3);
         PngFile.Write(Path.Combine(root, labelPath), image.Mask, image.Width, image.Height, 1);
         return new GeneratedImage(id, imagePath, labelPath, scene, turns, eval);
+    }
+
+    /// <summary>Rewrites a mask of object classes as colour · shape · cell classes. Two objects may share a class, so
+    /// each pixel goes to the nearest object of its class (objects never overlap and sit in distinct cells).</summary>
+    internal static void RelabelWithCells(Scene scene, byte[] mask)
+    {
+        int w = scene.Width;
+        for (int i = 0; i < mask.Length; i++)
+        {
+            int c = mask[i];
+            if (c == 0) continue;
+            double px = i % w + 0.5, py = i / w + 0.5, best = double.MaxValue;
+            SceneObject? owner = null;
+            foreach (var ob in scene.Objects)
+            {
+                if (ob.ClassId != c) continue;
+                double d = (px - ob.Cx) * (px - ob.Cx) + (py - ob.Cy) * (py - ob.Cy);
+                if (d < best) { best = d; owner = ob; }
+            }
+            mask[i] = owner is null ? (byte)0 : (byte)World.CellClassId(owner.Color, owner.Shape, owner.Row, owner.Col);
+        }
     }
 
     private static void WriteJson(string root, GeneratedImage[][] results, GenerateOptions o)
@@ -215,7 +240,8 @@ internal static class DatasetGenerator
             ["renderer"] = o.Renderer.ToString().ToLowerInvariant(),
             ["stage1"] = o.Stage1, ["stage2"] = o.Stage2, ["eval"] = o.Eval,
             ["extra_questions"] = o.ExtraQuestions,
-            ["label_classes"] = World.ClassCount,
+            ["label_classes"] = o.LabelCells ? World.CellClassCount : World.ClassCount,
+            ["label_scheme"] = o.LabelCells ? "color-shape-cell" : "color-shape-size",
         };
         File.WriteAllText(Path.Combine(root, "dataset.json"), JsonSerializer.Serialize(manifest, new JsonSerializerOptions { WriteIndented = true }) + "\n");
     }

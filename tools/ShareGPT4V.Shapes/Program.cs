@@ -7,7 +7,7 @@ internal static class Program
 {
     private const string Usage = """
         usage: sharegpt4v-shapes generate --out DIR [--seed 1] [--stage1 N] [--stage2 N] [--eval 200] [--renderer default|alt]
-                   [--extra-questions] [--threads N] [--overwrite]
+                   [--extra-questions] [--label-cells] [--threads N] [--overwrite]
                sharegpt4v-shapes init-model --data DIR --out MODELDIR [--image-size 160] [--patch-size 16] [--vision-hidden 160]
                    [--vision-layers 5] [--vision-heads 5] [--vision-intermediate 640] [--hidden 192] [--layers 4] [--heads 6]
                    [--intermediate 512] [--max-positions 1024] [--overwrite]
@@ -16,6 +16,8 @@ internal static class Program
                     stage2.json (LLaVA format), eval/ (questions.jsonl, questions_short.jsonl, annotations.jsonl), scenes/.
                     Defaults: --stage1 20000 --stage2 20000 --eval 200. The same seed gives the same bytes.
                     --extra-questions adds binding questions to stage 2 (shape / colour in a cell, size, empty cells).
+                    --label-cells makes the label masks name colour, shape and grid cell (217 classes) instead of
+                    colour, shape and size (49 classes).
         init-model  writes a llava-hf model folder without weights: configs and a word-level tokenizer built from DIR.
         """;
 
@@ -41,7 +43,7 @@ internal static class Program
             switch (args[0])
             {
                 case "generate":
-                    Check(options, "out", "seed", "stage1", "stage2", "eval", "renderer", "overwrite", "extra-questions", "threads");
+                    Check(options, "out", "seed", "stage1", "stage2", "eval", "renderer", "overwrite", "extra-questions", "threads", "label-cells");
                     var g = new GenerateOptions(
                         Required(options, "out"),
                         Int(options, "seed", 1), Int(options, "stage1", 20000), Int(options, "stage2", 20000), Int(options, "eval", 200),
@@ -53,7 +55,8 @@ internal static class Program
                         },
                         options.ContainsKey("overwrite"),
                         options.ContainsKey("extra-questions"),
-                        Int(options, "threads", 0));
+                        Int(options, "threads", 0),
+                        options.ContainsKey("label-cells"));
                     g.Validate();
                     DatasetGenerator.Generate(g, log, ct);
                     return 0;
@@ -101,7 +104,7 @@ internal static class Program
         {
             if (!args[i].StartsWith("--", StringComparison.Ordinal) || args[i].Length == 2) throw new ArgumentException($"unexpected argument '{args[i]}'");
             string name = args[i][2..];
-            bool flag = name is "overwrite" or "extra-questions";
+            bool flag = name is "overwrite" or "extra-questions" or "label-cells";
             if (!flag && i + 1 >= args.Length) throw new ArgumentException($"--{name} needs a value");
             if (!d.TryAdd(name, flag ? "true" : args[++i])) throw new ArgumentException($"--{name} is given twice");
         }

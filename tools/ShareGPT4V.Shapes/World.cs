@@ -68,6 +68,12 @@ internal static class World
 
     public static int ClassCount => 1 + Colors.Length * Shapes.Length * Sizes.Length;
 
+    /// <summary>The label-mask class of <c>generate --label-cells</c>: 1 + (colour·4 + shape)·9 + row·3 + column, so
+    /// 1..216; 0 is background. It puts where an object is into what the tower is trained to see.</summary>
+    public static int CellClassId(int color, int shape, int row, int col) => 1 + (color * Shapes.Length + shape) * 9 + row * 3 + col;
+
+    public static int CellClassCount => 1 + Colors.Length * Shapes.Length * 9;
+
     public static string Capitalize(string s) => s.Length == 0 ? s : char.ToUpperInvariant(s[0]) + s[1..];
 }
 

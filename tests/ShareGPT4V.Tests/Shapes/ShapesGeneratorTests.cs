@@ -51,6 +51,42 @@ public class ShapesGeneratorTests(ShapesDataset data) : IClassFixture<ShapesData
     }
 
     [Fact]
+    public void LabelCellsMasksNameColourShapeAndCellOfTheSamePixels()
+    {
+        string cells = Path.Combine(data.Root, "cells");
+        Assert.Equal(0, ShapesCli.Main(["generate", "--out", cells, "--seed", ShapesDataset.Seed.ToString(System.Globalization.CultureInfo.InvariantCulture),
+            "--stage1", "6", "--stage2", "6", "--eval", "4", "--label-cells"]));
+        Assert.Equal(217, JsonDocument.Parse(File.ReadAllText(Path.Combine(cells, "dataset.json"))).RootElement.GetProperty("label_classes").GetInt32());
+        int relabelled = 0;
+        foreach (var split in new[] { "stage1", "stage2", "eval" })
+        {
+            foreach (var s in Scenes(cells, split))
+            {
+                // The images are the plain dataset's; only the masks differ, pixel for pixel where an object is.
+                string label = s.Image.Replace("images/", "labels/", StringComparison.Ordinal);
+                Assert.True(File.ReadAllBytes(Path.Combine(cells, s.Image)).AsSpan().SequenceEqual(File.ReadAllBytes(Path.Combine(data.Dir, s.Image))), s.Id);
+                using var plainImg = Image.Load<L8>(Path.Combine(data.Dir, label));
+                using var cellImg = Image.Load<L8>(Path.Combine(cells, label));
+                var plain = new byte[s.Width * s.Height];
+                var cell = new byte[s.Width * s.Height];
+                plainImg.CopyPixelDataTo(plain);
+                cellImg.CopyPixelDataTo(cell);
+                for (int i = 0; i < plain.Length; i++)
+                {
+                    Assert.Equal(plain[i] == 0, cell[i] == 0);
+                    if (plain[i] == 0) continue;
+                    // The pixel's object: the one of its class whose centre is nearest (the scene lists each object's cell).
+                    int k = cell[i] - 1, color = k / 36, shape = k / 9 % 4, row = k % 9 / 3, col = k % 3;
+                    var owners = s.Objects.Where(o => o.ClassId == plain[i]).ToList();
+                    Assert.Contains(owners, o => o.Color == Colors[color] && o.Shape == ShapeNames[shape] && o.Row == row && o.Col == col);
+                    relabelled++;
+                }
+            }
+        }
+        Assert.True(relabelled > 1000, $"{relabelled} object pixels");
+    }
+
+    [Fact]
     public void ImagesAndMasksObeyTheWorldRules()
     {
         int checkedInterior = 0, objects = 0;
