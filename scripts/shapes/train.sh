@@ -29,24 +29,25 @@ start=$(date +%s)
 
 stamp "data: $STAGE1_IMAGES stage-1 images, $STAGE2_IMAGES stage-2 images, $EVAL_IMAGES held-out (seed $SEED)"
 [ -f "$WORK/data/stage2.json" ] || shapes generate --out "$WORK/data" --seed "$SEED" \
-  --stage1 "$STAGE1_IMAGES" --stage2 "$STAGE2_IMAGES" --eval "$EVAL_IMAGES" --extra-questions
+  --stage1 "$STAGE1_IMAGES" --stage2 "$STAGE2_IMAGES" --eval "$EVAL_IMAGES" --extra-questions --label-cells
 [ -f "$WORK/init/config.json" ] || shapes init-model --data "$WORK/data" --out "$WORK/init"
 
 common=(--threads "$THREADS" --image-folder "$WORK/data" --tokenizer-variant legacy
         --lr-scheduler cosine --warmup-ratio 0.03 --weight-decay 0 --max-grad-norm 1.0 --save-steps 0)
 
-# 0. The tower alone learns what each patch shows (colour, shape and size of the object under it) from the label
-#    masks: a from-scratch ViT fed only caption loss never starts to see (docs/shapes-model.md).
+# 0. The tower alone learns what each patch shows (colour and shape of the object under it, and the grid cell that
+#    object sits in) from the label masks: a from-scratch ViT fed only caption loss never starts to see
+#    (docs/shapes-model.md).
 stamp "vision stage"
 [ -f "$WORK/vision/model.safetensors" ] || cli train --stage vision --model "$WORK/init" --from-scratch --data "$WORK/data/stage1.json" --output "$WORK/vision" \
-  --tune-vit-embeddings --tune-vit-from-layer 0 --aux-patch-loss-weight 1 --aux-patch-classes 49 \
+  --tune-vit-embeddings --tune-vit-from-layer 0 --aux-patch-loss-weight 1 --aux-patch-classes 217 \
   --per-device-batch-size 32 --learning-rate 1e-3 --epochs "$VISION_EPOCHS" --seed "$SEED" "${common[@]}"
 
 # 1. ShareGPT4V stage 1 on detailed captions: LLM, projector and the whole tower, the patch loss kept on so the
 #    tower does not forget; images padded as at inference (the world has 2:1 images, a centre crop would cut shapes off).
 stamp "stage 1 (captions)"
 [ -f "$WORK/stage1/model.safetensors" ] || cli train --stage pretrain --model "$WORK/vision" --data "$WORK/data/stage1.json" --output "$WORK/stage1" \
-  --image-aspect-ratio pad --tune-vit-embeddings --tune-vit-from-layer 0 --aux-patch-loss-weight 0.5 --aux-patch-classes 49 \
+  --image-aspect-ratio pad --tune-vit-embeddings --tune-vit-from-layer 0 --aux-patch-loss-weight 0.5 --aux-patch-classes 217 \
   --per-device-batch-size 16 --learning-rate 1e-3 --vision-tower-lr 2e-4 --max-steps "$STAGE1_STEPS" --seed "$SEED" "${common[@]}"
 
 # 2. ShareGPT4V stage 2 on multi-turn instructions (vicuna_v1): projector and LLM, tower frozen.
