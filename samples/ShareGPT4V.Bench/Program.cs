@@ -26,10 +26,12 @@ VerbSpec[] verbs =
     }),
     new("kernels", "the decode mat-vec kernel per weight storage")
     {
-        Options = [new("threads", "N", "threads (default: all cores)")],
+        Options = [new("threads", "N", "threads (default: all cores)"),
+                   new("rows", "LIST", "also time float32 and bfloat16 weights with these batch rows, the kernel pairing rows and not (e.g. 1,2,4,8)")],
         Run = (cl, _) =>
         {
-            KernelBench.Run(cl.Int("threads", Environment.ProcessorCount, 1, 1024), Console.Out);
+            var rows = cl.Has("rows") ? cl.IntList("rows", min: 1, max: ShareGPT4V.Modeling.MatVec.MaxRows) : [];
+            KernelBench.Run(cl.Int("threads", Environment.ProcessorCount, 1, 1024), rows, Console.Out);
             return Task.FromResult(0);
         },
     },

@@ -35,15 +35,18 @@ public class MatVecTests
     /// computed alone.
     /// </summary>
     [Theory]
-    [InlineData(2, 37, 23, true)]
-    [InlineData(5, 129, 65, false)]
-    [InlineData(8, 2048, 64, true)]
-    public void EveryRowOfAStepEqualsTheRowComputedAloneBitForBit(int rows, int inFeatures, int outFeatures, bool bias)
+    [InlineData(2, 37, 23, true, ScalarType.Float32)]
+    [InlineData(5, 129, 65, false, ScalarType.Float32)]
+    [InlineData(8, 2048, 64, true, ScalarType.Float32)]
+    [InlineData(3, 37, 23, true, ScalarType.BFloat16)]   // paired rows, then one alone; a tail past the vector width
+    [InlineData(8, 2048, 66, false, ScalarType.BFloat16)]
+    [InlineData(7, 130, 65, true, ScalarType.Float16)]
+    public void EveryRowOfAStepEqualsTheRowComputedAloneBitForBit(int rows, int inFeatures, int outFeatures, bool bias, ScalarType dtype)
     {
         using var scope = NewDisposeScope();
         using var gen = torch.manual_seed(11);
         var x = torch.randn(rows, inFeatures);
-        var w = torch.randn(outFeatures, inFeatures);
+        var w = torch.randn(outFeatures, inFeatures).to(dtype);
         var b = bias ? torch.randn(outFeatures) : null;
         var together = MatVec.Run(x, new[] { (w, b) }, threads: 2)[0];
         for (int m = 0; m < rows; m++)
@@ -51,6 +54,14 @@ public class MatVecTests
             var alone = MatVec.Run(x.narrow(0, m, 1).contiguous(), new[] { (w, b) }, threads: 2)[0];
             Assert.True(together.narrow(0, m, 1).contiguous().data<float>().ToArray().SequenceEqual(alone.data<float>().ToArray()), $"row {m} differs");
         }
+        // The two-rows-per-load kernel and the one-row kernel give the same bits.
+        MatVec.PairRows = false;
+        try
+        {
+            var unpaired = MatVec.Run(x, new[] { (w, b) }, threads: 2)[0];
+            Assert.True(together.data<float>().ToArray().SequenceEqual(unpaired.data<float>().ToArray()), "paired and unpaired kernels differ");
+        }
+        finally { MatVec.PairRows = true; }
     }
 
     [Theory]
