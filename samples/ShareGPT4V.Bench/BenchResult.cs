@@ -17,6 +17,8 @@ internal sealed record BenchResult
     [JsonPropertyName("placement")] public required string Placement { get; init; }
     /// <summary>Which libtorch the process loaded (CPU-only or CUDA build, version, folder).</summary>
     [JsonPropertyName("libtorch")] public required string LibTorch { get; init; }
+    /// <summary>The OpenMP spin setting libtorch loaded with (null: libgomp's defaults).</summary>
+    [JsonPropertyName("openmp_spin")] public string? OpenMPSpin { get; init; }
     [JsonPropertyName("dtype")] public required string DType { get; init; }
     [JsonPropertyName("threads")] public required int Threads { get; init; }
     [JsonPropertyName("batch")] public required int Batch { get; init; }
@@ -117,7 +119,7 @@ internal sealed record BenchResult
         var lines = new List<string?>
         {
             $"model {Model} | {Device} {DType} | {Threads} threads | batch {Batch} | prompt {PromptTokens} tokens | {NewTokens} new tokens",
-            $"placement       {Placement}; {LibTorch}",
+            $"placement       {Placement}; {LibTorch}; OpenMP {OpenMPSpin ?? "defaults"}",
             $"load            {F(LoadSeconds, "F2")} s   ({F(CheckpointCachedPercent, "F0")}% of the checkpoint was in the page cache)",
             $"preprocess      {F(PreprocessMs, "F1")} ms",
             $"vision+proj     {F(VisionMs, "F0")} ms   {F(VisionGFlops, "F1")} GFLOP/s   {F(VisionFmaRatio * 100, "F0")}% of FMA peak",

@@ -185,6 +185,7 @@ internal static class BenchRunner
             Device = cuda ? $"cuda:{Math.Max(0, device.index)}" : "cpu",
             Placement = placement.Description,
             LibTorch = ShareGPT4V.Cuda.NativeLibTorchReport.Current().Summary,
+            OpenMPSpin = ShareGPT4V.Devices.OpenMPSpin.Applied,
             DType = o.Quantization is { } q ? ShareGPT4V.Modeling.QuantizationFormats.Name(q) : BenchOptions.ShortName(dtype),
             Threads = o.Threads,
             Batch = o.Batch,
