@@ -106,7 +106,8 @@ internal sealed record BenchOptions
         Options =
         [
             new("out", "DIR", "the folder to write (required)"),
-            new("llm-layers", "N", "decoder layers of the language model (default: the benchmark model's)"),
+            new("preset", "NAME", "bench (default: CLIP ViT-L/336 + a 1.1B LLaMA) or 7b (ShareGPT4V-7B's dimensions)", Choices: new[] { "bench", "7b" }),
+            new("llm-layers", "N", "decoder layers of the language model (default: the preset's)"),
             new("seed", "S", "weight seed (default 1)"),
             new("dtype", "NAME", "fp32 (default), bf16 or fp16: the dtype the file stores", Choices: new[] { "fp32", "bf16", "fp16" }),
             OptionSpec.Flag("overwrite", "replace an existing checkpoint in --out"),
@@ -155,7 +156,8 @@ internal sealed record BenchOptions
 internal sealed record MakeCheckpointOptions
 {
     public required string Out { get; init; }
-    public int LlmLayers { get; init; } = BenchModelSpec.Default.Text.NumHiddenLayers;
+    public string Preset { get; init; } = "bench";
+    public int? LlmLayers { get; init; }
     public ulong Seed { get; init; } = 1;
     public string DType { get; init; } = "fp32";
     public bool Overwrite { get; init; }
@@ -168,7 +170,8 @@ internal sealed record MakeCheckpointOptions
         var o = new MakeCheckpointOptions
         {
             Out = a.Required("out"),
-            LlmLayers = a.Int("llm-layers", BenchModelSpec.Default.Text.NumHiddenLayers, min: 1, max: 1000),
+            Preset = a.Value("preset", "bench"),
+            LlmLayers = a.Has("llm-layers") ? a.Int("llm-layers", 1, min: 1, max: 1000) : null,
             Seed = (ulong)a.Int("seed", 1, min: 0, max: int.MaxValue),
             DType = a.Value("dtype", "fp32"),
             Overwrite = a.Flag("overwrite"),

@@ -69,7 +69,8 @@ VerbSpec[] verbs =
     {
         var options = MakeCheckpointOptions.From(cl);
         LoadExternalLibTorch(options.LibTorchDir);
-        var spec = BenchModelSpec.Default.WithLlmLayers(options.LlmLayers);
+        var preset = BenchModelSpec.Preset(options.Preset);
+        var spec = options.LlmLayers is int layers ? preset.WithLlmLayers(layers) : preset;
         var sw = System.Diagnostics.Stopwatch.StartNew();
         int lastPercent = -1;
         var progress = new SyncProgress<CheckpointWriteProgress>(p =>
