@@ -148,16 +148,16 @@ internal static unsafe class MatVec
             {
                 int n = (int)Math.Min(4, r1 - r);
                 int m = 0;
-                // Two rows of x per pass over four weight rows: eight accumulators, each weight vector loaded (and
-                // widened) once for both rows. Every (weight row, x row) pair still sums in the single-row order.
+                // Two rows of x per pass over four weight rows (DotPair); every (weight row, x row) pair still sums in
+                // the single-row order.
                 if (n == 4 && PairRows && !s.Quantized && s.WType is ScalarType.Float32 or ScalarType.BFloat16)
                 {
                     for (; m + 2 <= Rows; m += 2)
                     {
                         float* ya = s.Y + m * s.Out + r, yb = ya + s.Out;
                         float* xa = X + m * In, xb = xa + In;
-                        if (s.WType == ScalarType.Float32) DotF32Pair((float*)s.W + r * In, In, xa, xb, ya, yb);
-                        else DotBF16Pair((ushort*)s.W + r * In, In, xa, xb, ya, yb);
+                        if (s.WType == ScalarType.Float32) DotPair<float, Float32Load>((float*)s.W + r * In, In, xa, xb, ya, yb);
+                        else DotPair<ushort, BFloat16Load>((ushort*)s.W + r * In, In, xa, xb, ya, yb);
                         if (s.Bias != null)
                             for (int j = 0; j < 4; j++) { ya[j] += s.Bias[r + j]; yb[j] += s.Bias[r + j]; }
                     }
@@ -211,11 +211,34 @@ internal static unsafe class MatVec
         y[0] = s0; y[1] = s1; y[2] = s2; y[3] = s3;
     }
 
-    /// <summary>Four weight rows times two rows of x; each of the eight sums in <see cref="DotF32"/>'s order.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void DotF32Pair(float* w, long n, float* xa, float* xb, float* ya, float* yb)
+    /// <summary>How the paired kernel reads one weight storage: 8 weights widened to float32, or one.</summary>
+    private interface IWeightLoad<T> where T : unmanaged
     {
-        float* w0 = w, w1 = w + n, w2 = w + 2 * n, w3 = w + 3 * n;
+        static abstract Vector256<float> Load(T* p);
+        static abstract float At(T* p, long i);
+    }
+
+    private struct Float32Load : IWeightLoad<float>
+    {
+        public static Vector256<float> Load(float* p) => Avx.LoadVector256(p);
+        public static float At(float* p, long i) => p[i];
+    }
+
+    private struct BFloat16Load : IWeightLoad<ushort>
+    {
+        public static Vector256<float> Load(ushort* p) => LoadBF16(p);
+        public static float At(ushort* p, long i) => BF16ToFloat(p[i]);
+    }
+
+    /// <summary>
+    /// Four weight rows times two rows of x: eight accumulators, each weight vector loaded (and widened) once for both
+    /// rows; each of the eight sums in the order of the one-row kernels (<see cref="DotF32"/>, <see cref="DotBF16"/>).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void DotPair<T, TLoad>(T* w, long n, float* xa, float* xb, float* ya, float* yb)
+        where T : unmanaged where TLoad : struct, IWeightLoad<T>
+    {
+        T* w0 = w, w1 = w + n, w2 = w + 2 * n, w3 = w + 3 * n;
         Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
         Vector256<float> b0 = default, b1 = default, b2 = default, b3 = default;
         long i = 0;
@@ -223,12 +246,12 @@ internal static unsafe class MatVec
         {
             var xv = Avx.LoadVector256(xa + i);
             var xw = Avx.LoadVector256(xb + i);
-            var v0 = Avx.LoadVector256(w0 + i);
-            var v1 = Avx.LoadVector256(w1 + i);
+            var v0 = TLoad.Load(w0 + i);
+            var v1 = TLoad.Load(w1 + i);
             a0 = Fma.MultiplyAdd(v0, xv, a0); b0 = Fma.MultiplyAdd(v0, xw, b0);
             a1 = Fma.MultiplyAdd(v1, xv, a1); b1 = Fma.MultiplyAdd(v1, xw, b1);
-            var v2 = Avx.LoadVector256(w2 + i);
-            var v3 = Avx.LoadVector256(w3 + i);
+            var v2 = TLoad.Load(w2 + i);
+            var v3 = TLoad.Load(w3 + i);
             a2 = Fma.MultiplyAdd(v2, xv, a2); b2 = Fma.MultiplyAdd(v2, xw, b2);
             a3 = Fma.MultiplyAdd(v3, xv, a3); b3 = Fma.MultiplyAdd(v3, xw, b3);
         }
@@ -236,8 +259,9 @@ internal static unsafe class MatVec
         float t0 = Vector256.Sum(b0), t1 = Vector256.Sum(b1), t2 = Vector256.Sum(b2), t3 = Vector256.Sum(b3);
         for (; i < n; i++)
         {
-            s0 += w0[i] * xa[i]; s1 += w1[i] * xa[i]; s2 += w2[i] * xa[i]; s3 += w3[i] * xa[i];
-            t0 += w0[i] * xb[i]; t1 += w1[i] * xb[i]; t2 += w2[i] * xb[i]; t3 += w3[i] * xb[i];
+            float f0 = TLoad.At(w0, i), f1 = TLoad.At(w1, i), f2 = TLoad.At(w2, i), f3 = TLoad.At(w3, i);
+            s0 += f0 * xa[i]; s1 += f1 * xa[i]; s2 += f2 * xa[i]; s3 += f3 * xa[i];
+            t0 += f0 * xb[i]; t1 += f1 * xb[i]; t2 += f2 * xb[i]; t3 += f3 * xb[i];
         }
         ya[0] = s0; ya[1] = s1; ya[2] = s2; ya[3] = s3;
         yb[0] = t0; yb[1] = t1; yb[2] = t2; yb[3] = t3;
@@ -295,40 +319,6 @@ internal static unsafe class MatVec
             s2 += BF16ToFloat(w2[i]) * x[i]; s3 += BF16ToFloat(w3[i]) * x[i];
         }
         y[0] = s0; y[1] = s1; y[2] = s2; y[3] = s3;
-    }
-
-    /// <summary>Four bfloat16 weight rows times two rows of x, each weight vector widened once for both rows; each of
-    /// the eight sums in <see cref="DotBF16"/>'s order.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void DotBF16Pair(ushort* w, long n, float* xa, float* xb, float* ya, float* yb)
-    {
-        ushort* w0 = w, w1 = w + n, w2 = w + 2 * n, w3 = w + 3 * n;
-        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
-        Vector256<float> b0 = default, b1 = default, b2 = default, b3 = default;
-        long i = 0;
-        for (; i + 8 <= n; i += 8)
-        {
-            var xv = Avx.LoadVector256(xa + i);
-            var xw = Avx.LoadVector256(xb + i);
-            var v0 = LoadBF16(w0 + i);
-            var v1 = LoadBF16(w1 + i);
-            a0 = Fma.MultiplyAdd(v0, xv, a0); b0 = Fma.MultiplyAdd(v0, xw, b0);
-            a1 = Fma.MultiplyAdd(v1, xv, a1); b1 = Fma.MultiplyAdd(v1, xw, b1);
-            var v2 = LoadBF16(w2 + i);
-            var v3 = LoadBF16(w3 + i);
-            a2 = Fma.MultiplyAdd(v2, xv, a2); b2 = Fma.MultiplyAdd(v2, xw, b2);
-            a3 = Fma.MultiplyAdd(v3, xv, a3); b3 = Fma.MultiplyAdd(v3, xw, b3);
-        }
-        float s0 = Vector256.Sum(a0), s1 = Vector256.Sum(a1), s2 = Vector256.Sum(a2), s3 = Vector256.Sum(a3);
-        float t0 = Vector256.Sum(b0), t1 = Vector256.Sum(b1), t2 = Vector256.Sum(b2), t3 = Vector256.Sum(b3);
-        for (; i < n; i++)
-        {
-            float f0 = BF16ToFloat(w0[i]), f1 = BF16ToFloat(w1[i]), f2 = BF16ToFloat(w2[i]), f3 = BF16ToFloat(w3[i]);
-            s0 += f0 * xa[i]; s1 += f1 * xa[i]; s2 += f2 * xa[i]; s3 += f3 * xa[i];
-            t0 += f0 * xb[i]; t1 += f1 * xb[i]; t2 += f2 * xb[i]; t3 += f3 * xb[i];
-        }
-        ya[0] = s0; ya[1] = s1; ya[2] = s2; ya[3] = s3;
-        yb[0] = t0; yb[1] = t1; yb[2] = t2; yb[3] = t3;
     }
 
     /// <summary>
