@@ -32,14 +32,12 @@ internal sealed record BenchModelSpec
     /// <summary>ShareGPT4V-7B's dimensions (Vicuna-7B v1.5: hidden 4096, 32 layers, 32 heads without grouped KV, MLP
     /// 11008, 4096 positions) in the llava-hf layout, whose vocabulary is 32064 as llava-1.5-7b-hf's, with the same CLIP
     /// ViT-L/14-336 tower.</summary>
-    public static BenchModelSpec SevenB { get; } = new()
+    public static BenchModelSpec SevenB { get; } = Default with
     {
-        Vision = ClipVisionConfig.VitLarge336,
-        Text = new LlamaConfig
+        Text = Default.Text with
         {
-            VocabSize = 32064, HiddenSize = 4096, IntermediateSize = 11008, NumHiddenLayers = 32,
-            NumAttentionHeads = 32, NumKeyValueHeads = 32, HeadDim = 128, MaxPositionEmbeddings = 4096,
-            RmsNormEps = 1e-5, PadTokenId = 32001,
+            HiddenSize = 4096, IntermediateSize = 11008, NumHiddenLayers = 32, NumKeyValueHeads = 32, HeadDim = 128,
+            MaxPositionEmbeddings = 4096,
         },
     };
 
