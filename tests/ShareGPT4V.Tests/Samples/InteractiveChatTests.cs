@@ -92,7 +92,9 @@ public sealed class InteractiveChatTests : IDisposable
             using (var kill = Process.Start("kill", $"-INT {p.Id}")) await kill!.WaitForExitAsync();
             for (int i = 0; i < 30 && !Err().Contains("(Ctrl+C again quits"); i++) await Task.Delay(100);
         }
-        Assert.Contains("(Ctrl+C again quits", Err());
+        // On failure, say what the chat did instead (its whole stderr, whether it is still running).
+        Assert.True(Err().Contains("(Ctrl+C again quits", StringComparison.Ordinal),
+            $"no hint after a minute of Ctrl+C; first answer line '{first}', chat {(p.HasExited ? $"exited with {p.ExitCode}" : "still running")}, stderr:\n{Err()}");
         p.StandardInput.WriteLine("And what about Italy?");
         p.StandardInput.WriteLine("/exit");
         p.StandardInput.Close();
