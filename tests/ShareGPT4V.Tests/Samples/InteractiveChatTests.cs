@@ -17,8 +17,18 @@ public sealed class InteractiveChatTests : IDisposable
 
     private Process Start(params string[] extra)
     {
-        return Process.Start(CliProcess.StartInfo(
-            new[] { "chat", "--model", _case.ModelPath, "--template", "llava_v1", "--max-new-tokens", "4", "--temperature", "0" }.Concat(extra), input: true))!;
+        var psi = CliProcess.StartInfo(
+            new[] { "chat", "--model", _case.ModelPath, "--template", "llava_v1", "--max-new-tokens", "4", "--temperature", "0" }.Concat(extra), input: true);
+        // A test run started in the background by a non-interactive shell ignores SIGINT, and so would the chat it starts
+        // (.NET keeps a signal that was ignored at startup ignored): give the chat SIGINT's default back, as a terminal
+        // session would, through coreutils' env.
+        if (SigIntIgnored() == true && File.Exists("/usr/bin/env"))
+        {
+            psi.ArgumentList.Insert(0, psi.FileName);
+            psi.ArgumentList.Insert(0, "--default-signal=INT");
+            psi.FileName = "/usr/bin/env";
+        }
+        return Process.Start(psi)!;
     }
 
     private (int Exit, string Out, string Err) Script(string stdin, params string[] extra)
@@ -92,9 +102,12 @@ public sealed class InteractiveChatTests : IDisposable
             using (var kill = Process.Start("kill", $"-INT {p.Id}")) await kill!.WaitForExitAsync();
             for (int i = 0; i < 30 && !Err().Contains("(Ctrl+C again quits"); i++) await Task.Delay(100);
         }
-        // On failure, say what the chat did instead (its whole stderr, whether it is still running).
+        // On failure, say what the chat did instead (its whole stderr, whether it is still running), and whether this
+        // process ignores SIGINT: a test run started in the background by a non-interactive shell (`cmd &`) does, and
+        // every process it starts inherits that, the chat included.
         Assert.True(Err().Contains("(Ctrl+C again quits", StringComparison.Ordinal),
-            $"no hint after a minute of Ctrl+C; first answer line '{first}', chat {(p.HasExited ? $"exited with {p.ExitCode}" : "still running")}, stderr:\n{Err()}");
+            $"no hint after a minute of Ctrl+C; first answer line '{first}', chat {(p.HasExited ? $"exited with {p.ExitCode}" : "still running")}, " +
+            $"SIGINT ignored by the test process: {SigIntIgnored()}, stderr:\n{Err()}");
         p.StandardInput.WriteLine("And what about Italy?");
         p.StandardInput.WriteLine("/exit");
         p.StandardInput.Close();
@@ -103,5 +116,16 @@ public sealed class InteractiveChatTests : IDisposable
         Assert.Equal(0, p.ExitCode);
         Assert.DoesNotContain("[stopped]", Err());
         Assert.Equal(1, Answers(rest));
+    }
+
+    /// <summary>Bit 2 (SIGINT) of the SigIgn mask in /proc/self/status; null where there is no /proc.</summary>
+    private static bool? SigIntIgnored()
+    {
+        try
+        {
+            var line = File.ReadLines("/proc/self/status").FirstOrDefault(l => l.StartsWith("SigIgn:", StringComparison.Ordinal));
+            return line is null ? null : (Convert.ToUInt64(line["SigIgn:".Length..].Trim(), 16) & (1UL << 1)) != 0;
+        }
+        catch (IOException) { return null; }
     }
 }
