@@ -152,32 +152,10 @@ internal static class DatasetGenerator
         string imagePath = $"images/{Splits[split]}/{id}.png";
         string labelPath = $"labels/{Splits[split]}/{id}.png";
         var render = new Random(ImageSeed(o.Seed, split, index) ^ 0x5bd1e995);
-        var image = Renderer.Render(scene, settings, render);
-        if (o.LabelCells) RelabelWithCells(scene, image.Mask);
+        var image = Renderer.Render(scene, settings, render, o.LabelCells);
         PngFile.Write(Path.Combine(root, imagePath), image.Rgb, image.Width, image.Height, 3);
         PngFile.Write(Path.Combine(root, labelPath), image.Mask, image.Width, image.Height, 1);
         return new GeneratedImage(id, imagePath, labelPath, scene, turns, eval);
-    }
-
-    /// <summary>Rewrites a mask of object classes as colour · shape · cell classes. Two objects may share a class, so
-    /// each pixel goes to the nearest object of its class (objects never overlap and sit in distinct cells).</summary>
-    internal static void RelabelWithCells(Scene scene, byte[] mask)
-    {
-        int w = scene.Width;
-        for (int i = 0; i < mask.Length; i++)
-        {
-            int c = mask[i];
-            if (c == 0) continue;
-            double px = i % w + 0.5, py = i / w + 0.5, best = double.MaxValue;
-            SceneObject? owner = null;
-            foreach (var ob in scene.Objects)
-            {
-                if (ob.ClassId != c) continue;
-                double d = (px - ob.Cx) * (px - ob.Cx) + (py - ob.Cy) * (py - ob.Cy);
-                if (d < best) { best = d; owner = ob; }
-            }
-            mask[i] = owner is null ? (byte)0 : (byte)World.CellClassId(owner.Color, owner.Shape, owner.Row, owner.Col);
-        }
     }
 
     private static void WriteJson(string root, GeneratedImage[][] results, GenerateOptions o)

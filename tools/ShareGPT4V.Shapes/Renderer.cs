@@ -11,13 +11,16 @@ internal sealed record RenderedImage(int Width, int Height, byte[] Rgb, byte[] M
 /// </summary>
 internal static class Renderer
 {
-    public static RenderedImage Render(Scene scene, RenderSettings s, Random rng)
+    /// <param name="cellLabels">The mask names colour, shape and grid cell (<see cref="World.CellClassId"/>) instead of
+    /// colour, shape and size.</param>
+    public static RenderedImage Render(Scene scene, RenderSettings s, Random rng, bool cellLabels = false)
     {
         int w = scene.Width, h = scene.Height;
         var buf = new float[w * h * 3];
         PaintBackground(scene, s, buf);
         var mask = new byte[w * h];
-        foreach (var o in scene.Objects) PaintObject(o, s.Supersample, buf, mask, w, h);
+        foreach (var o in scene.Objects)
+            PaintObject(o, s.Supersample, buf, mask, w, h, (byte)(cellLabels ? World.CellClassId(o.Color, o.Shape, o.Row, o.Col) : o.ClassId));
         if (s.BlurSigma > 0) GaussianBlur(buf, w, h, s.BlurSigma);
         if (s.BoxBlur > 0) BoxBlur(buf, w, h, s.BoxBlur);
         if (s.Noise > 0) AddNoise(buf, s.Noise, s.GaussianNoise, (ulong)rng.NextInt64());
@@ -78,7 +81,7 @@ internal static class Renderer
         }
     }
 
-    private static void PaintObject(SceneObject o, int k, float[] buf, byte[] mask, int w, int h)
+    private static void PaintObject(SceneObject o, int k, float[] buf, byte[] mask, int w, int h, byte label)
     {
         (double X, double Y)[]? poly = o.Shape == 0 ? null : Geometry.Polygon(o.Shape, o.Extent, o.Rotation, o.StarInner);
         double radius = o.Extent / 2, radius2 = radius * radius;
@@ -96,7 +99,6 @@ internal static class Renderer
             double u = px - o.Cx, v = py - o.Cy;
             return poly is null ? Math.Abs(Math.Sqrt(u * u + v * v) - radius) : Geometry.EdgeDistance(poly, u, v);
         }
-        byte label = (byte)o.ClassId;
         var (cr, cg, cb) = o.Rgb;
         for (int y = y0; y <= y1; y++)
         {

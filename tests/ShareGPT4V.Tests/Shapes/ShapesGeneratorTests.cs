@@ -75,7 +75,7 @@ public class ShapesGeneratorTests(ShapesDataset data) : IClassFixture<ShapesData
                 {
                     Assert.Equal(plain[i] == 0, cell[i] == 0);
                     if (plain[i] == 0) continue;
-                    // The pixel's object: the one of its class whose centre is nearest (the scene lists each object's cell).
+                    // The cell label names one of the objects that the plain mask gives this pixel to (same colour, shape, size).
                     int k = cell[i] - 1, color = k / 36, shape = k / 9 % 4, row = k % 9 / 3, col = k % 3;
                     var owners = s.Objects.Where(o => o.ClassId == plain[i]).ToList();
                     Assert.Contains(owners, o => o.Color == Colors[color] && o.Shape == ShapeNames[shape] && o.Row == row && o.Col == col);
