@@ -11,7 +11,7 @@ B=samples/ShareGPT4V.Bench/bin/Release/net10.0/sharegpt4v-bench
 echo "== decode kernel alone (widening in registers, then int8 dot products)" >&2
 uptime > "$OUT/kernels.txt"
 $B kernels --threads $THREADS >> "$OUT/kernels.txt"
-SHAREGPT4V_QUANT_INT8=1 $B kernels --threads $THREADS >> "$OUT/kernels.txt"
+$B kernels --threads $THREADS >> "$OUT/kernels.txt"
 uptime >> "$OUT/kernels.txt"
 for d in fp32 q8_0 q4_0; do
   echo "== run $d" >&2

@@ -9,7 +9,7 @@ namespace ShareGPT4V.Bench;
 /// <summary>
 /// <c>sharegpt4v-bench kernels</c>: the decode mat-vec kernel alone on the benchmark model's MLP shape (8 matrices
 /// of 5632 × 2048, more than any cache), per weight storage: float32, bfloat16, and Q8_0 / Q4_0 both widened in
-/// registers or with int8 dot products (SHAREGPT4V_QUANT_INT8=1). Prints GB/s of weights read and weights per second.
+/// registers and with int8 dot products (the default; SHAREGPT4V_QUANT_INT8=0 turns it off). Prints GB/s of weights read and weights per second.
 /// With <c>--rows</c>, float32 and bfloat16 again for several batch rows (a decode step of that many requests), with
 /// the kernel's two-rows-per-load pairing on and off, in one process so the figures compare.
 /// </summary>
@@ -22,7 +22,6 @@ internal static class KernelBench
         var gen = new Generator(1);
         var f32 = Enumerable.Range(0, count).Select(_ => torch.randn(new long[] { rows, cols }, generator: gen).mul_(0.02)).ToArray();
         var x = torch.randn(1, cols, generator: gen);
-        string mode = Environment.GetEnvironmentVariable("SHAREGPT4V_QUANT_INT8") == "1" ? "int8 dot" : "registers";
         void Time(string name, Tensor[] ws)
         {
             long bytes = ws.Sum(w => w.numel() * w.ElementSize);
@@ -39,8 +38,14 @@ internal static class KernelBench
             log.WriteLine($"{name,-22} {bytes / median / 1e9,7:F1} GB/s median ({bytes / best / 1e9:F1} best)  {(double)count * rows * cols / median / 1e9,6:F2} G weights/s");
         }
         Time("bfloat16", f32.Select(w => w.to(ScalarType.BFloat16)).ToArray());
+        bool saved = QuantKernels.Int8Activations;
         foreach (var format in new[] { QuantizationFormat.Q8_0, QuantizationFormat.Q4_0 })
-            Time($"{QuantizationFormats.Name(format)} {mode}", f32.Select(w => (Tensor)QuantizedWeight.Quantize(w, format)).ToArray());
+            foreach (bool int8 in new[] { false, true })
+            {
+                QuantKernels.Int8Activations = int8; // read on this thread when each call starts
+                Time($"{QuantizationFormats.Name(format)} {(int8 ? "int8 dot" : "registers")}", f32.Select(w => (Tensor)QuantizedWeight.Quantize(w, format)).ToArray());
+            }
+        QuantKernels.Int8Activations = saved;
         if (batchRows.Count > 0) TimeRows(f32, batchRows, reps, log);
         Time("float32", f32);
     }

@@ -2,6 +2,7 @@ using System.Diagnostics;
 using ShareGPT4V.Checkpoints;
 using ShareGPT4V.Configuration;
 using ShareGPT4V.Devices;
+using ShareGPT4V.Language;
 using ShareGPT4V.Modeling;
 using ShareGPT4V.Tokenization;
 using TorchSharp;
@@ -17,6 +18,8 @@ internal sealed record QualityOptions
     public string DType { get; init; } = "q8_0";
     public int Tokens { get; init; } = 512;
     public int Threads { get; init; } = Environment.ProcessorCount;
+    /// <summary>One token per forward through a KV cache (the decode kernels) instead of one pass over the whole text.</summary>
+    public bool Decode { get; init; }
 
     public static VerbSpec Verb(Func<CommandLine, CancellationToken, Task<int>>? run = null) => new("quality", "top-1 agreement and mean KL against float32 on the same weights, teacher-forced")
     {
@@ -26,6 +29,7 @@ internal sealed record QualityOptions
             new("dtype", "NAME", "q8_0 (default), q4_0, bf16 or fp16: the storage compared with float32", Choices: new[] { "q8_0", "q4_0", "bf16", "fp16" }),
             new("tokens", "N", "length of the teacher-forced text (default 512)"),
             new("threads", "N", "CPU threads (default: all cores)"),
+            OptionSpec.Flag("decode", "teacher-force one token per step through the KV cache, as generation runs (the decode kernels)"),
         ],
         Run = run,
     };
@@ -38,6 +42,7 @@ internal sealed record QualityOptions
             DType = a.Value("dtype", "q8_0"),
             Tokens = a.Int("tokens", 512, min: 2, max: 1 << 16),
             Threads = a.Int("threads", Environment.ProcessorCount, min: 1, max: 1024),
+            Decode = a.Flag("decode"),
         };
         try { if (QuantizationFormats.TryParse(o.DType) is null) BenchOptions.ParseDType(o.DType, "--dtype"); }
         catch (ShareGPT4VException e) { throw new UsageException(e.Message); }
@@ -82,12 +87,12 @@ internal static class QualityRunner
 
         var quant = QuantizationFormats.TryParse(o.DType);
         var sw = Stopwatch.StartNew();
-        using var reference = LogProbs(folder, new LoadOptions { DType = ScalarType.Float32 }, input, out _);
+        using var reference = LogProbs(folder, new LoadOptions { DType = ScalarType.Float32 }, input, o.Decode, out _);
         double fp32Seconds = sw.Elapsed.TotalSeconds;
         log.WriteLine($"float32 pass over {o.Tokens} tokens: {fp32Seconds:F1} s");
         sw.Restart();
         var options = quant is null ? new LoadOptions { DType = BenchOptions.ParseDType(o.DType, "--dtype") } : new LoadOptions { DType = ScalarType.Float32, Quantization = quant };
-        using var candidate = LogProbs(folder, options, input, out var storage);
+        using var candidate = LogProbs(folder, options, input, o.Decode, out var storage);
         double candidateSeconds = sw.Elapsed.TotalSeconds;
         log.WriteLine($"{o.DType} pass: {candidateSeconds:F1} s; storage: {storage}");
         var (top1, meanKl, maxKl) = Compare(reference, candidate);
@@ -95,14 +100,26 @@ internal static class QualityRunner
     }
 
     /// <summary>Log-probabilities [T, V] of a teacher-forced pass (the model is loaded and released here).</summary>
-    private static Tensor LogProbs(ModelFolder folder, LoadOptions options, Tensor ids, out string storage)
+    private static Tensor LogProbs(ModelFolder folder, LoadOptions options, Tensor ids, bool decode, out string storage)
     {
         using var model = ModelLoader.Load(folder, options);
         storage = WeightStorage.Describe(model);
         using var noGrad = torch.no_grad();
         using var scope = NewDisposeScope();
-        var logits = model.LanguageModel.forward(ids);
-        return logits[0].log_softmax(-1).MoveToOuterDisposeScope();
+        if (!decode) return model.LanguageModel.forward(ids)[0].log_softmax(-1).MoveToOuterDisposeScope();
+        // Step by step, as generation runs: one new token per forward, earlier ones read from the KV cache.
+        long t = ids.shape[1];
+        using var cache = model.CreateCache(1, (int)t);
+        var rows = new List<Tensor>();
+        for (long i = 0; i < t; i++)
+        {
+            using var step = NewDisposeScope();
+            var emb = model.LanguageModel.Embed(ids.narrow(1, i, 1));
+            var pos = torch.tensor(new[] { i }, new long[] { 1, 1 });
+            var logits = model.LanguageModel.Forward(emb, pos, null, cache, i, LogitsMode.Last);
+            rows.Add(logits[0, 0].log_softmax(-1).MoveToOuterDisposeScope());
+        }
+        return torch.stack(rows).MoveToOuterDisposeScope();
     }
 
     /// <summary>(top-1 agreement, mean KL, largest KL) of two [T, V] log-probability tensors, the first the reference.</summary>

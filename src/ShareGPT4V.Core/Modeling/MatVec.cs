@@ -89,17 +89,21 @@ internal static unsafe class MatVec
             // Quantized weights with int8 dot products: x as Q8_0 blocks, once for every part.
             sbyte[]? xq = null;
             float[]? xd = null;
+            int[]? xs = null;
             if (QuantKernels.Int8Activations && inFeatures % 32 == 0 && job.Segments.Any(g => g.Quantized))
             {
                 xq = new sbyte[rows * inFeatures];
                 xd = new float[rows * inFeatures / 32];
+                xs = new int[rows * inFeatures / 32];
             }
             fixed (sbyte* q = xq)
             fixed (float* d = xd)
+            fixed (int* xsum = xs)
             {
-                if (q != null) QuantKernels.QuantizeActivations(job.X, rows, inFeatures, q, d);
+                if (q != null) QuantKernels.QuantizeActivations(job.X, rows, inFeatures, q, d, xsum);
                 job.Xq = q;
                 job.Xd = d;
+                job.Xs = xsum;
                 job.QuantVector = QuantKernels.Vector; // the caller's choice, for every helper thread
                 KernelThreads.Shared.Run(job, threads);
             }
@@ -129,6 +133,7 @@ internal static unsafe class MatVec
         public float* X;
         public sbyte* Xq; // x as Q8_0 blocks when the int8 path runs
         public float* Xd;
+        public int* Xs;
         public bool QuantVector;
         public int Rows;
         public long In;
@@ -167,7 +172,7 @@ internal static unsafe class MatVec
                     float* y = s.Y + m * s.Out + r;
                     float* x = X + m * In;
                     if (s.Quantized && Xq != null)
-                        QuantKernels.DotInt8(s.Format, (byte*)s.W + r * s.RowBytes, s.RowBytes, In, n, Xq + m * In, Xd + m * (In / 32), y, QuantVector);
+                        QuantKernels.DotInt8(s.Format, (byte*)s.W + r * s.RowBytes, s.RowBytes, In, n, Xq + m * In, Xd + m * (In / 32), Xs + m * (In / 32), y, QuantVector);
                     else if (s.Quantized) QuantKernels.Dot(s.Format, (byte*)s.W + r * s.RowBytes, s.RowBytes, In, n, x, y, QuantVector);
                     else switch (s.WType)
                     {

@@ -9,7 +9,7 @@ namespace ShareGPT4V.Tests.Modeling;
 /// <summary>The quantized mat-vec and GEMM paths against dequantize-then-float32 matmuls, vector against scalar.</summary>
 public sealed class QuantKernelTests
 {
-    private static QuantizedWeight Random(QuantizationFormat format, long rows, long cols, int seed, bool adversarial = false)
+    internal static QuantizedWeight Random(QuantizationFormat format, long rows, long cols, int seed, bool adversarial = false)
     {
         var gen = new Random(seed);
         long rowBytes = QuantizationFormats.RowBytes(format, cols);
@@ -49,6 +49,16 @@ public sealed class QuantKernelTests
     public void MatVecMatchesTheDequantizedMatmulOnBothPaths(QuantizationFormat format, int xRows, bool adversarial)
     {
         using var scope = NewDisposeScope();
+        // The widening path, which computes exactly what float32 does with the dequantized weights (the int8 path,
+        // the default, rounds the activations and is tested against its own reference below).
+        bool int8 = QuantKernels.Int8Activations;
+        QuantKernels.Int8Activations = false;
+        try { WideningMatVec(format, xRows, adversarial); }
+        finally { QuantKernels.Int8Activations = int8; }
+    }
+
+    private static void WideningMatVec(QuantizationFormat format, int xRows, bool adversarial)
+    {
         // 37 rows: whole groups of 4 and a remainder; 160 columns: 5 blocks.
         var w = Random(format, 37, 160, 11 + xRows, adversarial);
         var bias = torch.randn(37);
@@ -109,14 +119,22 @@ public sealed class QuantKernelTests
 /// <summary>The int8-dot decode path (activations as Q8_0 blocks, llama.cpp's scheme) against its exact reference.</summary>
 public sealed class QuantInt8KernelTests
 {
+    public static TheoryData<QuantizationFormat, int, bool> Cases => new()
+    {
+        { QuantizationFormat.Q8_0, 1, false }, { QuantizationFormat.Q8_0, 3, true }, { QuantizationFormat.Q8_0, 8, false },
+        { QuantizationFormat.Q4_0, 1, true }, { QuantizationFormat.Q4_0, 3, false }, { QuantizationFormat.Q4_0, 8, true },
+    };
+
     [Theory]
-    [InlineData(QuantizationFormat.Q8_0, 1)]
-    [InlineData(QuantizationFormat.Q4_0, 3)]
-    public void Int8DotsEqualTheMatmulOfDequantizedWeightsAndQuantizedActivations(QuantizationFormat format, int xRows)
+    [MemberData(nameof(Cases))]
+    public void Int8DotsEqualTheMatmulOfDequantizedWeightsAndQuantizedActivations(QuantizationFormat format, int xRows, bool adversarial)
     {
         using var scope = NewDisposeScope();
-        var w = QuantizedWeight.Quantize(torch.randn(45, 128, generator: new Generator(3)), format);
+        // 45 rows: groups of four rows, the single-row tail, and rows of another thread's 16-row block.
+        var w = adversarial ? QuantKernelTests.Random(format, 45, 128, 3, adversarial: true)
+                            : QuantizedWeight.Quantize(torch.randn(45, 128, generator: new Generator(3)), format);
         var x = torch.randn(xRows, 128, generator: new Generator(4));
+        if (adversarial) x[0, TensorIndex.Slice(32, 64)] = torch.zeros(32); // an all-zero activation block (scale 0)
         // Reference: x rounded to Q8_0 blocks by llama.cpp's formula, then an exact float64 matmul.
         var xq = new byte[xRows * 4 * 34];
         var xs = x.data<float>().ToArray();
@@ -131,7 +149,7 @@ public sealed class QuantInt8KernelTests
             {
                 QuantKernels.ForceScalar = scalar;
                 var y = Linear.Apply(x, w, null);
-                double err = (y - reference).abs().max().item<float>() / reference.abs().max().item<float>();
+                double err = (y - reference).abs().max().item<float>() / reference.abs().max().clamp_min(1e-30).item<float>();
                 Assert.True(err < 1e-5, $"scalar={scalar}: error {err:E2}");
             }
         }

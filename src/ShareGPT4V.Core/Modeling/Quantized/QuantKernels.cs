@@ -219,10 +219,13 @@ internal static unsafe class QuantKernels
     /// </summary>
     internal static bool Int8Activations { get => _int8 ?? Int8Default; set => _int8 = value; }
     [ThreadStatic] private static bool? _int8; // per calling thread, as ForceScalar
-    private static readonly bool Int8Default = Environment.GetEnvironmentVariable("SHAREGPT4V_QUANT_INT8") == "1";
+    private static readonly bool Int8Default = Environment.GetEnvironmentVariable("SHAREGPT4V_QUANT_INT8") != "0";
 
-    /// <summary>Quantizes <paramref name="rows"/> rows of x (columns a multiple of 32) to Q8_0: int8 values and float scales.</summary>
-    public static void QuantizeActivations(float* x, int rows, long columns, sbyte* q, float* d)
+    /// <summary>
+    /// Quantizes <paramref name="rows"/> rows of x (columns a multiple of 32) to Q8_0: int8 values, float scales and,
+    /// per block, the sum of its int8 values (the Q4_0 kernel's offset correction).
+    /// </summary>
+    public static void QuantizeActivations(float* x, int rows, long columns, sbyte* q, float* d, int* sums)
     {
         long blocks = columns / 32;
         for (long b = 0; b < rows * blocks; b++)
@@ -232,48 +235,132 @@ internal static unsafe class QuantKernels
             for (int j = 0; j < 32; j++) amax = MathF.Max(amax, MathF.Abs(xb[j]));
             float scale = amax / 127f, inv = scale != 0 ? 1f / scale : 0f;
             d[b] = (float)(Half)scale; // stored as a half, as in llama.cpp's Q8_0 blocks
-            for (int j = 0; j < 32; j++) q[b * 32 + j] = (sbyte)MathF.Round(xb[j] * inv, MidpointRounding.AwayFromZero);
+            int sum = 0;
+            for (int j = 0; j < 32; j++)
+            {
+                sbyte v = (sbyte)MathF.Round(xb[j] * inv, MidpointRounding.AwayFromZero);
+                q[b * 32 + j] = v;
+                sum += v;
+            }
+            sums[b] = sum;
         }
     }
 
-    /// <summary>As <see cref="Dot"/>, with x given as Q8_0 blocks (<paramref name="xq"/>, <paramref name="xd"/>).</summary>
-    public static void DotInt8(QuantizationFormat format, byte* w, long rowBytes, long columns, int rows, sbyte* xq, float* xd, float* y, bool vector)
+    /// <summary>As <see cref="Dot"/>, with x given as Q8_0 blocks (<paramref name="xq"/>, <paramref name="xd"/>, <paramref name="xs"/>).</summary>
+    public static void DotInt8(QuantizationFormat format, byte* w, long rowBytes, long columns, int rows, sbyte* xq, float* xd, int* xs, float* y, bool vector)
     {
         long blocks = columns / 32;
-        for (int j = 0; j < rows; j++)
-            y[j] = vector ? DotInt8Row(format, w + j * rowBytes, blocks, xq, xd) : DotInt8Scalar(format, w + j * rowBytes, blocks, xq, xd);
+        if (!vector)
+        {
+            for (int j = 0; j < rows; j++) y[j] = DotInt8Scalar(format, w + j * rowBytes, blocks, xq, xd);
+            return;
+        }
+        int r = 0;
+        if (format == QuantizationFormat.Q8_0)
+        {
+            for (; r + 4 <= rows; r += 4) DotInt8Rows4<Q8Blocks>(w + r * rowBytes, rowBytes, blocks, xq, xd, xs, y + r);
+            for (; r < rows; r++) y[r] = DotInt8Row<Q8Blocks>(w + r * rowBytes, blocks, xq, xd, xs);
+        }
+        else
+        {
+            for (; r + 4 <= rows; r += 4) DotInt8Rows4<Q4Blocks>(w + r * rowBytes, rowBytes, blocks, xq, xd, xs, y + r);
+            for (; r < rows; r++) y[r] = DotInt8Row<Q4Blocks>(w + r * rowBytes, blocks, xq, xd, xs);
+        }
+    }
+
+    /// <summary>
+    /// One block format's integer dot product of 32 weights with 32 int8 activations, as eight int32 partial sums
+    /// whose total is the exact dot product. With AVX-VNNI it is one <c>vpdpbusd</c>; without, <c>vpmaddubsw</c> +
+    /// <c>vpmaddwd</c> (no int16 saturation: a pair is at most 2·128·127).
+    /// </summary>
+    private interface IBlockDot
+    {
+        static abstract int BlockBytes { get; }
+        static abstract Vector256<int> Dot(byte* block, Vector256<sbyte> x, int xsum);
+    }
+
+    // AvxVnni is marked as a preview API in .NET 10; the instruction itself is stable (Alder Lake, Zen 4 and later).
+#pragma warning disable CA2252
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> UnsignedTimesSigned(Vector256<byte> u, Vector256<sbyte> s) =>
+        AvxVnni.IsSupported
+            ? AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, u, s)
+            : Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(u, s), Vector256.Create((short)1));
+#pragma warning restore CA2252
+
+    private readonly struct Q8Blocks : IBlockDot
+    {
+        public static int BlockBytes => 34;
+
+        // Signed × signed through the unsigned × signed instruction: |w| times x with w's sign moved onto x.
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<int> Dot(byte* block, Vector256<sbyte> x, int xsum)
+        {
+            var w = Avx.LoadVector256((sbyte*)(block + 2));
+            return UnsignedTimesSigned(Avx2.Abs(w), Avx2.Sign(x, w));
+        }
+    }
+
+    private readonly struct Q4Blocks : IBlockDot
+    {
+        public static int BlockBytes => 18;
+
+        // The nibbles are unsigned (0-15) as stored, so they multiply x directly; the −8 offset of every weight comes
+        // off afterwards as 8·Σx, spread as Σx over the eight partial sums.
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static Vector256<int> Dot(byte* block, Vector256<sbyte> x, int xsum)
+        {
+            var v = Sse2.LoadVector128(block + 2);
+            var mask = Vector128.Create((byte)0x0F);
+            var nibbles = Vector256.Create(Sse2.And(v, mask), Sse2.And(Sse2.ShiftRightLogical(v.AsUInt16(), 4).AsByte(), mask));
+            return Avx2.Subtract(UnsignedTimesSigned(nibbles, x), Vector256.Create(xsum));
+        }
     }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static float DotInt8Row(QuantizationFormat format, byte* row, long blocks, sbyte* xq, float* xd)
+    private static float DotInt8Row<T>(byte* row, long blocks, sbyte* xq, float* xd, int* xs) where T : struct, IBlockDot
     {
         Vector256<float> acc = default;
-        var ones = Vector256.Create((short)1);
-        var mask = Vector128.Create((byte)0x0F);
-        var eight = Vector256.Create((sbyte)8);
-        int bb = format == QuantizationFormat.Q8_0 ? 34 : 18;
         fixed (float* half = Half)
         {
-            for (long b = 0; b < blocks; b++)
+            byte* p = row;
+            for (long b = 0; b < blocks; b++, p += T.BlockBytes)
             {
-                byte* blk = row + b * bb;
-                Vector256<sbyte> wv;
-                if (format == QuantizationFormat.Q8_0) wv = Avx.LoadVector256((sbyte*)(blk + 2));
-                else
-                {
-                    var v = Sse2.LoadVector128(blk + 2);
-                    var lo = Sse2.And(v, mask);
-                    var hi = Sse2.And(Sse2.ShiftRightLogical(v.AsUInt16(), 4).AsByte(), mask);
-                    wv = Avx2.Subtract(Vector256.Create(lo, hi).AsSByte(), eight);
-                }
-                var xv = Avx.LoadVector256(xq + b * 32);
-                // |w| as unsigned times sign-adjusted x: pairs of products (at most 2·128·127) fit int16.
-                var dot16 = Avx2.MultiplyAddAdjacent(Avx2.Sign(wv, wv).AsByte(), Avx2.Sign(xv, wv));
-                var dot32 = Avx2.MultiplyAddAdjacent(dot16, ones);
-                acc = Fma.MultiplyAdd(Avx.ConvertToVector256Single(dot32), Vector256.Create(half[*(ushort*)blk] * xd[b]), acc);
+                var dot = T.Dot(p, Avx.LoadVector256(xq + b * 32), xs[b]);
+                acc = Fma.MultiplyAdd(Avx.ConvertToVector256Single(dot), Vector256.Create(half[*(ushort*)p] * xd[b]), acc);
             }
         }
         return Vector256.Sum(acc);
+    }
+
+    /// <summary>Four weight rows at once: each activation block is loaded once, and four accumulators run in parallel.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void DotInt8Rows4<T>(byte* w, long rowBytes, long blocks, sbyte* xq, float* xd, int* xs, float* y) where T : struct, IBlockDot
+    {
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        fixed (float* half = Half)
+        {
+            byte* p0 = w, p1 = w + rowBytes, p2 = w + 2 * rowBytes, p3 = w + 3 * rowBytes;
+            // Rows are short (1-4 KiB), so each 4-row pass is four short streams the hardware prefetcher barely learns
+            // before they end; fetching the rows about 16 KiB ahead doubled the rate read from memory (docs/quantization.md).
+            long ahead = Math.Max(4, (16384 + rowBytes - 1) / rowBytes) * rowBytes;
+            for (long b = 0; b < blocks; b++)
+            {
+                Sse.Prefetch0(p0 + ahead); Sse.Prefetch0(p1 + ahead); Sse.Prefetch0(p2 + ahead); Sse.Prefetch0(p3 + ahead);
+                var x = Avx.LoadVector256(xq + b * 32);
+                int s = xs[b];
+                float dx = xd[b];
+                a0 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(T.Dot(p0, x, s)), Vector256.Create(half[*(ushort*)p0] * dx), a0);
+                a1 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(T.Dot(p1, x, s)), Vector256.Create(half[*(ushort*)p1] * dx), a1);
+                a2 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(T.Dot(p2, x, s)), Vector256.Create(half[*(ushort*)p2] * dx), a2);
+                a3 = Fma.MultiplyAdd(Avx.ConvertToVector256Single(T.Dot(p3, x, s)), Vector256.Create(half[*(ushort*)p3] * dx), a3);
+                p0 += T.BlockBytes; p1 += T.BlockBytes; p2 += T.BlockBytes; p3 += T.BlockBytes;
+            }
+        }
+        y[0] = Vector256.Sum(a0);
+        y[1] = Vector256.Sum(a1);
+        y[2] = Vector256.Sum(a2);
+        y[3] = Vector256.Sum(a3);
     }
 
     private static float DotInt8Scalar(QuantizationFormat format, byte* row, long blocks, sbyte* xq, float* xd)
