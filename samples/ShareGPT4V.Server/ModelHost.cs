@@ -26,6 +26,8 @@ public sealed class ModelHost(ServerOptions options, ILogger<ModelHost> logger, 
         return new PipelineOptions
         {
             ModelPath = o.ModelPath,
+            MmprojPath = o.MmprojPath,
+            DType = o.DType,
             Template = o.Template,
             Threads = o.Threads,
             ContextLength = o.ContextLength,

@@ -8,8 +8,12 @@ public sealed class ServerUsageException(string message) : Exception(message);
 /// <summary>How the server runs: the model, where it listens, and the limits every request is held to.</summary>
 public sealed record ServerOptions
 {
-    /// <summary>Model folder (as <see cref="PipelineOptions.ModelPath"/>).</summary>
+    /// <summary>Model folder, or a llama.cpp LLM <c>.gguf</c> file (as <see cref="PipelineOptions.ModelPath"/>).</summary>
     public string ModelPath { get; init; } = "";
+    /// <summary>llama.cpp <c>mmproj</c> GGUF of the vision tower and projector, with a <c>.gguf</c> <see cref="ModelPath"/>.</summary>
+    public string? MmprojPath { get; init; }
+    /// <summary>Weight storage: auto, fp32, bf16, fp16, q8_0 or q4_0 (as <see cref="PipelineOptions.DType"/>).</summary>
+    public string DType { get; init; } = "auto";
     /// <summary>The id clients send as <c>model</c>; default: the model folder's name.</summary>
     public string? ModelName { get; init; }
     /// <summary>Addresses to listen on (ASP.NET Core's <c>--urls</c> syntax, ';'-separated); null = the host's default.</summary>
@@ -57,13 +61,21 @@ public sealed record ServerOptions
     public bool JsonLogs { get; init; }
 
     /// <summary>The <c>model</c> id served.</summary>
-    public string EffectiveModelName => ModelName ?? Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(ModelPath)));
+    public string EffectiveModelName => ModelName ?? (ModelPath.EndsWith(".gguf", StringComparison.OrdinalIgnoreCase)
+        ? Path.GetFileNameWithoutExtension(ModelPath)
+        : Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(ModelPath))));
 
     /// <summary>Checks every option; throws <see cref="ServerUsageException"/> naming the one at fault.</summary>
     public void Validate()
     {
         if (string.IsNullOrWhiteSpace(ModelPath)) throw new ServerUsageException("--model is required");
-        if (!Directory.Exists(ModelPath)) throw new ServerUsageException($"--model: the folder '{ModelPath}' does not exist");
+        bool gguf = ModelPath.EndsWith(".gguf", StringComparison.OrdinalIgnoreCase);
+        if (gguf ? !File.Exists(ModelPath) : !Directory.Exists(ModelPath))
+            throw new ServerUsageException($"--model: the {(gguf ? "file" : "folder")} '{ModelPath}' does not exist");
+        if (MmprojPath is not null && !gguf) throw new ServerUsageException("--mmproj goes with a --model that is a .gguf file");
+        if (MmprojPath is not null && !File.Exists(MmprojPath)) throw new ServerUsageException($"--mmproj: the file '{MmprojPath}' does not exist");
+        if (DType is not ("auto" or "fp32" or "float32" or "bf16" or "bfloat16" or "fp16" or "float16" or "q8_0" or "q4_0"))
+            throw new ServerUsageException($"--dtype must be auto, fp32, bf16, fp16, q8_0 or q4_0, got '{DType}'");
         if (ApiKey is { Length: 0 }) throw new ServerUsageException("--api-key must not be empty");
         if (Threads is <= 0) throw new ServerUsageException("--threads must be positive");
         if (ContextLength is <= 0) throw new ServerUsageException("--context-length must be positive");
@@ -97,7 +109,9 @@ public sealed record ServerOptions
         OpenAI-compatible chat completions (POST /v1/chat/completions, GET /v1/models), a health probe
         (GET /health: 200 once the model is loaded, 503 before) and a web demo at /.
 
-          --model DIR               model folder (llava-hf or original layout)
+          --model DIR|FILE          model folder (llava-hf or original layout), or a llama.cpp LLM .gguf file
+          --mmproj FILE             llama.cpp mmproj .gguf (vision tower + projector) for a .gguf --model
+          --dtype NAME              weight storage: auto (default), fp32, bf16, fp16, q8_0 or q4_0 (quantized at load)
           --urls URLS               where to listen (default http://localhost:5000; ';'-separated)
           --api-key KEY             require "Authorization: Bearer KEY" on /v1 (also SHAREGPT4V_API_KEY)
           --model-name NAME         the model id clients send (default: the folder's name)
@@ -128,7 +142,7 @@ public sealed record ServerOptions
         var values = new Dictionary<string, List<string>>(StringComparer.Ordinal);
         string[] known =
         {
-            "model", "urls", "api-key", "model-name", "template", "threads", "context-length", "max-batch-size", "max-queue", "image-cache-bytes", "prefix-cache-bytes",
+            "model", "mmproj", "dtype", "urls", "api-key", "model-name", "template", "threads", "context-length", "max-batch-size", "max-queue", "image-cache-bytes", "prefix-cache-bytes",
             "max-body-bytes", "max-image-bytes", "max-image-pixels", "max-images", "max-prompt-tokens", "max-tokens", "max-n",
             "request-timeout", "allow-image-url", "otlp-endpoint", "log-format",
         };
@@ -174,6 +188,8 @@ public sealed record ServerOptions
         return new ServerOptions
         {
             ModelPath = One("model") ?? "",
+            MmprojPath = One("mmproj"),
+            DType = One("dtype") ?? d.DType,
             ModelName = One("model-name"),
             Urls = One("urls"),
             ApiKey = One("api-key") ?? Environment.GetEnvironmentVariable("SHAREGPT4V_API_KEY"),

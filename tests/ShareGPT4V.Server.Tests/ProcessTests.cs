@@ -68,8 +68,82 @@ public sealed class ProcessTests
         }
     }
 
+    /// <summary>Starts the server, waits for /health, and returns its address; the log collects stdout and stderr.</summary>
+    private static async Task<string> StartAndWaitHealthy(Process p, System.Text.StringBuilder log)
+    {
+        var address = new TaskCompletionSource<string>();
+        void OnLine(string? line)
+        {
+            if (line is null) return;
+            lock (log) log.AppendLine(line);
+            var m = Regex.Match(line, @"Now listening on: (http://\S+)");
+            if (m.Success) address.TrySetResult(m.Groups[1].Value);
+        }
+        p.OutputDataReceived += (_, e) => OnLine(e.Data);
+        p.ErrorDataReceived += (_, e) => OnLine(e.Data);
+        p.BeginOutputReadLine();
+        p.BeginErrorReadLine();
+        var url = await address.Task.WaitAsync(TimeSpan.FromSeconds(60));
+        using var http = new HttpClient { BaseAddress = new Uri(url) };
+        var until = DateTime.UtcNow.AddSeconds(60);
+        while ((await http.GetAsync("/health")).StatusCode != HttpStatusCode.OK)
+        {
+            lock (log) Assert.True(DateTime.UtcNow < until, "not healthy within 60 s:\n" + log);
+            await Task.Delay(100);
+        }
+        return url;
+    }
+
+    /// <summary>The greedy answer to one text prompt from a server started with <paramref name="args"/>.</summary>
+    private static async Task<(string Model, string Text, string Log)> GreedyAnswer(params string[] args)
+    {
+        using var p = Process.Start(Server([.. args, "--urls", "http://127.0.0.1:0"]))!;
+        var log = new System.Text.StringBuilder();
+        try
+        {
+            var url = await StartAndWaitHealthy(p, log);
+            using var http = new HttpClient { BaseAddress = new Uri(url) };
+            var models = JsonDocument.Parse(await http.GetStringAsync("/v1/models")).RootElement;
+            string model = models.GetProperty("data")[0].GetProperty("id").GetString()!;
+            var body = new { model, messages = new[] { new { role = "user", content = "Describe the weather." } }, max_tokens = 6, temperature = 0 };
+            var response = await http.PostAsJsonAsync("/v1/chat/completions", body);
+            var text = await response.Content.ReadAsStringAsync();
+            Assert.True(response.StatusCode == HttpStatusCode.OK, text);
+            var json = JsonDocument.Parse(text).RootElement;
+            Assert.Equal(6, json.GetProperty("usage").GetProperty("completion_tokens").GetInt32());
+            lock (log) return (model, json.GetProperty("choices")[0].GetProperty("message").GetProperty("content").GetString()!, log.ToString());
+        }
+        finally
+        {
+            if (!p.HasExited) p.Kill(entireProcessTree: true);
+            await p.WaitForExitAsync();
+        }
+    }
+
+    [Fact]
+    public async Task ALlamaCppGgufPairServesWhatTheFolderServes()
+    {
+        // llama.cpp's F32 conversion of the same weights gives transformers' ids, so with the same template (a GGUF
+        // file does not name one of ours) the answers are equal.
+        string gguf = Path.Combine(AppContext.BaseDirectory, "Fixtures", "gguf");
+        var folder = await GreedyAnswer("--model", ServerFixture.ModelDir, "--template", "vicuna_v1");
+        var pair = await GreedyAnswer("--model", Path.Combine(gguf, "llm-f32.gguf"), "--mmproj", Path.Combine(gguf, "mmproj-f32.gguf"), "--template", "vicuna_v1");
+        Assert.Equal("llm-f32", pair.Model);
+        Assert.Equal(folder.Text, pair.Text);
+    }
+
+    [Fact]
+    public async Task DTypeQ8_0QuantizesTheLanguageModelAtLoad()
+    {
+        var q8 = await GreedyAnswer("--model", ServerFixture.ModelDir, "--dtype", "q8_0");
+        Assert.Contains("q8_0", q8.Log); // the load logs the storage it chose
+    }
+
     [Theory]
     [InlineData("--model is required", "--urls", "http://127.0.0.1:0")]
+    [InlineData("--mmproj goes with a --model that is a .gguf file", "--model", ".", "--mmproj", "x.gguf")]
+    [InlineData("--dtype must be auto, fp32, bf16, fp16, q8_0 or q4_0, got 'q5_1'", "--model", ".", "--dtype", "q5_1")]
+    [InlineData("the file '/no/such.gguf' does not exist", "--model", "/no/such.gguf")]
     [InlineData("Unknown option --modle", "--modle", "x")]
     [InlineData("does not exist", "--model", "/no/such/folder")]
     [InlineData("--max-queue must be positive", "--model", ".", "--max-queue", "0")]
