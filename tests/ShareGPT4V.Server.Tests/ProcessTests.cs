@@ -123,8 +123,8 @@ public sealed class ProcessTests
     [Fact]
     public async Task ALlamaCppGgufPairServesWhatTheFolderServes()
     {
-        // llama.cpp's F32 conversion of the same weights gives transformers' ids, so with the same template (a GGUF
-        // file does not name one of ours) the answers are equal.
+        // llama.cpp's F32 conversion of the same weights gives transformers' ids, so with the same template the
+        // answers are equal (by default the llava-hf folder gets llava-hf's template and the GGUF file llava_v1).
         string gguf = Path.Combine(AppContext.BaseDirectory, "Fixtures", "gguf");
         var folder = await GreedyAnswer("--model", ServerFixture.ModelDir, "--template", "vicuna_v1");
         var pair = await GreedyAnswer("--model", Path.Combine(gguf, "llm-f32.gguf"), "--mmproj", Path.Combine(gguf, "mmproj-f32.gguf"), "--template", "vicuna_v1");
