@@ -91,6 +91,8 @@ internal sealed class LlamaModel : nn.Module<Tensor, Tensor>
     /// [0, starts[r] + T) only, so each row is computed as it would be alone. A prefill runs one row (T tokens,
     /// start > 0 when a cached prefix is reused); a decode step runs every active row with T = 1.
     /// </summary>
+    private const int TrimEveryLayerFrom = 64;
+
     internal Tensor ForwardSlots(Tensor inputsEmbeds, Tensor positionIds, KvCache cache, SlotRows rows, LogitsMode logits)
     {
         using var scope = NewDisposeScope();
@@ -121,6 +123,9 @@ internal sealed class LlamaModel : nn.Module<Tensor, Tensor>
             var next = _model.Layers[i].ForwardSlots(h, cos, sin, mask, causal, cache, i, rows);
             h.Dispose();
             h = next;
+            // A long prompt's layer frees tens of megabytes of activations between small long-lived blocks (the KV
+            // cache's views, held scalars); without a trim the heap keeps every layer's holes until the pass ends.
+            if (t >= TrimEveryLayerFrom) CHeap.Trim();
         }
         h = _model.Norm.forward(h);
         Tensor result = logits switch
