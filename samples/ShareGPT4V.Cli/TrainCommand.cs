@@ -45,7 +45,7 @@ internal static class TrainCommand
             new("seed", "N", "data order seed (default 42)"),
             OptionSpec.Flag("no-shuffle", "keep the file's order"),
             OptionSpec.Flag("group-by-modality-length", "batches of image records or of text-only records (LLaVA's option)"),
-            new("dtype", "fp32|bf16", "bf16 autocast where the device supports it (the CPU trains in fp32)"),
+            new("dtype", "fp32|bf16", "bf16 autocast: products in bfloat16, float32 master weights (on CPUs with AVX512-BF16 or AMX-BF16; elsewhere fp32)"),
             new("tune-vit-from-layer", "L", "pretrain: first CLIP encoder layer trained (default 12)"),
             new("model-max-length", "N", "longest sequence in tokens, image tokens included (default 2048)"),
             new("tokenizer-variant", "NAME", "llava (default: LLaVA main, legacy=false), sharegpt4v (transformers 4.31), legacy"),

@@ -3,7 +3,8 @@
 torch 1.13), the finetune stage: vision tower frozen, projector and LLaMA trained with AdamW, clipping at 1.0.
 One example per step: one image (576 tokens on CLIP-L/336) and TEXT text tokens, SUPERVISED of them labelled.
 Prints one JSON line per step (seconds, tokens/s) and the process's peak RSS.
-Usage: torch_train_bench.py MODEL_DIR --text N --supervised N [--steps 4] [--threads 2] [--checkpointing]"""
+With --autocast, the forward (vision, projector, LLaMA, logits) runs under torch.autocast("cpu", torch.bfloat16).
+Usage: torch_train_bench.py MODEL_DIR --text N --supervised N [--steps 4] [--threads 2] [--checkpointing] [--autocast]"""
 import argparse, json, math, os, resource, struct, sys, time
 import numpy as np
 import torch
@@ -17,6 +18,7 @@ ap.add_argument("--supervised", type=int, required=True)
 ap.add_argument("--steps", type=int, default=4)
 ap.add_argument("--threads", type=int, default=2)
 ap.add_argument("--checkpointing", action="store_true")
+ap.add_argument("--autocast", action="store_true")
 args = ap.parse_args()
 torch.set_num_threads(args.threads)
 torch.manual_seed(0)
@@ -106,6 +108,8 @@ cos, sin = rope(T)
 
 for step in range(1, args.steps + 1):
     t0 = time.perf_counter()
+    ac = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.autocast)
+    ac.__enter__()
     with torch.no_grad():
         feats = clip_features(pixels)
     img = F.linear(F.gelu(F.linear(feats, trainable["multi_modal_projector.linear_1.weight"], trainable["multi_modal_projector.linear_1.bias"])),
@@ -118,6 +122,7 @@ for step in range(1, args.steps + 1):
         else:
             h = layer(i, h, cos, sin, mask)
     logits = F.linear(rms(h, trainable["language_model.model.norm.weight"]), trainable["language_model.lm_head.weight"]).float()
+    ac.__exit__(None, None, None)
     loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1))
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -126,4 +131,4 @@ for step in range(1, args.steps + 1):
     dt = time.perf_counter() - t0
     print(json.dumps({"step": step, "seconds": round(dt, 3), "tokens": T, "tokens_per_second": round(T / dt, 2), "loss": loss.item()}), flush=True)
 print(json.dumps({"peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2, 3),
-                  "threads": args.threads, "torch": torch.__version__, "checkpointing": args.checkpointing}))
+                  "threads": args.threads, "torch": torch.__version__, "checkpointing": args.checkpointing, "autocast": args.autocast}))

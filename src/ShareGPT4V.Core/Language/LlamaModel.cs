@@ -344,7 +344,7 @@ internal sealed class LlamaAttention : nn.Module<Tensor, Tensor>
         }
         else if (groups == 1)
         {
-            o = nn.functional.scaled_dot_product_attention(q, keys, values, mask, 0.0, causal);
+            o = Autocast.Attention(q, keys, values, mask, causal);
         }
         else if (causal)
         {
@@ -352,7 +352,7 @@ internal sealed class LlamaAttention : nn.Module<Tensor, Tensor>
             // repeat_kv) so the causal kernel runs; the copies are small next to a materialised score matrix.
             var ke = keys.repeat_interleave(groups, 1);
             var ve = values.repeat_interleave(groups, 1);
-            o = nn.functional.scaled_dot_product_attention(q, ke, ve, null, 0.0, true);
+            o = Autocast.Attention(q, ke, ve, null, true);
         }
         else
         {
@@ -361,7 +361,7 @@ internal sealed class LlamaAttention : nn.Module<Tensor, Tensor>
             var qg = q.reshape(b, _kvHeads, groups * t, _headDim);
             Tensor? mg = mask is null ? null
                 : mask.unsqueeze(2).expand(b, 1, groups, t, s).reshape(b, 1, groups * t, s);
-            o = nn.functional.scaled_dot_product_attention(qg, keys, values, mg).reshape(b, _heads, t, _headDim);
+            o = Autocast.Attention(qg, keys, values, mg).reshape(b, _heads, t, _headDim);
         }
         o = o.transpose(1, 2).reshape(b, t, (long)_heads * _headDim);
         return _oProj.forward(o).MoveToOuterDisposeScope();
@@ -407,12 +407,12 @@ internal sealed class LlamaAttention : nn.Module<Tensor, Tensor>
     {
         long b = q.shape[0], t = q.shape[2], s = keys.shape[2];
         int groups = _heads / _kvHeads;
-        if (groups == 1) return nn.functional.scaled_dot_product_attention(q, keys, values, mask, 0.0, causal);
+        if (groups == 1) return Autocast.Attention(q, keys, values, mask, causal);
         if (causal)
-            return nn.functional.scaled_dot_product_attention(q, keys.repeat_interleave(groups, 1), values.repeat_interleave(groups, 1), null, 0.0, true);
+            return Autocast.Attention(q, keys.repeat_interleave(groups, 1), values.repeat_interleave(groups, 1), null, true);
         var qg = q.reshape(b, _kvHeads, groups * t, _headDim);
         Tensor? mg = mask is null ? null : mask.unsqueeze(2).expand(b, 1, groups, t, s).reshape(b, 1, groups * t, s);
-        return nn.functional.scaled_dot_product_attention(qg, keys, values, mg).reshape(b, _heads, t, _headDim);
+        return Autocast.Attention(qg, keys, values, mg).reshape(b, _heads, t, _headDim);
     }
 
     public override Tensor forward(Tensor x) => throw new NotSupportedException("Use Forward with rotary tables");

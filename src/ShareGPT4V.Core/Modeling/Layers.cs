@@ -74,6 +74,7 @@ internal sealed class Linear : nn.Module<Tensor, Tensor>
     {
         if (MatVec.Applies(x, weight, bias)) return MatVec.Run(x, new[] { (weight, bias) })[0];
         if (weight is QuantizedWeight q) return ApplyQuantized(x, q, bias, widenedSliceBytes);
+        if (Autocast.Applies(x) && weight.dtype == ScalarType.Float32) return Autocast.Linear(x, weight, bias);
         if (weight.dtype == x.dtype && (bias is null || bias.dtype == x.dtype))
             return nn.functional.linear(x, weight, bias);
         // A GEMM over half-precision weights: CPU half-precision GEMMs are far slower than widening, so widen a slice

@@ -82,7 +82,8 @@ internal sealed class LoraAdapters : IDisposable
         {
             using var scope = NewDisposeScope();
             var h = _training && _options.Dropout > 0 ? nn.functional.dropout(x, _options.Dropout, true) : x;
-            var y = nn.functional.linear(nn.functional.linear(h.to(a.dtype), a), b).mul(_scale);
+            h = h.to(a.dtype);
+            var y = (Autocast.Applies(h) ? Autocast.Linear(Autocast.Linear(h, a, null), b, null) : nn.functional.linear(nn.functional.linear(h, a), b)).mul(_scale);
             return y.to(x.dtype).MoveToOuterDisposeScope();
         };
     }

@@ -67,8 +67,13 @@ public sealed class Trainer
         var output = Path.GetFullPath(_o.OutputDir);
         var source = ModelFolder.Open(_o.ModelPath, _o.VisionTowerPath); // a wrong model path fails before anything is written
         Directory.CreateDirectory(output);
-        if (_o.DType == "bf16")
-            _log.LogWarning("bf16 autocast is not available on the CPU (no bf16 GEMMs that are not far slower than fp32): training in fp32");
+        // bf16: the matrix products in bfloat16 with float32 master weights (Autocast), where the CPU multiplies
+        // bfloat16 natively; elsewhere libtorch's bfloat16 GEMMs are far slower than float32, so the run stays float32.
+        ScalarType? autocast = _o.DType == "bf16" && Autocast.CpuHasFastBf16 ? ScalarType.BFloat16 : null;
+        if (autocast is not null)
+            _log.LogInformation("bf16 autocast: linear layers, attention and the patch convolution run in bfloat16; weights, optimizer and everything else in float32");
+        else if (_o.DType == "bf16")
+            _log.LogWarning("bf16 autocast needs a CPU with AVX512-BF16 or AMX-BF16 (this one has neither, so bfloat16 products would be far slower than float32): training in fp32");
 
         // Resume: the latest complete checkpoint supplies weights, optimizer state, log and data position.
         string? resumeFrom = _o.Resume ? TrainingCheckpoint.Latest(output) : null;
@@ -219,6 +224,7 @@ public sealed class Trainer
                     if (prepared.Batch is { } batch)
                     {
                         using (batch)
+                        using (Autocast.Enter(autocast))
                         {
                             double lossValue, auxValue = double.NaN;
                             long tok;

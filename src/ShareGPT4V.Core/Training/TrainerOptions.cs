@@ -70,7 +70,10 @@ public sealed record TrainerOptions
     public bool Shuffle { get; init; } = true;
     /// <summary>LLaVA's <c>group_by_modality_length</c>: batches hold either image records or text-only records, of similar lengths.</summary>
     public bool GroupByModalityLength { get; init; }
-    /// <summary>"fp32" or "bf16" (bf16 needs a device with bf16 support; on CPU the run stays in fp32 and says so).</summary>
+    /// <summary>
+    /// "fp32" or "bf16": bf16 autocast, the matrix products in bfloat16 with float32 master weights, on a CPU with
+    /// AVX512-BF16 or AMX-BF16; on other CPUs the run stays in fp32 and logs why.
+    /// </summary>
     public string DType { get; init; } = "fp32";
     /// <summary>First CLIP encoder layer trained in <see cref="TrainingStage.Pretrain"/> (ShareGPT4V's stage-1 scripts: 12).</summary>
     public int TuneVitFromLayer { get; init; } = 12;

@@ -132,8 +132,15 @@ internal sealed class PatchConv : nn.Module<Tensor, Tensor>
         RegisterComponents();
     }
 
-    public override Tensor forward(Tensor x) =>
-        nn.functional.conv2d(x, _weight, null, strides: new[] { _patch, _patch }, padding: new[] { 0L, 0L }, dilation: new[] { 1L, 1L }, groups: 1);
+    public override Tensor forward(Tensor x)
+    {
+        if (!Autocast.Applies(x) || _weight.dtype != ScalarType.Float32)
+            return nn.functional.conv2d(x, _weight, null, strides: new[] { _patch, _patch }, padding: new[] { 0L, 0L }, dilation: new[] { 1L, 1L }, groups: 1);
+        using var scope = NewDisposeScope();
+        var dt = Autocast.Current!.Value;
+        return nn.functional.conv2d(x.to(dt), _weight.to(dt), null, strides: new[] { _patch, _patch }, padding: new[] { 0L, 0L }, dilation: new[] { 1L, 1L }, groups: 1)
+            .to(x.dtype).MoveToOuterDisposeScope();
+    }
 }
 
 internal sealed class ClipEncoder : nn.Module<Tensor, Tensor>
@@ -212,7 +219,7 @@ internal sealed class ClipAttention : nn.Module<Tensor, Tensor>
         var k = Heads(_kProj.forward(x));
         var v = Heads(_vProj.forward(x));
         // Full (unmasked) attention with the 1/sqrt(head_dim) scale CLIP uses.
-        var o = nn.functional.scaled_dot_product_attention(q, k, v);
+        var o = Autocast.Attention(q, k, v);
         o = o.transpose(1, 2).reshape(b, t, _heads * _headDim);
         return _outProj.forward(o).MoveToOuterDisposeScope();
     }

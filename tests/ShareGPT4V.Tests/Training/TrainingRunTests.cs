@@ -135,6 +135,47 @@ public sealed class TrainingRunTests(ITestOutputHelper output) : IDisposable
     }
 
     [Fact]
+    public async Task Bf16AutocastTracksTheFloat32GoldenWithinBf16Precision()
+    {
+        // The bfloat16 path on any CPU (where it has no bf16 instructions this is slow, but the tiny model is small).
+        var g = new TrainingGolden("finetune");
+        var outDir = Path.Combine(_dir, "bf16");
+        bool? saved = ShareGPT4V.Modeling.Autocast.ForceCpuBf16;
+        ShareGPT4V.Modeling.Autocast.ForceCpuBf16 = true;
+        try
+        {
+            await new Trainer(new TrainerOptions
+            {
+                ModelPath = TrainingGolden.ModelDir, DataPath = DataFile(g), ImageFolder = TrainingGolden.ModelDir, OutputDir = outDir,
+                Stage = TrainingStage.Finetune, LearningRate = 1e-3, GradientAccumulationSteps = 2, MaxSteps = 3, WarmupRatio = 0.03,
+                Shuffle = false, SaveSteps = 0, DType = "bf16",
+            }).RunAsync();
+        }
+        finally { ShareGPT4V.Modeling.Autocast.ForceCpuBf16 = saved; }
+        var steps = g.Golden.GetProperty("training").GetProperty("steps").EnumerateArray().ToList();
+        var history = JsonDocument.Parse(File.ReadAllBytes(Path.Combine(outDir, "trainer_state.json"))).RootElement.GetProperty("log_history").EnumerateArray().ToList();
+        double worst = 0;
+        for (int k = 0; k < 3; k++)
+        {
+            double loss = history[k].GetProperty("loss").GetDouble(), golden = steps[k].GetProperty("mean_micro_batch_loss").GetDouble();
+            double rel = Math.Abs(loss - golden) / golden;
+            worst = Math.Max(worst, rel);
+            Assert.True(rel <= 1e-2, $"step {k + 1}: bf16 loss {loss} vs float32 golden {golden}");
+        }
+        output.WriteLine($"bf16 losses: largest relative difference from the float32 golden {worst:E2}");
+        Assert.True(worst > 1e-6, "the bf16 run equals float32 to 1e-6: the products did not run in bfloat16");
+        // The weights stay float32 (master weights) and move as the float32 run's do, to bf16 precision.
+        using var model = SafeTensorsFile.Open(Path.Combine(outDir, "model.safetensors"));
+        foreach (var (key, expected) in g.Tensors().Where(kv => kv.Key.StartsWith("step3.", StringComparison.Ordinal) && !kv.Key.Contains("exp_avg")))
+        {
+            using var t = model.Load(key["step3.".Length..]);
+            Assert.Equal(torch.ScalarType.Float32, t.dtype);
+            float diff = t.contiguous().data<float>().ToArray().Zip(expected, (a, b) => Math.Abs(a - b)).Max();
+            Assert.True(diff <= 2e-2 * Math.Max(1f, expected.Max(Math.Abs)), $"{key}: max abs diff {diff} from the float32 golden");
+        }
+    }
+
+    [Fact]
     public async Task CancelledAndResumedEqualsUninterruptedBitForBit()
     {
         var g = new TrainingGolden("finetune");
