@@ -108,16 +108,20 @@ internal sealed class Linear : nn.Module<Tensor, Tensor>
             throw new ArgumentException($"Input has {x.shape[^1]} features, the weight {inFeatures}");
         long step = Math.Min(rows, Math.Max(64, widenedSliceBytes / (inFeatures * 4) / 64 * 64));
         using var scope = NewDisposeScope();
-        var x2 = x.reshape(-1, inFeatures).to(ScalarType.Float32);
-        var y = torch.empty(new[] { x2.shape[0], rows }, ScalarType.Float32, x.device);
+        // bfloat16 where the CPU multiplies it natively (QuantKernels.Bf16Gemm): panels and activations in bfloat16,
+        // float32 accumulation inside the GEMM, the output back to float32.
+        var gemm = QuantKernels.Bf16Gemm && x.device_type == DeviceType.CPU ? ScalarType.BFloat16 : ScalarType.Float32;
+        var x2 = x.reshape(-1, inFeatures).to(gemm);
+        var y = torch.empty(new[] { x2.shape[0], rows }, gemm, x.device);
         for (long off = 0; off < rows; off += step)
         {
             long n = Math.Min(step, rows - off);
-            using var w = Scratch(n * inFeatures, ScalarType.Float32).view(n, inFeatures);
+            using var w = Scratch(n * inFeatures, gemm).view(n, inFeatures);
             QuantKernels.DequantizePanel(weight, off, n, w, torch.get_num_threads());
             using var columns = y.narrow(1, off, n);
             columns.addmm_(x2, w.t(), 0, 1);
         }
+        if (gemm != ScalarType.Float32) y = y.to(ScalarType.Float32);
         if (bias is not null) y.add_(bias.to(ScalarType.Float32), HeldScalars.One);
         return y.to(x.dtype).reshape(x.shape[..^1].Append(rows).ToArray()).MoveToOuterDisposeScope();
     }

@@ -82,6 +82,14 @@ public sealed class QuantKernelTests
     [InlineData(QuantizationFormat.Q4_0)]
     public void GemmWidensPanelsAndMatchesTheDequantizedMatmul(QuantizationFormat format)
     {
+        bool bf16 = QuantKernels.Bf16Gemm;
+        QuantKernels.Bf16Gemm = false; // float32 panels; the bfloat16 ones are tested below
+        try { Float32Panels(format); }
+        finally { QuantKernels.Bf16Gemm = bf16; }
+    }
+
+    private static void Float32Panels(QuantizationFormat format)
+    {
         using var scope = NewDisposeScope();
         var w = Random(format, 300, 96, 21);
         var x = torch.randn(2, 17, 96, generator: new Generator(9)); // more rows than the mat-vec kernel takes
@@ -93,6 +101,52 @@ public sealed class QuantKernelTests
         QuantKernels.ForceScalar = true;
         try { AssertClose(reference, Linear.Apply(x, w, null, widenedSliceBytes: 64 * 96 * 4), 1e-5, "scalar panels"); }
         finally { QuantKernels.ForceScalar = false; }
+    }
+
+    [Theory]
+    [InlineData(QuantizationFormat.Q8_0)]
+    [InlineData(QuantizationFormat.Q4_0)]
+    public void Bf16GemmRoundsPanelsAndActivationsToBf16AndMatchesThatMatmul(QuantizationFormat format)
+    {
+        using var scope = NewDisposeScope();
+        var w = Random(format, 300, 96, 22);
+        var x = torch.randn(2, 17, 96, generator: new Generator(10));
+        var bf = ScalarType.BFloat16;
+        // The definition: the dequantized weights and x rounded to bfloat16, multiplied exactly (float64).
+        var reference = torch.nn.functional.linear(x.to(bf).to(ScalarType.Float64), w.Dequantize().to(bf).to(ScalarType.Float64));
+        bool saved = QuantKernels.Bf16Gemm;
+        QuantKernels.Bf16Gemm = true;
+        try
+        {
+            var y = Linear.Apply(x, w, null, widenedSliceBytes: 64 * 96 * 4);
+            Assert.Equal(ScalarType.Float32, y.dtype);
+            // The GEMM accumulates in float32 and writes bfloat16: one more rounding, 2^-8 of each output at most.
+            var err = ((y.to(ScalarType.Float64) - reference).abs() / reference.abs().clamp_min(1e-3 * reference.abs().max().item<double>())).max().item<double>();
+            Assert.True(err <= 1.0 / 128, $"relative error {err:E2}");
+        }
+        finally { QuantKernels.Bf16Gemm = saved; }
+    }
+
+    [Fact]
+    public unsafe void Bf16RoundingEqualsLibtorchsOnBothPaths()
+    {
+        using var scope = NewDisposeScope();
+        // Random values, exact ties (lowest mantissa half-way bits), values that round up into the next exponent.
+        var values = torch.randn(4096, generator: new Generator(11)).data<float>().ToArray().ToList();
+        foreach (uint bits in new uint[] { 0x3F808000, 0x3F818000, 0x3F7FFFFF, 0xBF808000, 0x7F7FFFFF, 0x00008000, 0x80000000 })
+            values.Add(BitConverter.UInt32BitsToSingle(bits));
+        while (values.Count % 16 != 0) values.Add(0.5f);
+        var src = values.ToArray();
+        var bytes = torch.tensor(src).to(ScalarType.BFloat16).bytes.ToArray();
+        var expected = Enumerable.Range(0, src.Length).Select(i => BitConverter.ToUInt16(bytes, 2 * i)).ToArray();
+        foreach (bool vector in new[] { true, false })
+        {
+            var got = new ushort[src.Length];
+            fixed (float* s = src)
+            fixed (ushort* d = got)
+                QuantKernels.ToBFloat16(s, d, src.Length, vector && QuantKernels.VectorSupported);
+            Assert.Equal(expected, got);
+        }
     }
 
     [Fact]
