@@ -30,27 +30,9 @@ public sealed class ProcessTests
         using var p = Process.Start(Server("--model", ServerFixture.ModelDir, "--urls", "http://127.0.0.1:0", "--api-key", "k-123"))!;
         try
         {
-            var address = new TaskCompletionSource<string>();
             var log = new System.Text.StringBuilder();
-            void OnLine(string? line)
-            {
-                if (line is null) return;
-                lock (log) log.AppendLine(line);
-                var m = Regex.Match(line, @"Now listening on: (http://\S+)");
-                if (m.Success) address.TrySetResult(m.Groups[1].Value);
-            }
-            p.OutputDataReceived += (_, e) => OnLine(e.Data);
-            p.ErrorDataReceived += (_, e) => OnLine(e.Data);
-            p.BeginOutputReadLine();
-            p.BeginErrorReadLine();
-            var url = await address.Task.WaitAsync(TimeSpan.FromSeconds(60));
+            var url = await StartAndWaitHealthy(p, log);
             using var http = new HttpClient { BaseAddress = new Uri(url) };
-            var until = DateTime.UtcNow.AddSeconds(60);
-            while ((await http.GetAsync("/health")).StatusCode != HttpStatusCode.OK)
-            {
-                Assert.True(DateTime.UtcNow < until, "not healthy within 60 s:\n" + log);
-                await Task.Delay(100);
-            }
             var body = new { model = "hf_llama2vocab", messages = new[] { new { role = "user", content = "Hi" } }, max_tokens = 3, temperature = 0 };
             Assert.Equal(HttpStatusCode.Unauthorized, (await http.PostAsJsonAsync("/v1/chat/completions", body)).StatusCode);
             http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Bearer", "k-123");
