@@ -5,10 +5,10 @@ using System.Runtime.Intrinsics.X86;
 namespace ShareGPT4V.Modeling;
 
 /// <summary>
-/// The block-format kernels: dot products of quantized weight rows with float32 activations (decode mat-vec), and
-/// dequantization of row panels (the GEMM path widens one panel at a time into cache-resident float32). The AVX2/FMA
-/// versions widen each block in registers (bytes → int32 → float, times the block's scale); the scalar versions do
-/// the same arithmetic one weight at a time and serve CPUs without AVX2 and as the tests' cross-check.
+/// The block-format kernels. Decode mat-vec: by default int8 dot products with the activations quantized to Q8_0
+/// (<see cref="DotInt8"/>, llama.cpp's scheme), or with float32 activations, each block widened in registers
+/// (<see cref="Dot"/>). GEMM path: dequantization of row panels into cache-resident float32 or bfloat16. The scalar
+/// versions do the same arithmetic one weight at a time and serve CPUs without AVX2 and as the tests' cross-check.
 /// </summary>
 internal static unsafe class QuantKernels
 {
@@ -181,7 +181,7 @@ internal static unsafe class QuantKernels
     }
 
     /// <summary>
-    /// Prefill and vision GEMMs over quantized weights in bfloat16 (panels dequantized to bfloat16, activations cast
+    /// GEMMs over quantized weights (prefill, and any quantized matrix with many input rows) in bfloat16 (panels dequantized to bfloat16, activations cast
     /// once, float32 accumulation inside the GEMM): on CPUs with AVX512-BF16 or AMX-BF16, where libtorch's bfloat16
     /// GEMM runs about 3-4× faster than float32. The default there; SHAREGPT4V_BF16_GEMM=0 turns it off. Per calling
     /// thread, as <see cref="ForceScalar"/>.
