@@ -125,6 +125,11 @@ internal static class ModelLoader
             source.DisposeCreated();
             throw;
         }
+        // A quantized load stored the tower and projector in bfloat16 for bfloat16 GEMMs (see LoadQuantized).
+        if (options.Quantization is not null)
+            foreach (var (name, module) in model.named_modules())
+                if (module is Linear l && !name.StartsWith("language_model.", StringComparison.Ordinal) && l.Weight.dtype == ScalarType.BFloat16)
+                    l.GemmInBf16 = true;
         if (options.Prefault)
         {
             try { WeightResidency.Touch(model.parameters(), cancellationToken); }
@@ -249,7 +254,9 @@ internal static class ModelLoader
         {
             bool language = name.StartsWith("language_model.", StringComparison.Ordinal);
             if (!language || !QuantizedWeight.Fits(shape[1]))
-                return reader.Load(key, language ? _options.DType : ScalarType.Float16, _options.Device);
+                // The vision tower and projector in 16 bits: bfloat16 where the CPU multiplies it natively (its GEMMs then
+                // run in bfloat16, QuantKernels.Bf16Gemm), float16 (more mantissa, widened for float32 GEMMs) elsewhere.
+                return reader.Load(key, language ? _options.DType : QuantKernels.Bf16Gemm ? ScalarType.BFloat16 : ScalarType.Float16, _options.Device);
             var format = name.EndsWith("lm_head.weight", StringComparison.Ordinal) ? QuantizationFormat.Q8_0 : requested;
             // Blocks of another format (or a GGUF K-quant, held as Q8_0) are requantized from their exact values, so
             // a K-quant is rounded once, not twice.

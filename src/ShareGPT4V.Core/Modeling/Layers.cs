@@ -44,8 +44,24 @@ internal sealed class Linear : nn.Module<Tensor, Tensor>
     /// </summary>
     internal Func<Tensor, Tensor>? Adapter { get; set; }
 
+    /// <summary>
+    /// Set by the loader on the vision tower and projector of a quantized model that it stored in bfloat16 on a CPU
+    /// that multiplies bfloat16 natively (<see cref="QuantKernels.Bf16Gemm"/>): their GEMMs then run in bfloat16 with
+    /// float32 accumulation. Layers the user stored in bfloat16 keep float32 compute.
+    /// </summary>
+    internal bool GemmInBf16 { get; set; }
+
     public override Tensor forward(Tensor x)
     {
+        if (GemmInBf16 && Adapter is null && _weight.dtype == ScalarType.BFloat16 && x.dtype == ScalarType.Float32
+            && x.device_type == DeviceType.CPU && !MatVec.Applies(x, _weight, _bias))
+        {
+            // The activations cast once, the output rounded to bfloat16 by the GEMM and widened, the bias in float32.
+            using var bscope = NewDisposeScope();
+            var yb = nn.functional.linear(x.to(ScalarType.BFloat16), _weight).to(ScalarType.Float32);
+            if (_bias is not null) yb.add_(_bias.to(ScalarType.Float32), HeldScalars.One);
+            return yb.MoveToOuterDisposeScope();
+        }
         if (Adapter is null) return Apply(x, _weight, _bias);
         using var scope = NewDisposeScope();
         return HeldScalars.Add(Apply(x, _weight, _bias), Adapter(x)).MoveToOuterDisposeScope();
@@ -75,6 +91,7 @@ internal sealed class Linear : nn.Module<Tensor, Tensor>
         if (MatVec.Applies(x, weight, bias)) return MatVec.Run(x, new[] { (weight, bias) })[0];
         if (weight is QuantizedWeight q) return ApplyQuantized(x, q, bias, widenedSliceBytes);
         if (Autocast.Applies(x) && weight.dtype == ScalarType.Float32) return Autocast.Linear(x, weight, bias);
+
         if (weight.dtype == x.dtype && (bias is null || bias.dtype == x.dtype))
             return nn.functional.linear(x, weight, bias);
         // A GEMM over half-precision weights: CPU half-precision GEMMs are far slower than widening, so widen a slice

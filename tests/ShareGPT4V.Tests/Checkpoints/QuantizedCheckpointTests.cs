@@ -39,8 +39,39 @@ public sealed class QuantizedCheckpointTests : IDisposable
             }
         }
         Assert.Equal(9, compared);
-        Assert.Equal(ScalarType.Float16, ours["vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight"].dtype);
+        // The tower in 16 bits: bfloat16 (for bfloat16 GEMMs) on a CPU with bf16 instructions, float16 elsewhere.
+        Assert.Equal(QuantKernels.Bf16Gemm ? ScalarType.BFloat16 : ScalarType.Float16, ours["vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight"].dtype);
         Assert.Contains("embed_tokens q4_0, lm_head q8_0", WeightStorage.Describe(q));
+    }
+
+    [Fact]
+    public void OnABf16CpuTheQuantizedLoadsTowerRunsBf16GemmsCloseToTheFloat32Tower()
+    {
+        using var golden = SafeTensorsFile.Open(Fixtures.Path("oracle/hf_llama2vocab/pixel_values.safetensors"));
+        using var pixels = golden.Load(golden.Names.First());
+        Tensor Embed(bool bf16, out bool flagged, out ScalarType stored)
+        {
+            bool saved = QuantKernels.Bf16Gemm;
+            QuantKernels.Bf16Gemm = bf16; // read by the loader and by the layers, on this thread
+            try
+            {
+                using var m = ModelLoader.Load(Source, new LoadOptions { Quantization = QuantizationFormat.Q8_0, Prefault = false });
+                var fc1 = m.named_modules().Single(x => x.name == "vision_tower.vision_model.encoder.layers.0.mlp.fc1").module;
+                flagged = ((ShareGPT4V.Modeling.Linear)fc1).GemmInBf16;
+                stored = ((ShareGPT4V.Modeling.Linear)fc1).Weight.dtype;
+                Assert.False(m.named_modules().Where(x => x.name.StartsWith("language_model.", StringComparison.Ordinal))
+                    .Any(x => x.module is ShareGPT4V.Modeling.Linear { GemmInBf16: true }), "the language model's layers are not flagged");
+                using var noGrad = torch.no_grad();
+                return m.EncodeImages(pixels.dim() == 3 ? pixels.unsqueeze(0) : pixels.narrow(0, 0, 1));
+            }
+            finally { QuantKernels.Bf16Gemm = saved; }
+        }
+        using var wide = Embed(false, out bool flaggedWide, out var storedWide);
+        using var narrow = Embed(true, out bool flaggedNarrow, out var storedNarrow);
+        Assert.Equal((false, ScalarType.Float16), (flaggedWide, storedWide));
+        Assert.Equal((true, ScalarType.BFloat16), (flaggedNarrow, storedNarrow));
+        double err = (narrow - wide).abs().max().item<float>() / wide.abs().max().item<float>();
+        Assert.True(err > 0 && err < 3e-2, $"bfloat16 tower: largest difference {err:E2} of the largest |value|");
     }
 
     [Fact]
