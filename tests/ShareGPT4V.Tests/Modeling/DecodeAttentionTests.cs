@@ -12,6 +12,7 @@ public class DecodeAttentionTests
     [InlineData(1, 8, 8, 16, 1)]     // multi-head
     [InlineData(2, 8, 2, 64, 37)]    // grouped-query, batch of two
     [InlineData(1, 32, 4, 64, 700)]  // the benchmark model's heads at a realistic length
+    [InlineData(2, 16, 4, 128, 50)]  // 7B's head size: two 64-column chunks
     public void MatchesScaledDotProductAttention(int batch, int heads, int kvHeads, int headDim, int length)
     {
         using var scope = NewDisposeScope();
@@ -36,6 +37,27 @@ public class DecodeAttentionTests
     }
 
     /// <summary>The vector exp used for softmax, over its whole useful range, against MathF.Exp.</summary>
+    [Fact]
+    public unsafe void TheRegisterWeightedSumEqualsOneAxpyPerKeyBitForBit()
+    {
+        var rng = new Random(5);
+        const int d = 128, length = 33;
+        var p = Enumerable.Range(0, length).Select(_ => (float)rng.NextDouble()).ToArray();
+        var v = Enumerable.Range(0, length * d).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();
+        var viaAxpy = new float[d];
+        var viaRegisters = new float[d];
+        const float inv = 0.37f;
+        fixed (float* pp = p)
+        fixed (float* vp = v)
+        fixed (float* a = viaAxpy)
+        fixed (float* r = viaRegisters)
+        {
+            for (int s = 0; s < length; s++) DecodeAttention.Axpy(pp[s] * inv, vp + s * d, a, d);
+            DecodeAttention.WeightedSum(pp, inv, vp, d, length, r);
+        }
+        Assert.Equal(viaAxpy, viaRegisters);
+    }
+
     [Fact]
     public void VectorExpIsWithinTwoUlpOfMathF()
     {
