@@ -85,14 +85,15 @@ internal sealed class LlamaModel : nn.Module<Tensor, Tensor>
         return emb.MoveToOuterDisposeScope();
     }
 
+    /// <summary>Prompts of at least this many tokens give the C heap back after each layer (see ForwardSlots).</summary>
+    private const int TrimEveryLayerFrom = 64;
+
     /// <summary>
     /// One forward pass of rows that each live in their own KV cache slot (the generation engine's layout): row r
     /// writes its keys and values at [starts[r], starts[r] + T) of slot slots[r] and attends to that slot's positions
     /// [0, starts[r] + T) only, so each row is computed as it would be alone. A prefill runs one row (T tokens,
     /// start > 0 when a cached prefix is reused); a decode step runs every active row with T = 1.
     /// </summary>
-    private const int TrimEveryLayerFrom = 64;
-
     internal Tensor ForwardSlots(Tensor inputsEmbeds, Tensor positionIds, KvCache cache, SlotRows rows, LogitsMode logits)
     {
         using var scope = NewDisposeScope();

@@ -87,14 +87,17 @@ internal static unsafe class MatVec
             }
             job.Blocks = blocks;
             // Quantized weights with int8 dot products: x as Q8_0 blocks, once for every part.
+            // This thread's buffers, grown as needed: a decode step makes several such calls per layer, so no fresh
+            // arrays per call. Run is not re-entered on one thread, and the job ends before it returns.
             sbyte[]? xq = null;
             float[]? xd = null;
             int[]? xs = null;
             if (QuantKernels.Int8Activations && inFeatures % 32 == 0 && job.Segments.Any(g => g.Quantized))
             {
-                xq = new sbyte[rows * inFeatures];
-                xd = new float[rows * inFeatures / 32];
-                xs = new int[rows * inFeatures / 32];
+                long xBlocks = rows * inFeatures / 32;
+                if (_xq is null || _xq.Length < rows * inFeatures) _xq = new sbyte[rows * inFeatures];
+                if (_xd is null || _xd.Length < xBlocks) { _xd = new float[xBlocks]; _xs = new int[xBlocks]; }
+                (xq, xd, xs) = (_xq, _xd, _xs);
             }
             fixed (sbyte* q = xq)
             fixed (float* d = xd)
@@ -110,6 +113,10 @@ internal static unsafe class MatVec
         }
         return outputs;
     }
+
+    [ThreadStatic] private static sbyte[]? _xq;
+    [ThreadStatic] private static float[]? _xd;
+    [ThreadStatic] private static int[]? _xs;
 
     private static long InFeatures(Tensor w) => w is QuantizedWeight q ? q.Columns : w.shape[1];
 
