@@ -44,6 +44,7 @@ internal static class KernelBench
             {
                 QuantKernels.Int8Activations = int8; // read on this thread when each call starts
                 Time($"{QuantizationFormats.Name(format)} {(int8 ? "int8 dot" : "registers")}", f32.Select(w => (Tensor)QuantizedWeight.Quantize(w, format)).ToArray());
+                if (int8) Time($"{QuantizationFormats.Name(format)} int8 8-row", f32.Select(w => (Tensor)QuantizedWeight.Quantize(w, format, interleaved: true)).ToArray());
             }
         QuantKernels.Int8Activations = saved;
         if (batchRows.Count > 0) TimeRows(f32, batchRows, reps, log);

@@ -234,7 +234,7 @@ internal static class ModelLoader
             Tensor t;
             var info = reader.GetInfo(key);
             if (largeMatrix && info.Format is not null && _options.Quantization is null && (_options.Device is null || _options.Device.type == DeviceType.CPU))
-                t = reader.Load(key, null, _options.Device); // stored blocks, used as they are
+                t = ToDecodeLayout(name, reader.Load(key, null, _options.Device)); // stored blocks
             else if (largeMatrix && _options.Quantization is { } q && shape.Length == 2)
                 t = LoadQuantized(reader, key, name, shape, q, info);
             else
@@ -261,15 +261,16 @@ internal static class ModelLoader
             // Blocks of another format (or a GGUF K-quant, held as Q8_0) are requantized from their exact values, so
             // a K-quant is rounded once, not twice.
             var stored = reader.Load(key, info.Format is { } held && held != format ? ScalarType.Float32 : null, _options.Device);
-            if (stored is QuantizedWeight sq && sq.Format == format) return sq;
+            if (stored is QuantizedWeight sq && sq.Format == format) return ToDecodeLayout(name, sq);
+            bool interleave = ForDecodeKernels(name, shape[0]);
             using (stored)
             {
                 if (stored is QuantizedWeight other)
                 {
                     using var f = other.Dequantize();
-                    return QuantizedWeight.Quantize(f, format);
+                    return QuantizedWeight.Quantize(f, format, interleave);
                 }
-                var quantized = QuantizedWeight.Quantize(stored, format);
+                var quantized = QuantizedWeight.Quantize(stored, format, interleave);
                 // The source was only read: drop its mapped pages from this process (they stay in the page cache), so
                 // a quantizing load does not hold the float checkpoint resident next to the blocks.
                 if (stored.device_type == DeviceType.CPU && stored.is_contiguous()) MappedMemory.Release(stored);
@@ -278,6 +279,25 @@ internal static class ModelLoader
                 ShareGPT4V.Modeling.CHeap.Trim();
                 return quantized;
             }
+        }
+
+        /// <summary>
+        /// The language model's linear weights take the decode kernels' interleaved layout (<see cref="InterleavedBlocks"/>);
+        /// the embedding table stays in rows, which a lookup reads one by one.
+        /// </summary>
+        private bool ForDecodeKernels(string name, long rows) =>
+            name.StartsWith("language_model.", StringComparison.Ordinal) && !name.EndsWith("embed_tokens.weight", StringComparison.Ordinal)
+            && QuantizedWeight.CanInterleave(rows) && MatVec.IsSupported && InterleavedBlocks.Enabled;
+
+        /// <summary>Stored blocks (a memory-mapped file's) copied into the interleaved layout when they serve the decode kernels.</summary>
+        private Tensor ToDecodeLayout(string name, Tensor t)
+        {
+            if (t is not QuantizedWeight q || q.Interleaved || !ForDecodeKernels(name, q.Rows)) return t;
+            var interleaved = q.ToInterleaved();
+            // The mapped blocks were only read: drop their pages from this process, as a quantizing load does.
+            MappedMemory.Release(q);
+            q.Dispose();
+            return interleaved;
         }
 
         public void DisposeCreated()

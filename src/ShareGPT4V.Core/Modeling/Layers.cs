@@ -1,3 +1,4 @@
+using ShareGPT4V.Checkpoints;
 using TorchSharp;
 using static TorchSharp.torch;
 using TorchSharp.Modules;
@@ -194,22 +195,58 @@ internal sealed class RmsNorm : nn.Module<Tensor, Tensor>
 {
     [ComponentName(Name = "weight")] private readonly Parameter _weight;
     private readonly Scalar _eps; // held for the module's life: see HeldScalars
+    private readonly float _epsF;
+    private readonly long _dim;
+
+    /// <summary>The weight's data when the decode fast path may read it (a float32 CPU weight that no one trains).</summary>
+    private unsafe float* _fastWeight => _weight.dtype == ScalarType.Float32 && _weight.device_type == DeviceType.CPU && !_weight.requires_grad
+        ? (float*)MappedMemory.Address(_weight) : null;
 
     public RmsNorm(string prefix, long dim, double eps, WeightSource w) : base(nameof(RmsNorm))
     {
         _eps = eps.ToScalar();
+        _epsF = (float)eps;
+        _dim = dim;
         _weight = w.Param(prefix + ".weight", dim);
         RegisterComponents();
     }
 
     public override Tensor forward(Tensor x)
     {
+        if (NormRows(x) is { } fast) return fast;
         using var scope = NewDisposeScope();
         var dtype = x.dtype;
         var h = x.to(ScalarType.Float32);
         var variance = h.pow(HeldScalars.Two).mean(new long[] { -1 }, keepdim: true);
         h = h * torch.rsqrt(variance.add(_eps, HeldScalars.One));
         return (_weight * h.to(dtype)).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// A decode step's rows (a few float32 rows on the CPU, no autograd) in one loop: the general path's seven libtorch
+    /// calls cost more than the arithmetic at this size. Same formula; the sum of squares is taken in float64, so it
+    /// can differ from libtorch's float32 sum in the last bit. Null when x is not of that kind.
+    /// </summary>
+    private unsafe Tensor? NormRows(Tensor x)
+    {
+        float* w = _fastWeight;
+        if (w == null || x.dtype != ScalarType.Float32 || x.device_type != DeviceType.CPU || x.requires_grad
+            || !x.is_contiguous() || torch.is_grad_enabled())
+            return null;
+        var shape = x.shape;
+        long dim = _dim, n = x.numel();
+        if (shape.Length == 0 || shape[^1] != dim || n > 64 * dim) return null;
+        var y = torch.empty(shape, ScalarType.Float32);
+        float* xp = (float*)MappedMemory.Address(x), yp = (float*)MappedMemory.Address(y);
+        for (long r = 0; r < n / dim; r++)
+        {
+            float* xr = xp + r * dim, yr = yp + r * dim;
+            double sum = 0;
+            for (long j = 0; j < dim; j++) sum += (double)xr[j] * xr[j];
+            float inv = 1f / MathF.Sqrt((float)(sum / dim) + _epsF);
+            for (long j = 0; j < dim; j++) yr[j] = w[j] * (xr[j] * inv);
+        }
+        return y;
     }
 
     protected override void Dispose(bool disposing)

@@ -80,6 +80,7 @@ internal static unsafe class MatVec
                 {
                     W = Pointer(w), WType = w.dtype, Out = outFeatures,
                     Quantized = w is QuantizedWeight qw, Format = (w as QuantizedWeight)?.Format ?? default,
+                    Interleaved = (w as QuantizedWeight)?.Interleaved ?? false,
                     RowBytes = (w as QuantizedWeight)?.RowBytes ?? 0, Y = (float*)Pointer(outputs[k]),
                     Bias = b is null ? null : (float*)Pointer(b), FirstBlock = blocks,
                 };
@@ -127,6 +128,7 @@ internal static unsafe class MatVec
         public void* W;
         public ScalarType WType;
         public bool Quantized;
+        public bool Interleaved;
         public QuantizationFormat Format;
         public long RowBytes;
         public long Out;
@@ -156,6 +158,23 @@ internal static unsafe class MatVec
             ref var s = ref Segments[k];
             long r0 = (block - s.FirstBlock) * RowsPerBlock;
             long r1 = Math.Min(s.Out, r0 + RowsPerBlock);
+            if (s.Interleaved)
+            {
+                // Groups of eight rows (blocks start at multiples of 16 and the matrix has whole groups).
+                for (long g = r0; g < r1; g += InterleavedBlocks.Rows)
+                {
+                    byte* group = (byte*)s.W + g * s.RowBytes;
+                    for (int m = 0; m < Rows; m++)
+                    {
+                        float* y = s.Y + m * s.Out + g;
+                        if (Xq != null) InterleavedBlocks.DotInt8(s.Format, group, In, Xq + m * In, Xd + m * (In / 32), Xs + m * (In / 32), y, QuantVector);
+                        else InterleavedBlocks.Dot(s.Format, group, In, X + m * In, y, QuantVector);
+                        if (s.Bias != null)
+                            for (int j = 0; j < InterleavedBlocks.Rows; j++) y[j] += s.Bias[g + j];
+                    }
+                }
+                return;
+            }
             for (long r = r0; r < r1; r += 4)
             {
                 int n = (int)Math.Min(4, r1 - r);

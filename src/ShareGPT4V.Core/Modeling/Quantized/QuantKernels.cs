@@ -131,8 +131,17 @@ internal static unsafe class QuantKernels
     {
         if (first < 0 || count < 0 || first + count > w.Rows) throw new ArgumentOutOfRangeException(nameof(count));
         long rowBytes = w.RowBytes, blocks = w.Columns / 32;
-        byte* src = w.Pointer + first * rowBytes;
-        DequantizeBlocks(w.Format, src, count * blocks, dst, Vector);
+        if (!w.Interleaved)
+        {
+            DequantizeBlocks(w.Format, w.Pointer + first * rowBytes, count * blocks, dst, Vector);
+            return;
+        }
+        fixed (byte* row = InterleavedBlocks.RowBuffer(rowBytes))
+            for (long r = 0; r < count; r++)
+            {
+                w.CopyRows(first + r, 1, row);
+                DequantizeBlocks(w.Format, row, blocks, dst + r * w.Columns, Vector);
+            }
     }
 
     /// <summary>n consecutive blocks (rows are whole blocks, so rows run on) to 32·n floats.</summary>
@@ -200,7 +209,7 @@ internal static unsafe class QuantKernels
         if (!bf16 && dst.dtype != TorchSharp.torch.ScalarType.Float32) throw new ArgumentException($"A panel is float32 or bfloat16, not {dst.dtype}", nameof(dst));
         var job = new PanelJob
         {
-            Format = w.Format, Src = w.Pointer + first * w.RowBytes, RowBytes = w.RowBytes, Columns = w.Columns, Rows = count, UseVector = Vector,
+            Weight = w, First = first, Format = w.Format, Src = w.Pointer + first * w.RowBytes, RowBytes = w.RowBytes, Columns = w.Columns, Rows = count, UseVector = Vector,
             Dst = bf16 ? null : (float*)System.Runtime.CompilerServices.Unsafe.AsPointer(ref System.Runtime.InteropServices.MemoryMarshal.GetReference(dst.bytes)),
             DstBf16 = bf16 ? (ushort*)System.Runtime.CompilerServices.Unsafe.AsPointer(ref System.Runtime.InteropServices.MemoryMarshal.GetReference(dst.bytes)) : null,
         };
@@ -211,6 +220,8 @@ internal static unsafe class QuantKernels
     private sealed class PanelJob : BlockJob
     {
         private const int RowsPerBlock = 16;
+        public QuantizedWeight Weight = null!;
+        public long First;
         public QuantizationFormat Format;
         public byte* Src;
         public long RowBytes, Columns, Rows;
@@ -223,16 +234,33 @@ internal static unsafe class QuantKernels
         protected override void RunBlock(long block)
         {
             long r0 = block * RowsPerBlock, n = Math.Min(RowsPerBlock, Rows - r0);
+            if (Weight.Interleaved)
+            {
+                // One row at a time back in the row layout (a copy of a few KiB), then as below.
+                fixed (byte* row = InterleavedBlocks.RowBuffer(RowBytes))
+                    for (long r = r0; r < r0 + n; r++)
+                    {
+                        Weight.CopyRows(First + r, 1, row);
+                        Panel(row, 1, r);
+                    }
+                return;
+            }
+            Panel(Src + r0 * RowBytes, n, r0);
+        }
+
+        /// <summary>n rows of row-layout blocks at <paramref name="src"/> into the panel's rows from <paramref name="r0"/>.</summary>
+        private void Panel(byte* src0, long n, long r0)
+        {
             if (Dst != null)
             {
-                DequantizeBlocks(Format, Src + r0 * RowBytes, n * (Columns / 32), Dst + r0 * Columns, UseVector);
+                DequantizeBlocks(Format, src0, n * (Columns / 32), Dst + r0 * Columns, UseVector);
                 return;
             }
             // bfloat16: each block through 32 floats on the stack, then rounded.
             float* tmp = stackalloc float[32];
             int bb = QuantizationFormats.BlockBytes(Format);
             long blocks = n * (Columns / 32);
-            byte* src = Src + r0 * RowBytes;
+            byte* src = src0;
             ushort* dst = DstBf16 + r0 * Columns;
             for (long b = 0; b < blocks; b++)
             {
