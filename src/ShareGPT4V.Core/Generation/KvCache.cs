@@ -72,6 +72,12 @@ internal sealed class KvCache : IDisposable
             long start = rows.Starts[r];
             if ((uint)slot >= (uint)MaxBatch || start + t > MaxSequence)
                 throw new PromptException($"Slot {slot} needs {start + t} positions but the KV cache holds {MaxSequence} in each of {MaxBatch} slots");
+        }
+        if (t == 1 && CopyOnePosition(layer, rows, k, v)) return;
+        for (int r = 0; r < rows.Count; r++)
+        {
+            int slot = rows.Slots[r];
+            long start = rows.Starts[r];
             using var kslot = _keys[layer].select(0, slot);
             using var vslot = _values[layer].select(0, slot);
             using var kd = kslot.narrow(1, start, t);
@@ -81,6 +87,33 @@ internal sealed class KvCache : IDisposable
             kd.copy_(ks);
             vd.copy_(vs);
         }
+    }
+
+    /// <summary>
+    /// A decode step's write (one position per row, float32 on the CPU) as plain copies of each head's row: the general
+    /// path's eight libtorch calls per row and layer cost more than the copy. False when the tensors are not of that kind.
+    /// </summary>
+    private unsafe bool CopyOnePosition(int layer, SlotRows rows, Tensor k, Tensor v)
+    {
+        var cache = _keys[layer];
+        if (DType != ScalarType.Float32 || Device.type != DeviceType.CPU || k.dtype != ScalarType.Float32 || v.dtype != ScalarType.Float32
+            || k.device_type != DeviceType.CPU || v.device_type != DeviceType.CPU || !k.is_contiguous() || !v.is_contiguous()
+            || cache.NumberOfElements * 4 > int.MaxValue)
+            return false;
+        var shape = cache.shape; // [maxBatch, kvHeads, maxSeq, headDim]
+        long heads = shape[1], d = shape[3];
+        if (k.numel() != rows.Count * heads * d || v.numel() != k.numel()) return false;
+        float* kc = (float*)Checkpoints.MappedMemory.Address(cache), vc = (float*)Checkpoints.MappedMemory.Address(_values[layer]);
+        float* ks = (float*)Checkpoints.MappedMemory.Address(k), vs = (float*)Checkpoints.MappedMemory.Address(v);
+        long bytes = d * sizeof(float);
+        for (int r = 0; r < rows.Count; r++)
+            for (long h = 0; h < heads; h++)
+            {
+                long dst = ((rows.Slots[r] * heads + h) * MaxSequence + rows.Starts[r]) * d, src = (r * heads + h) * d;
+                Buffer.MemoryCopy(ks + src, kc + dst, bytes, bytes);
+                Buffer.MemoryCopy(vs + src, vc + dst, bytes, bytes);
+            }
+        return true;
     }
 
     /// <summary>Views of one slot's keys and values for positions [0, length): [1, kvHeads, length, headDim].</summary>

@@ -173,6 +173,32 @@ public sealed class QuantKernelTests
 /// <summary>The int8-dot decode path (activations as Q8_0 blocks, llama.cpp's scheme) against its exact reference.</summary>
 public sealed class QuantInt8KernelTests
 {
+    [Fact]
+    public unsafe void ActivationsQuantizeToTheSameBlocksOnBothPaths()
+    {
+        if (!QuantKernels.VectorSupported) return;
+        // Random rows at several magnitudes, exact halves (ties round away from zero), a zero block, a lone spike.
+        var x = torch.randn(new long[] { 3, 256 }, generator: new Generator(12)).data<float>().ToArray();
+        for (int j = 0; j < 32; j++) x[32 + j] = (j - 16) * 0.5f; // scale 8/127: products land on and near halves
+        for (int j = 0; j < 32; j++) x[64 + j] = 0;
+        x[100] = 1e30f;
+        for (int j = 256; j < 512; j++) x[j] *= 1e-6f;
+        var blocks = x.Length / 32;
+        var (q1, d1, s1) = (new sbyte[x.Length], new float[blocks], new int[blocks]);
+        var (q2, d2, s2) = (new sbyte[x.Length], new float[blocks], new int[blocks]);
+        fixed (float* xp = x)
+        {
+            fixed (sbyte* q = q1) fixed (float* d = d1) fixed (int* s = s1) QuantKernels.QuantizeActivations(xp, 3, 256, q, d, s);
+            QuantKernels.ForceScalar = true;
+            try { fixed (sbyte* q = q2) fixed (float* d = d2) fixed (int* s = s2) QuantKernels.QuantizeActivations(xp, 3, 256, q, d, s); }
+            finally { QuantKernels.ForceScalar = false; }
+        }
+        Assert.Equal(q2, q1);
+        Assert.Equal(d2, d1);
+        Assert.Equal(s2, s1);
+        Assert.Contains(q1, v => v == 127);
+    }
+
     public static TheoryData<QuantizationFormat, int, bool> Cases => new()
     {
         { QuantizationFormat.Q8_0, 1, false }, { QuantizationFormat.Q8_0, 3, true }, { QuantizationFormat.Q8_0, 8, false },

@@ -74,7 +74,7 @@ internal static class BlockQuantizer
         Vector256.Narrow(q01, q23).AsByte().CopyTo(block.Slice(2, 32));
     }
 
-    private static Vector256<int> RoundToInt8(Vector256<float> x, float id)
+    internal static Vector256<int> RoundToInt8(Vector256<float> x, float id)
     {
         var p = x * Vector256.Create(id);
         var a = Vector256.Abs(p);

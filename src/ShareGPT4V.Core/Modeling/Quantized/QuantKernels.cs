@@ -314,6 +314,11 @@ internal static unsafe class QuantKernels
     public static void QuantizeActivations(float* x, int rows, long columns, sbyte* q, float* d, int* sums)
     {
         long blocks = columns / 32;
+        if (Vector)
+        {
+            QuantizeActivationsVector(x, rows * blocks, q, d, sums);
+            return;
+        }
         for (long b = 0; b < rows * blocks; b++)
         {
             float* xb = x + b * 32;
@@ -329,6 +334,31 @@ internal static unsafe class QuantKernels
                 sum += v;
             }
             sums[b] = sum;
+        }
+    }
+
+    // The arithmetic of the scalar loop above, eight lanes at a time (BlockQuantizer's rounding): a decode step
+    // quantizes about a quarter of a million activations, which the scalar loop took about a millisecond for.
+    private static void QuantizeActivationsVector(float* x, long blocks, sbyte* q, float* d, int* sums)
+    {
+        for (long b = 0; b < blocks; b++)
+        {
+            float* xb = x + b * 32;
+            var v0 = Avx.LoadVector256(xb);
+            var v1 = Avx.LoadVector256(xb + 8);
+            var v2 = Avx.LoadVector256(xb + 16);
+            var v3 = Avx.LoadVector256(xb + 24);
+            var m = Vector256.Max(Vector256.Max(Vector256.Abs(v0), Vector256.Abs(v1)), Vector256.Max(Vector256.Abs(v2), Vector256.Abs(v3)));
+            var m4 = Vector128.Max(m.GetLower(), m.GetUpper());
+            float amax = MathF.Max(MathF.Max(m4[0], m4[1]), MathF.Max(m4[2], m4[3]));
+            float scale = amax / 127f, inv = scale != 0 ? 1f / scale : 0f;
+            d[b] = (float)(Half)scale;
+            var i0 = BlockQuantizer.RoundToInt8(v0, inv);
+            var i1 = BlockQuantizer.RoundToInt8(v1, inv);
+            var i2 = BlockQuantizer.RoundToInt8(v2, inv);
+            var i3 = BlockQuantizer.RoundToInt8(v3, inv);
+            sums[b] = Vector256.Sum(i0 + i1 + i2 + i3);
+            Vector256.Narrow(Vector256.Narrow(i0, i1), Vector256.Narrow(i2, i3)).Store(q + b * 32);
         }
     }
 
