@@ -170,8 +170,14 @@ internal sealed class LlavaModel : nn.Module<Tensor, Tensor>
         return images;
     }
 
+    /// <summary>
+    /// The dtype the KV cache stores (null: the language model's compute dtype). The loader sets bfloat16 for a Q4_0
+    /// model on the CPU, as llama.cpp keeps a 16-bit cache: half the memory of a long context.
+    /// </summary>
+    internal ScalarType? KvCacheDType { get; set; }
+
     /// <summary>A KV cache sized for this model.</summary>
     public KvCache CreateCache(int maxBatch, int maxSequence) =>
         new(Config.Text.NumHiddenLayers, maxBatch, Config.Text.NumKeyValueHeads, maxSequence, Config.Text.HeadDim,
-            _languageModel.DType, _languageModel.Device);
+            KvCacheDType ?? _languageModel.DType, _languageModel.Device);
 }

@@ -1,3 +1,4 @@
+using ShareGPT4V.Modeling;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -96,22 +97,34 @@ internal sealed class KvCache : IDisposable
     private unsafe bool CopyOnePosition(int layer, SlotRows rows, Tensor k, Tensor v)
     {
         var cache = _keys[layer];
-        if (DType != ScalarType.Float32 || Device.type != DeviceType.CPU || k.dtype != ScalarType.Float32 || v.dtype != ScalarType.Float32
+        if (DType is not (ScalarType.Float32 or ScalarType.BFloat16) || Device.type != DeviceType.CPU || k.dtype != ScalarType.Float32 || v.dtype != ScalarType.Float32
             || k.device_type != DeviceType.CPU || v.device_type != DeviceType.CPU || !k.is_contiguous() || !v.is_contiguous()
-            || cache.NumberOfElements * 4 > int.MaxValue)
+            || cache.NumberOfElements * cache.ElementSize > int.MaxValue)
             return false;
         var shape = cache.shape; // [maxBatch, kvHeads, maxSeq, headDim]
         long heads = shape[1], d = shape[3];
         if (k.numel() != rows.Count * heads * d || v.numel() != k.numel()) return false;
-        float* kc = (float*)Checkpoints.MappedMemory.Address(cache), vc = (float*)Checkpoints.MappedMemory.Address(_values[layer]);
+        byte* kc = (byte*)Checkpoints.MappedMemory.Address(cache), vc = (byte*)Checkpoints.MappedMemory.Address(_values[layer]);
         float* ks = (float*)Checkpoints.MappedMemory.Address(k), vs = (float*)Checkpoints.MappedMemory.Address(v);
-        long bytes = d * sizeof(float);
+        bool bf16 = DType == ScalarType.BFloat16;
+        int size = bf16 ? 2 : 4;
+        long bytes = d * size;
+        // bfloat16 rounds to nearest even, as libtorch's conversion does (QuantKernels.ToBFloat16), so both paths agree.
+        bool vector = QuantKernels.Vector && d % 16 == 0;
         for (int r = 0; r < rows.Count; r++)
             for (long h = 0; h < heads; h++)
             {
-                long dst = ((rows.Slots[r] * heads + h) * MaxSequence + rows.Starts[r]) * d, src = (r * heads + h) * d;
-                Buffer.MemoryCopy(ks + src, kc + dst, bytes, bytes);
-                Buffer.MemoryCopy(vs + src, vc + dst, bytes, bytes);
+                long dst = (((long)rows.Slots[r] * heads + h) * MaxSequence + rows.Starts[r]) * d * size, src = (r * heads + h) * d;
+                if (bf16)
+                {
+                    QuantKernels.ToBFloat16(ks + src, (ushort*)(kc + dst), (int)d, vector);
+                    QuantKernels.ToBFloat16(vs + src, (ushort*)(vc + dst), (int)d, vector);
+                }
+                else
+                {
+                    Buffer.MemoryCopy(ks + src, kc + dst, bytes, bytes);
+                    Buffer.MemoryCopy(vs + src, vc + dst, bytes, bytes);
+                }
             }
         return true;
     }

@@ -335,9 +335,12 @@ internal sealed class LlamaAttention : nn.Module<Tensor, Tensor>
         if (cache is not null)
             (keys, values) = cache.Update(layer, start, k, v);
         long s = keys.shape[2];
+        bool decodeKernel = t == 1 && cache is not null && DecodeAttention.Applies(q, cache.Buffers(layer).Keys, mask);
+        if (!decodeKernel && keys.dtype != q.dtype)
+            (keys, values) = (keys.to(q.dtype), values.to(q.dtype)); // a 16-bit cache, widened for this layer's attention
         int groups = _heads / _kvHeads;
         Tensor o;
-        if (t == 1 && cache is not null && DecodeAttention.Applies(q, cache.Buffers(layer).Keys, mask))
+        if (decodeKernel)
         {
             // A decode step: our kernel reads the cache in place (and keeps the step out of OpenMP, see DecodeAttention).
             var (kAll, vAll) = cache.Buffers(layer);
@@ -395,6 +398,7 @@ internal sealed class LlamaAttention : nn.Module<Tensor, Tensor>
             for (int r = 0; r < b; r++)
             {
                 var (keys, values) = cache.Slot(layer, rows.Slots[r], rows.Starts[r] + t);
+                if (keys.dtype != q.dtype) (keys, values) = (keys.to(q.dtype), values.to(q.dtype)); // a 16-bit cache
                 outs[r] = Attend(q.narrow(0, r, 1), keys, values, mask, causal);
             }
             o = b == 1 ? outs[0] : torch.cat(outs, 0);
@@ -437,7 +441,10 @@ internal sealed class LlamaMlp : nn.Module<Tensor, Tensor>
     {
         using var scope = NewDisposeScope();
         var gateUp = Linear.ForwardMany(x, _gateProj, _upProj); // one fused job in a decode step
-        var h = nn.functional.silu(gateUp[0]) * gateUp[1];
+        // In place, and up freed at once: over a long prompt each of these is [T, intermediate] float32, and the scope
+        // would otherwise hold four of them through the down projection (the peak of a 7B prefill).
+        var h = nn.functional.silu(gateUp[0], inplace: true).mul_(gateUp[1]);
+        gateUp[1].Dispose();
         return _downProj.forward(h).MoveToOuterDisposeScope();
     }
 }

@@ -107,7 +107,7 @@ internal sealed class RotaryEmbedding : IDisposable
     /// <summary>x [B, H, T, d] rotated by cos/sin [B, T, d].</summary>
     public static Tensor Apply(Tensor x, Tensor cos, Tensor sin)
     {
-        if (ApplyOnePosition(x, cos, sin) is { } fast) return fast;
+        if (Vector256.IsHardwareAccelerated && ApplyFused(x, cos, sin) is { } fast) return fast;
         using var scope = NewDisposeScope();
         long half = x.shape[^1] / 2;
         var x1 = x.narrow(-1, 0, half);
@@ -119,39 +119,40 @@ internal sealed class RotaryEmbedding : IDisposable
     }
 
     /// <summary>
-    /// A decode step's rotation (one position per row, float32 on the CPU, a few rows) in one loop: the general path's
-    /// six libtorch calls cost more than the arithmetic at this size. Same products and sum, same float32 rounding.
+    /// The rotation in one loop over float32 CPU tensors: the general path's six libtorch calls cost more than the
+    /// arithmetic in a decode step, and over a long prompt they leave four temporaries the size of q each (the prefill's
+    /// memory peak). Same products and sum as the general path, so the same float32 bits. Null when the tensors are not
+    /// of that kind.
     /// </summary>
-    /// <summary>
-    /// A decode step's rotation (one position per row, float32 on the CPU, a few rows) in one loop: the general path's
-    /// six libtorch calls cost more than the arithmetic at this size. Same products and sum, same float32 rounding.
-    /// Null when the tensors are not of that kind.
-    /// </summary>
-    private static unsafe Tensor? ApplyOnePosition(Tensor x, Tensor cos, Tensor sin)
+    private static unsafe Tensor? ApplyFused(Tensor x, Tensor cos, Tensor sin)
     {
         if (x.dtype != ScalarType.Float32 || cos.dtype != ScalarType.Float32 || sin.dtype != ScalarType.Float32
-            || x.device_type != DeviceType.CPU || cos.device_type != DeviceType.CPU || x.requires_grad
-            || !x.is_contiguous() || !cos.is_contiguous() || !sin.is_contiguous())
+            || x.device_type != DeviceType.CPU || cos.device_type != DeviceType.CPU || sin.device_type != DeviceType.CPU
+            || x.requires_grad || !cos.is_contiguous() || !sin.is_contiguous())
             return null;
-        var shape = x.shape;
-        if (shape.Length != 4 || shape[2] != 1 || shape[0] > 64 || shape[3] % 16 != 0 || cos.numel() != shape[0] * shape[3] || sin.numel() != cos.numel())
+        var shape = x.shape; // [B, H, T, D]; cos and sin [B, T, D]
+        if (shape.Length != 4 || shape[3] % 16 != 0 || cos.numel() != shape[0] * shape[2] * shape[3] || sin.numel() != cos.numel()
+            || x.numel() * sizeof(float) > int.MaxValue)
             return null;
-        long b = shape[0], heads = shape[1], d = shape[3], half = d / 2;
+        long b = shape[0], heads = shape[1], t = shape[2], d = shape[3], half = d / 2;
+        using var xc = x.contiguous(); // a prefill's q is a transposed view: one copy, still one temporary instead of four
         var y = torch.empty(shape, ScalarType.Float32);
-        float* xs = (float*)MappedMemory.Address(x), cs = (float*)MappedMemory.Address(cos), ss = (float*)MappedMemory.Address(sin);
+        float* xs = (float*)MappedMemory.Address(xc), cs = (float*)MappedMemory.Address(cos), ss = (float*)MappedMemory.Address(sin);
         float* ys = (float*)MappedMemory.Address(y);
         for (long r = 0; r < b; r++)
             for (long h = 0; h < heads; h++)
-            {
-                float* xo = xs + (r * heads + h) * d, yo = ys + (r * heads + h) * d, c = cs + r * d, s = ss + r * d;
-                for (long j = 0; j < half; j += 8)
+                for (long p = 0; p < t; p++)
                 {
-                    var x1 = Vector256.Load(xo + j);
-                    var x2 = Vector256.Load(xo + j + half);
-                    (x1 * Vector256.Load(c + j) + -x2 * Vector256.Load(s + j)).Store(yo + j);
-                    (x2 * Vector256.Load(c + j + half) + x1 * Vector256.Load(s + j + half)).Store(yo + j + half);
+                    long row = ((r * heads + h) * t + p) * d;
+                    float* xo = xs + row, yo = ys + row, c = cs + (r * t + p) * d, s = ss + (r * t + p) * d;
+                    for (long j = 0; j < half; j += 8)
+                    {
+                        var x1 = Vector256.Load(xo + j);
+                        var x2 = Vector256.Load(xo + j + half);
+                        (x1 * Vector256.Load(c + j) + -x2 * Vector256.Load(s + j)).Store(yo + j);
+                        (x2 * Vector256.Load(c + j + half) + x1 * Vector256.Load(s + j + half)).Store(yo + j + half);
+                    }
                 }
-            }
         return y;
     }
 

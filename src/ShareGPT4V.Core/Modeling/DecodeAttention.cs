@@ -17,11 +17,12 @@ namespace ShareGPT4V.Modeling;
 internal static unsafe class DecodeAttention
 {
     /// <summary>
-    /// True when a step's attention can run here: one query position, float32 on CPU, a float32 cache, and every tensor
+    /// True when a step's attention can run here: one query position, float32 on CPU, a float32 or bfloat16 cache (values
+    /// of the keys' dtype, widened in registers), and every tensor
     /// under 2 GiB (the span that gives us a tensor's data pointer cannot be longer); otherwise libtorch's attention runs.
     /// </summary>
     public static bool Applies(Tensor q, Tensor keys, Tensor? mask) =>
-        !DisabledForTests && MatVec.IsSupported && q.shape[2] == 1 && q.dtype == ScalarType.Float32 && keys.dtype == ScalarType.Float32
+        !DisabledForTests && MatVec.IsSupported && q.shape[2] == 1 && q.dtype == ScalarType.Float32 && keys.dtype is ScalarType.Float32 or ScalarType.BFloat16
         && q.device_type == DeviceType.CPU && keys.device_type == DeviceType.CPU && keys.is_contiguous() && !q.requires_grad
         && (mask is null || mask.dtype == ScalarType.Float32)
         && FitsSpan(q) && FitsSpan(keys) && (mask is null || FitsSpan(mask));
@@ -53,7 +54,8 @@ internal static unsafe class DecodeAttention
         var output = torch.empty(q.shape, ScalarType.Float32);
         var job = new Job
         {
-            Q = (float*)Pointer(qc), K = (float*)Pointer(keys), V = (float*)Pointer(values), O = (float*)Pointer(output),
+            Q = (float*)Pointer(qc), K = Pointer(keys), V = Pointer(values), O = (float*)Pointer(output),
+            Bf16 = keys.dtype == ScalarType.BFloat16,
             Mask = mask is null ? null : (float*)Pointer(mask),
             Rows = b, Heads = heads, KvHeads = kvHeads, Groups = heads / kvHeads, D = d, MaxS = maxS, Length = length,
             RowSlots = slots, RowLengths = lengths,
@@ -70,7 +72,9 @@ internal static unsafe class DecodeAttention
 
     private sealed class Job : BlockJob
     {
-        public float* Q, K, V, O, Mask;
+        public float* Q, O, Mask;
+        public void* K, V; // float32, or bfloat16 when Bf16
+        public bool Bf16;
         public long Rows, Heads, KvHeads, Groups, D, MaxS, Length;
         public int[]? RowSlots;
         public long[]? RowLengths;
@@ -78,13 +82,19 @@ internal static unsafe class DecodeAttention
 
         public override long BlockCount => Rows * KvHeads;
 
-        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
         protected override void RunBlock(long block)
+        {
+            if (Bf16) RunBlock<ushort, MatVec.BFloat16Load>(block);
+            else RunBlock<float, MatVec.Float32Load>(block);
+        }
+
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+        private void RunBlock<T, TLoad>(long block) where T : unmanaged where TLoad : struct, MatVec.IWeightLoad<T>
         {
             long row = block / KvHeads, g = block % KvHeads;
             long slot = RowSlots is null ? row : RowSlots[row];
-            float* k = K + (slot * KvHeads + g) * MaxS * D;
-            float* v = V + (slot * KvHeads + g) * MaxS * D;
+            T* k = (T*)K + (slot * KvHeads + g) * MaxS * D;
+            T* v = (T*)V + (slot * KvHeads + g) * MaxS * D;
             float* mask = Mask == null ? null : Mask + row * Length;
             int length = (int)(RowLengths is null ? Length : RowLengths[row]);
             Span<float> scoreSpan = length <= 4096 ? stackalloc float[length] : new float[length];
@@ -93,15 +103,15 @@ internal static unsafe class DecodeAttention
                 for (long h = g * Groups; h < (g + 1) * Groups; h++)
                 {
                     float* q = Q + (row * Heads + h) * D;
-                    Scores(q, k, D, length, Scale, mask, scores);
+                    Scores<T, TLoad>(q, k, D, length, Scale, mask, scores);
                     float sum = ExpInPlace(scores, length, Max(scores, length));
                     float* o = O + (row * Heads + h) * D;
                     float inv = 1 / sum;
-                    if (D % 64 == 0) WeightedSum(scores, inv, v, D, length, o);
+                    if (D % 64 == 0) WeightedSum<T, TLoad>(scores, inv, v, D, length, o);
                     else
                     {
                         new Span<float>(o, (int)D).Clear();
-                        for (int s = 0; s < length; s++) Axpy(scores[s] * inv, v + s * D, o, D);
+                        for (int s = 0; s < length; s++) Axpy<T, TLoad>(scores[s] * inv, v + s * D, o, D);
                     }
                 }
             }
@@ -109,22 +119,23 @@ internal static unsafe class DecodeAttention
     }
 
     /// <summary>scores[s] = q·k[s] × scale (+ mask[s]), four keys at a time so one reduction serves four dot products.</summary>
-    private static void Scores(float* q, float* k, long d, int length, float scale, float* mask, float* scores)
+    private static void Scores<T, TLoad>(float* q, T* k, long d, int length, float scale, float* mask, float* scores)
+        where T : unmanaged where TLoad : struct, MatVec.IWeightLoad<T>
     {
         int s = 0;
         if (d % 8 == 0)
         {
             for (; s + 4 <= length; s += 4)
             {
-                float* k0 = k + s * d, k1 = k0 + d, k2 = k1 + d, k3 = k2 + d;
+                T* k0 = k + s * d, k1 = k0 + d, k2 = k1 + d, k3 = k2 + d;
                 Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
                 for (long i = 0; i < d; i += 8)
                 {
                     var qv = Avx.LoadVector256(q + i);
-                    a0 = Fma.MultiplyAdd(Avx.LoadVector256(k0 + i), qv, a0);
-                    a1 = Fma.MultiplyAdd(Avx.LoadVector256(k1 + i), qv, a1);
-                    a2 = Fma.MultiplyAdd(Avx.LoadVector256(k2 + i), qv, a2);
-                    a3 = Fma.MultiplyAdd(Avx.LoadVector256(k3 + i), qv, a3);
+                    a0 = Fma.MultiplyAdd(TLoad.Load(k0 + i), qv, a0);
+                    a1 = Fma.MultiplyAdd(TLoad.Load(k1 + i), qv, a1);
+                    a2 = Fma.MultiplyAdd(TLoad.Load(k2 + i), qv, a2);
+                    a3 = Fma.MultiplyAdd(TLoad.Load(k3 + i), qv, a3);
                 }
                 // Pairwise adds leave [Σa0, Σa1, Σa2, Σa3] split over the two 128-bit halves.
                 var t = Avx.HorizontalAdd(Avx.HorizontalAdd(a0, a1), Avx.HorizontalAdd(a2, a3));
@@ -134,7 +145,7 @@ internal static unsafe class DecodeAttention
             }
         }
         for (; s < length; s++)
-            scores[s] = Dot(q, k + s * d, d) * scale + (mask != null ? mask[s] : 0);
+            scores[s] = Dot<T, TLoad>(q, k + s * d, d) * scale + (mask != null ? mask[s] : 0);
     }
 
     private static float Max(float* x, int n)
@@ -208,13 +219,13 @@ internal static unsafe class DecodeAttention
         return y;
     }
 
-    private static float Dot(float* a, float* b, long n)
+    private static float Dot<T, TLoad>(float* a, T* b, long n) where T : unmanaged where TLoad : struct, MatVec.IWeightLoad<T>
     {
         long i = 0;
         Vector256<float> acc = default;
-        for (; i + 8 <= n; i += 8) acc = Fma.MultiplyAdd(Avx.LoadVector256(a + i), Avx.LoadVector256(b + i), acc);
+        for (; i + 8 <= n; i += 8) acc = Fma.MultiplyAdd(Avx.LoadVector256(a + i), TLoad.Load(b + i), acc);
         float s = Vector256.Sum(acc);
-        for (; i < n; i++) s += a[i] * b[i];
+        for (; i < n; i++) s += a[i] * TLoad.At(b, i);
         return s;
     }
 
@@ -222,24 +233,28 @@ internal static unsafe class DecodeAttention
     /// o = Σ_s (p[s] · inv) · v[s] over 64 columns at a time held in registers: the same fused multiply-adds in the same
     /// order as one <see cref="Axpy"/> per key, without storing and reloading o for every key.
     /// </summary>
+    internal static void WeightedSum(float* p, float inv, float* v, long d, int length, float* o) =>
+        WeightedSum<float, MatVec.Float32Load>(p, inv, v, d, length, o);
+
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    internal static void WeightedSum(float* p, float inv, float* v, long d, int length, float* o)
+    private static void WeightedSum<T, TLoad>(float* p, float inv, T* v, long d, int length, float* o)
+        where T : unmanaged where TLoad : struct, MatVec.IWeightLoad<T>
     {
         for (long c = 0; c < d; c += 64)
         {
             Vector256<float> o0 = default, o1 = default, o2 = default, o3 = default, o4 = default, o5 = default, o6 = default, o7 = default;
-            float* vs = v + c;
+            T* vs = v + c;
             for (int s = 0; s < length; s++, vs += d)
             {
                 var a = Vector256.Create(p[s] * inv);
-                o0 = Fma.MultiplyAdd(a, Avx.LoadVector256(vs), o0);
-                o1 = Fma.MultiplyAdd(a, Avx.LoadVector256(vs + 8), o1);
-                o2 = Fma.MultiplyAdd(a, Avx.LoadVector256(vs + 16), o2);
-                o3 = Fma.MultiplyAdd(a, Avx.LoadVector256(vs + 24), o3);
-                o4 = Fma.MultiplyAdd(a, Avx.LoadVector256(vs + 32), o4);
-                o5 = Fma.MultiplyAdd(a, Avx.LoadVector256(vs + 40), o5);
-                o6 = Fma.MultiplyAdd(a, Avx.LoadVector256(vs + 48), o6);
-                o7 = Fma.MultiplyAdd(a, Avx.LoadVector256(vs + 56), o7);
+                o0 = Fma.MultiplyAdd(a, TLoad.Load(vs), o0);
+                o1 = Fma.MultiplyAdd(a, TLoad.Load(vs + 8), o1);
+                o2 = Fma.MultiplyAdd(a, TLoad.Load(vs + 16), o2);
+                o3 = Fma.MultiplyAdd(a, TLoad.Load(vs + 24), o3);
+                o4 = Fma.MultiplyAdd(a, TLoad.Load(vs + 32), o4);
+                o5 = Fma.MultiplyAdd(a, TLoad.Load(vs + 40), o5);
+                o6 = Fma.MultiplyAdd(a, TLoad.Load(vs + 48), o6);
+                o7 = Fma.MultiplyAdd(a, TLoad.Load(vs + 56), o7);
             }
             float* oc = o + c;
             Avx.Store(oc, o0); Avx.Store(oc + 8, o1); Avx.Store(oc + 16, o2); Avx.Store(oc + 24, o3);
@@ -248,11 +263,13 @@ internal static unsafe class DecodeAttention
     }
 
     /// <summary>y += alpha · x.</summary>
-    internal static void Axpy(float alpha, float* x, float* y, long n)
+    internal static void Axpy(float alpha, float* x, float* y, long n) => Axpy<float, MatVec.Float32Load>(alpha, x, y, n);
+
+    private static void Axpy<T, TLoad>(float alpha, T* x, float* y, long n) where T : unmanaged where TLoad : struct, MatVec.IWeightLoad<T>
     {
         long i = 0;
         var a = Vector256.Create(alpha);
-        for (; i + 8 <= n; i += 8) Avx.Store(y + i, Fma.MultiplyAdd(a, Avx.LoadVector256(x + i), Avx.LoadVector256(y + i)));
-        for (; i < n; i++) y[i] += alpha * x[i];
+        for (; i + 8 <= n; i += 8) Avx.Store(y + i, Fma.MultiplyAdd(a, TLoad.Load(x + i), Avx.LoadVector256(y + i)));
+        for (; i < n; i++) y[i] += alpha * TLoad.At(x, i);
     }
 }

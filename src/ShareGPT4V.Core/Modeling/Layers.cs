@@ -139,7 +139,11 @@ internal sealed class Linear : nn.Module<Tensor, Tensor>
             using var columns = y.narrow(1, off, n);
             columns.addmm_(x2, w.t(), 0, 1);
         }
-        if (gemm != ScalarType.Float32) y = y.to(ScalarType.Float32);
+        if (gemm != ScalarType.Float32)
+        {
+            using var narrow = y; // freed now, not with the scope: a long prompt's MLP output is tens of megabytes
+            y = narrow.to(ScalarType.Float32);
+        }
         if (bias is not null) y.add_(bias.to(ScalarType.Float32), HeldScalars.One);
         return y.to(x.dtype).reshape(x.shape[..^1].Append(rows).ToArray()).MoveToOuterDisposeScope();
     }

@@ -243,19 +243,19 @@ internal static unsafe class MatVec
     }
 
     /// <summary>How the paired kernel reads one weight storage: 8 weights widened to float32, or one.</summary>
-    private interface IWeightLoad<T> where T : unmanaged
+    internal interface IWeightLoad<T> where T : unmanaged
     {
         static abstract Vector256<float> Load(T* p);
         static abstract float At(T* p, long i);
     }
 
-    private struct Float32Load : IWeightLoad<float>
+    internal struct Float32Load : IWeightLoad<float>
     {
         public static Vector256<float> Load(float* p) => Avx.LoadVector256(p);
         public static float At(float* p, long i) => p[i];
     }
 
-    private struct BFloat16Load : IWeightLoad<ushort>
+    internal struct BFloat16Load : IWeightLoad<ushort>
     {
         public static Vector256<float> Load(ushort* p) => LoadBF16(p);
         public static float At(ushort* p, long i) => BF16ToFloat(p[i]);

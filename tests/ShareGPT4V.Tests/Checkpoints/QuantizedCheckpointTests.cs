@@ -50,39 +50,52 @@ public sealed class QuantizedCheckpointTests : IDisposable
             }
         }
         Assert.Equal(9, compared);
-        // The tower in 16 bits: bfloat16 (for bfloat16 GEMMs) on a CPU with bf16 instructions, float16 elsewhere.
-        Assert.Equal(QuantKernels.Bf16Gemm ? ScalarType.BFloat16 : ScalarType.Float16, ours["vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight"].dtype);
+        // A Q4_0 model keeps a bfloat16 KV cache (as llama.cpp keeps a 16-bit one); Q8_0 and float32 ones keep float32.
+        using (var cache = q.CreateCache(1, 8)) Assert.Equal(ScalarType.BFloat16, cache.DType);
+        using (var q8 = ModelLoader.Load(Source, new LoadOptions { Quantization = QuantizationFormat.Q8_0, Prefault = false }))
+        using (var cache = q8.CreateCache(1, 8)) Assert.Equal(ScalarType.Float32, cache.DType);
+        using (var f32 = ModelLoader.Load(Source, new LoadOptions { Prefault = false }))
+        using (var cache = f32.CreateCache(1, 8)) Assert.Equal(ScalarType.Float32, cache.DType);
+        // The tower's and projector's linear layers in Q8_0 (row layout: only GEMMs read them); its
+        // position table in 16 bits: bfloat16 (for bfloat16 GEMMs) on a CPU with bf16 instructions, float16 elsewhere.
+        foreach (var linear in new[] { "vision_tower.vision_model.encoder.layers.0.mlp.fc1.weight", "vision_tower.vision_model.encoder.layers.1.self_attn.k_proj.weight", "multi_modal_projector.linear_2.weight" })
+            Assert.Equal((QuantizationFormat.Q8_0, false), (Assert.IsType<QuantizedWeight>(ours[linear]).Format, ((QuantizedWeight)ours[linear]).Interleaved));
+        var half = QuantKernels.Bf16Gemm ? ScalarType.BFloat16 : ScalarType.Float16;
+        Assert.Equal(half, ours["vision_tower.vision_model.embeddings.position_embedding.weight"].dtype);
+        Assert.Contains("vision + projector: ", WeightStorage.Describe(q));
+        Assert.Matches("vision \\+ projector: [^;]*q8_0", WeightStorage.Describe(q));
         Assert.Contains("embed_tokens q4_0, lm_head q8_0", WeightStorage.Describe(q));
     }
 
     [Fact]
-    public void OnABf16CpuTheQuantizedLoadsTowerRunsBf16GemmsCloseToTheFloat32Tower()
+    public void TheQuantizedLoadsQ8_0TowerStaysCloseToTheFloat32TowerWithAndWithoutBf16Gemms()
     {
         using var golden = SafeTensorsFile.Open(Fixtures.Path("oracle/hf_llama2vocab/pixel_values.safetensors"));
         using var pixels = golden.Load(golden.Names.First());
-        Tensor Embed(bool bf16, out bool flagged, out ScalarType stored)
+        using var one = pixels.dim() == 3 ? pixels.unsqueeze(0) : pixels.narrow(0, 0, 1);
+        Tensor Embed(LoadOptions options, bool bf16)
         {
             bool saved = QuantKernels.Bf16Gemm;
             QuantKernels.Bf16Gemm = bf16; // read by the loader and by the layers, on this thread
             try
             {
-                using var m = ModelLoader.Load(Source, new LoadOptions { Quantization = QuantizationFormat.Q8_0, Prefault = false });
-                var fc1 = m.named_modules().Single(x => x.name == "vision_tower.vision_model.encoder.layers.0.mlp.fc1").module;
-                flagged = ((ShareGPT4V.Modeling.Linear)fc1).GemmInBf16;
-                stored = ((ShareGPT4V.Modeling.Linear)fc1).Weight.dtype;
-                Assert.False(m.named_modules().Where(x => x.name.StartsWith("language_model.", StringComparison.Ordinal))
-                    .Any(x => x.module is ShareGPT4V.Modeling.Linear { GemmInBf16: true }), "the language model's layers are not flagged");
+                using var m = ModelLoader.Load(Source, options);
+                Assert.False(m.named_modules().Any(x => x.module is ShareGPT4V.Modeling.Linear { GemmInBf16: true } l && l.Weight is QuantizedWeight),
+                    "quantized layers choose their GEMM precision themselves");
                 using var noGrad = torch.no_grad();
-                return m.EncodeImages(pixels.dim() == 3 ? pixels.unsqueeze(0) : pixels.narrow(0, 0, 1));
+                return m.EncodeImages(one);
             }
             finally { QuantKernels.Bf16Gemm = saved; }
         }
-        using var wide = Embed(false, out bool flaggedWide, out var storedWide);
-        using var narrow = Embed(true, out bool flaggedNarrow, out var storedNarrow);
-        Assert.Equal((false, ScalarType.Float16), (flaggedWide, storedWide));
-        Assert.Equal((true, ScalarType.BFloat16), (flaggedNarrow, storedNarrow));
-        double err = (narrow - wide).abs().max().item<float>() / wide.abs().max().item<float>();
-        Assert.True(err > 0 && err < 3e-2, $"bfloat16 tower: largest difference {err:E2} of the largest |value|");
+        using var reference = Embed(new LoadOptions { Prefault = false }, bf16: false);
+        var q8 = new LoadOptions { Quantization = QuantizationFormat.Q8_0, Prefault = false };
+        using var wide = Embed(q8, bf16: false);
+        using var narrow = Embed(q8, bf16: true);
+        foreach (var (what, e) in new[] { ("float32 GEMMs", wide), ("bfloat16 GEMMs", narrow) })
+        {
+            double err = (e - reference).abs().max().item<float>() / reference.abs().max().item<float>();
+            Assert.True(err > 0 && err < 3e-2, $"Q8_0 tower, {what}: largest difference {err:E2} of the largest |value|");
+        }
     }
 
     [Fact]

@@ -6,7 +6,7 @@ using static TorchSharp.torch;
 
 namespace ShareGPT4V.Tests.Language;
 
-/// <summary>The one-position loops a decode step takes for RMSNorm and the rotary embedding, against libtorch's general path.</summary>
+/// <summary>The one-loop RMSNorm (decode rows) and rotary embedding (float32 CPU) against libtorch's general path.</summary>
 public sealed class DecodeFastPathTests
 {
     [Fact]
@@ -31,7 +31,7 @@ public sealed class DecodeFastPathTests
     }
 
     [Fact]
-    public void RotaryEmbeddingOfOnePositionEqualsRotateHalfExactly()
+    public void FusedRotaryEmbeddingEqualsRotateHalfExactly()
     {
         using var scope = NewDisposeScope();
         var gen = new Generator(3);
@@ -44,8 +44,8 @@ public sealed class DecodeFastPathTests
         var expected = x * cos.unsqueeze(1) + rotated * sin.unsqueeze(1);
         Assert.Equal(expected.shape, fast.shape);
         Assert.Equal(expected.contiguous().data<float>().ToArray(), fast.data<float>().ToArray());
-        // Several positions take the general path and give the same formula.
-        var x3 = torch.randn(new long[] { 1, 6, 3, 32 }, generator: gen);
+        // Several positions from a transposed view, as a prefill's q: the same bits again.
+        var x3 = torch.randn(new long[] { 1, 3, 6, 32 }, generator: gen).transpose(1, 2);
         var c3 = torch.randn(new long[] { 1, 3, 32 }, generator: gen);
         var s3 = torch.randn(new long[] { 1, 3, 32 }, generator: gen);
         var r3 = torch.cat(new[] { -x3.narrow(-1, 16, 16), x3.narrow(-1, 0, 16) }, -1);

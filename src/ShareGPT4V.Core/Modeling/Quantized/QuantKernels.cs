@@ -248,7 +248,7 @@ internal static unsafe class QuantKernels
             Panel(Src + r0 * RowBytes, n, r0);
         }
 
-        /// <summary>n rows of row-layout blocks at <paramref name="src"/> into the panel's rows from <paramref name="r0"/>.</summary>
+        /// <summary>n rows of row-layout blocks at <paramref name="src0"/> into the panel's rows from <paramref name="r0"/>.</summary>
         private void Panel(byte* src0, long n, long r0)
         {
             if (Dst != null)
