@@ -393,11 +393,13 @@ internal sealed class LlamaAttention : nn.Module<Tensor, Tensor>
         }
         else
         {
-            // Elsewhere (GPU, no AVX2) each row attends on its own over its slot's used positions: no padding to mask.
+            // A prompt's prefill and elsewhere (GPU, no AVX2): each row attends on its own over its slot's used
+            // positions, no padding to mask. A fresh prompt's keys and values are this pass's own (the cache holds the
+            // same, or their 16-bit rounding); a continued one reads the cached prefix back.
             var outs = new Tensor[b];
             for (int r = 0; r < b; r++)
             {
-                var (keys, values) = cache.Slot(layer, rows.Slots[r], rows.Starts[r] + t);
+                var (keys, values) = b == 1 && rows.Starts[r] == 0 ? (k, v) : cache.Slot(layer, rows.Slots[r], rows.Starts[r] + t);
                 if (keys.dtype != q.dtype) (keys, values) = (keys.to(q.dtype), values.to(q.dtype)); // a 16-bit cache
                 outs[r] = Attend(q.narrow(0, r, 1), keys, values, mask, causal);
             }
