@@ -41,13 +41,21 @@ public sealed class ProcessTests
             var json = JsonDocument.Parse(await response.Content.ReadAsStringAsync()).RootElement;
             Assert.Equal(3, json.GetProperty("usage").GetProperty("completion_tokens").GetInt32());
             Assert.Equal(HttpStatusCode.OK, (await http.GetAsync("/")).StatusCode); // the demo
-            lock (log) Assert.Contains("Chat completion", log.ToString()); // the per-request log line
+            // The per-request log line: the console logger writes on its own thread, so it may follow the response.
+            var deadline = DateTime.UtcNow.AddSeconds(20);
+            while (!LogHas(log, "Chat completion") && DateTime.UtcNow < deadline) await Task.Delay(50);
+            lock (log) Assert.Contains("Chat completion", log.ToString());
         }
         finally
         {
             if (!p.HasExited) p.Kill(entireProcessTree: true);
             await p.WaitForExitAsync();
         }
+    }
+
+    private static bool LogHas(System.Text.StringBuilder log, string text)
+    {
+        lock (log) return log.ToString().Contains(text, StringComparison.Ordinal);
     }
 
     /// <summary>Starts the server, waits for /health, and returns its address; the log collects stdout and stderr.</summary>

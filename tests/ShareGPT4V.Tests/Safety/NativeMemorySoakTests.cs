@@ -112,7 +112,11 @@ public sealed class NativeMemorySoakTests(ITestOutputHelper output)
             // (on the meta device to check the checkpoint, then for real), so the counter rises by exactly two per
             // parameter. Anything else still alive after Dispose would show up on top of that.
             counterArtifact += 2L * parameters;
-            Assert.Equal(tensors0 + counterArtifact, tensors);
+            // Nothing may grow. The count can fall, though: a thread-pool thread that earlier tests used for GEMMs over
+            // half-precision or quantized weights holds a per-thread scratch tensor (Linear's), which is finalized when
+            // the pool retires the thread, at any point of this test (seen once in four full-suite runs: one less).
+            Assert.True(tensors <= tensors0 + counterArtifact, $"live tensors {tensors}, expected at most {tensors0 + counterArtifact}");
+            Assert.True(tensors >= tensors0 + counterArtifact - 16, $"live tensors {tensors}, far fewer than {tensors0 + counterArtifact}");
             rssAfter.Add(rss);
             nativeAfter.Add(native);
         }
