@@ -377,11 +377,9 @@ internal sealed class LlamaAttention : nn.Module<Tensor, Tensor>
         using var scope = NewDisposeScope();
         long b = x.shape[0], t = x.shape[1];
         var qkv = Linear.ForwardMany(x, _qProj, _kProj, _vProj);
-        var q = qkv[0].view(b, t, _heads, _headDim).transpose(1, 2);
-        var k = qkv[1].view(b, t, _kvHeads, _headDim).transpose(1, 2);
+        var q = Rotate(qkv[0], b, t, _heads, cos, sin);
+        var k = Rotate(qkv[1], b, t, _kvHeads, cos, sin);
         var v = qkv[2].view(b, t, _kvHeads, _headDim).transpose(1, 2);
-        q = RotaryEmbedding.Apply(q, cos, sin);
-        k = RotaryEmbedding.Apply(k, cos, sin);
         cache.WriteSlots(layer, rows, k, v);
         var (kAll, vAll) = cache.Buffers(layer);
         Tensor o;
@@ -405,8 +403,19 @@ internal sealed class LlamaAttention : nn.Module<Tensor, Tensor>
             }
             o = b == 1 ? outs[0] : torch.cat(outs, 0);
         }
-        o = o.transpose(1, 2).reshape(b, t, (long)_heads * _headDim);
+        using (var heads = o) o = heads.transpose(1, 2).reshape(b, t, (long)_heads * _headDim);
         return _oProj.forward(o).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
+    /// The projection [B, T, heads·D] as [B, heads, T, D], rotated; the unrotated projection is freed at once (over a
+    /// long prompt each is tens of megabytes, and the scope would keep them to the layer's end).
+    /// </summary>
+    private Tensor Rotate(Tensor projected, long b, long t, int heads, Tensor cos, Tensor sin)
+    {
+        using var p = projected;
+        using var view = p.view(b, t, heads, _headDim).transpose(1, 2);
+        return RotaryEmbedding.Apply(view, cos, sin);
     }
 
     /// <summary>Scaled dot-product attention of q [B, H, T, D] over keys / values [B, kvH, S, D] with grouped-query heads.</summary>
@@ -442,6 +451,8 @@ internal sealed class LlamaMlp : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor x)
     {
         using var scope = NewDisposeScope();
+        // A prompt over quantized weights: gate, SiLU and up one panel at a time, in the dtype the down GEMM reads.
+        if (Linear.GatedProduct(x, _gateProj, _upProj) is { } product) return _downProj.forward(product).MoveToOuterDisposeScope();
         var gateUp = Linear.ForwardMany(x, _gateProj, _upProj); // one fused job in a decode step
         // In place, and up freed at once: over a long prompt each of these is [T, intermediate] float32, and the scope
         // would otherwise hold four of them through the down projection (the peak of a 7B prefill).

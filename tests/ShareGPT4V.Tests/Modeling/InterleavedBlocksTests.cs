@@ -151,4 +151,31 @@ public sealed class InterleavedBlocksTests
         }
         finally { QuantKernels.Bf16Gemm = saved; }
     }
+
+    [Fact]
+    public void ThePanelwiseGatedProductEqualsTheTwoGemmsAndSiluBitForBit()
+    {
+        using var scope = NewDisposeScope();
+        using var gate = Linear.FromTensors(QuantizedWeight.Quantize(torch.randn(new long[] { 320, 96 }, generator: new Generator(1)), QuantizationFormat.Q4_0, interleaved: true), null);
+        using var up = Linear.FromTensors(QuantizedWeight.Quantize(torch.randn(new long[] { 320, 96 }, generator: new Generator(2)), QuantizationFormat.Q4_0, interleaved: true), null);
+        var x = torch.randn(new long[] { 1, 23, 96 }, generator: new Generator(3));
+        bool saved = QuantKernels.Bf16Gemm;
+        try
+        {
+            QuantKernels.Bf16Gemm = true;
+            // Panels of 64 rows: five of them, as the general path cuts them.
+            var fused = Linear.GatedProduct(x, gate, up, widenedSliceBytes: 64 * 96 * 4);
+            Assert.NotNull(fused);
+            Assert.Equal(ScalarType.BFloat16, fused!.dtype);
+            var general = (torch.nn.functional.silu(Linear.Apply(x, gate.Weight, null, widenedSliceBytes: 64 * 96 * 4))
+                           * Linear.Apply(x, up.Weight, null, widenedSliceBytes: 64 * 96 * 4)).to(ScalarType.BFloat16);
+            Assert.Equal(general.shape, fused.shape);
+            Assert.Equal(general.contiguous().bytes.ToArray(), fused.contiguous().bytes.ToArray()); // the same bits
+            // A decode-sized input, or no bfloat16 GEMMs, takes the general path.
+            Assert.Null(Linear.GatedProduct(x.narrow(1, 0, 1), gate, up));
+            QuantKernels.Bf16Gemm = false;
+            Assert.Null(Linear.GatedProduct(x, gate, up));
+        }
+        finally { QuantKernels.Bf16Gemm = saved; }
+    }
 }
