@@ -72,14 +72,8 @@ public sealed class InterleavedBlocksTests
         Assert.Throws<ArgumentException>(() => new QuantizedWeight(torch.zeros(new long[] { 4, 34 }, ScalarType.Byte), QuantizationFormat.Q8_0, 4, 32, interleaved: true));
     }
 
-    public static TheoryData<QuantizationFormat, int, bool> Cases => new()
-    {
-        { QuantizationFormat.Q8_0, 1, false }, { QuantizationFormat.Q8_0, 3, true }, { QuantizationFormat.Q8_0, 8, false },
-        { QuantizationFormat.Q4_0, 1, true }, { QuantizationFormat.Q4_0, 2, false }, { QuantizationFormat.Q4_0, 8, true },
-    };
-
     [Theory]
-    [MemberData(nameof(Cases))]
+    [MemberData(nameof(QuantInt8KernelTests.Cases), MemberType = typeof(QuantInt8KernelTests))]
     public void Int8DotsOnInterleavedBlocksEqualTheExactReference(QuantizationFormat format, int xRows, bool adversarial)
     {
         using var scope = NewDisposeScope();
@@ -91,10 +85,7 @@ public sealed class InterleavedBlocksTests
         var x = torch.randn(xRows, 128, generator: new Generator(4));
         if (adversarial) x[0, TensorIndex.Slice(32, 64)] = torch.zeros(32); // an all-zero activation block (scale 0)
         // x rounded to Q8_0 blocks by llama.cpp's formula, then an exact float64 matmul.
-        var xq = new byte[xRows * 4 * 34];
-        var xs = x.data<float>().ToArray();
-        for (int r = 0; r < xRows; r++) BlockQuantizer.QuantizeRow(xs.AsSpan(r * 128, 128), xq.AsSpan(r * 4 * 34, 4 * 34), QuantizationFormat.Q8_0);
-        var xr = new QuantizedWeight(torch.tensor(xq, new long[] { xRows, 4 * 34 }), QuantizationFormat.Q8_0, xRows, 128).Dequantize();
+        var xr = QuantInt8KernelTests.Q8Rounded(x);
         var int8Reference = torch.nn.functional.linear(xr.to(ScalarType.Float64), w.Dequantize().to(ScalarType.Float64), bias.to(ScalarType.Float64)).to(ScalarType.Float32);
         var floatReference = torch.nn.functional.linear(x.to(ScalarType.Float64), w.Dequantize().to(ScalarType.Float64), bias.to(ScalarType.Float64)).to(ScalarType.Float32);
         bool saved = QuantKernels.Int8Activations;

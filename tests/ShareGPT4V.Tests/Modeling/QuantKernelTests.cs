@@ -205,6 +205,17 @@ public sealed class QuantInt8KernelTests
         { QuantizationFormat.Q4_0, 1, true }, { QuantizationFormat.Q4_0, 3, false }, { QuantizationFormat.Q4_0, 8, true },
     };
 
+    /// <summary>x [rows, columns] rounded to Q8_0 blocks by llama.cpp's formula and dequantized: what the int8 kernels multiply.</summary>
+    internal static Tensor Q8Rounded(Tensor x)
+    {
+        long rows = x.shape[0], columns = x.shape[1], rowBytes = columns / 32 * 34;
+        var xq = new byte[rows * rowBytes];
+        var xs = x.data<float>().ToArray();
+        for (long r = 0; r < rows; r++)
+            BlockQuantizer.QuantizeRow(xs.AsSpan((int)(r * columns), (int)columns), xq.AsSpan((int)(r * rowBytes), (int)rowBytes), QuantizationFormat.Q8_0);
+        return new QuantizedWeight(torch.tensor(xq, new[] { rows, rowBytes }), QuantizationFormat.Q8_0, rows, columns).Dequantize();
+    }
+
     [Theory]
     [MemberData(nameof(Cases))]
     public void Int8DotsEqualTheMatmulOfDequantizedWeightsAndQuantizedActivations(QuantizationFormat format, int xRows, bool adversarial)
@@ -216,10 +227,7 @@ public sealed class QuantInt8KernelTests
         var x = torch.randn(xRows, 128, generator: new Generator(4));
         if (adversarial) x[0, TensorIndex.Slice(32, 64)] = torch.zeros(32); // an all-zero activation block (scale 0)
         // Reference: x rounded to Q8_0 blocks by llama.cpp's formula, then an exact float64 matmul.
-        var xq = new byte[xRows * 4 * 34];
-        var xs = x.data<float>().ToArray();
-        for (int r = 0; r < xRows; r++) BlockQuantizer.QuantizeRow(xs.AsSpan(r * 128, 128), xq.AsSpan(r * 4 * 34, 4 * 34), QuantizationFormat.Q8_0);
-        var xr = new QuantizedWeight(torch.tensor(xq, new long[] { xRows, 4 * 34 }), QuantizationFormat.Q8_0, xRows, 128).Dequantize();
+        var xr = Q8Rounded(x);
         var reference = torch.nn.functional.linear(xr.to(ScalarType.Float64), w.Dequantize().to(ScalarType.Float64)).to(ScalarType.Float32);
         bool saved = QuantKernels.Int8Activations;
         QuantKernels.Int8Activations = true;
