@@ -91,7 +91,7 @@ internal sealed class KvCache : IDisposable
     }
 
     /// <summary>
-    /// A decode step's write (one position per row, float32 on the CPU) as plain copies of each head's row: the general
+    /// A decode step's write (one position per row, float32 in, a float32 or bfloat16 cache on the CPU) as plain copies of each head's row: the general
     /// path's eight libtorch calls per row and layer cost more than the copy. False when the tensors are not of that kind.
     /// </summary>
     private unsafe bool CopyOnePosition(int layer, SlotRows rows, Tensor k, Tensor v)

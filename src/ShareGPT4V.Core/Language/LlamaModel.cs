@@ -343,7 +343,7 @@ internal sealed class LlamaAttention : nn.Module<Tensor, Tensor>
         if (decodeKernel)
         {
             // A decode step: our kernel reads the cache in place (and keeps the step out of OpenMP, see DecodeAttention).
-            var (kAll, vAll) = cache.Buffers(layer);
+            var (kAll, vAll) = cache!.Buffers(layer);
             o = DecodeAttention.Run(q, kAll, vAll, s, mask?.reshape(b, s).contiguous());
         }
         else if (groups == 1)

@@ -245,7 +245,7 @@ internal sealed class RmsNorm : nn.Module<Tensor, Tensor>
     private readonly long _dim;
 
     /// <summary>The weight's data when the decode fast path may read it (a float32 CPU weight that no one trains).</summary>
-    private unsafe float* _fastWeight => _weight.dtype == ScalarType.Float32 && _weight.device_type == DeviceType.CPU && !_weight.requires_grad
+    private unsafe float* FastWeight => _weight.dtype == ScalarType.Float32 && _weight.device_type == DeviceType.CPU && !_weight.requires_grad
         ? (float*)MappedMemory.Address(_weight) : null;
 
     public RmsNorm(string prefix, long dim, double eps, WeightSource w) : base(nameof(RmsNorm))
@@ -275,7 +275,7 @@ internal sealed class RmsNorm : nn.Module<Tensor, Tensor>
     /// </summary>
     private unsafe Tensor? NormRows(Tensor x)
     {
-        float* w = _fastWeight;
+        float* w = FastWeight;
         if (w == null || x.dtype != ScalarType.Float32 || x.device_type != DeviceType.CPU || x.requires_grad
             || !x.is_contiguous() || torch.is_grad_enabled())
             return null;
