@@ -86,7 +86,7 @@ internal sealed class LlamaModel : nn.Module<Tensor, Tensor>
     }
 
     /// <summary>Prompts of at least this many tokens give the C heap back after each layer (see ForwardSlots).</summary>
-    private const int TrimEveryLayerFrom = 64;
+    internal const int TrimEveryLayerFrom = 64;
 
     /// <summary>
     /// One forward pass of rows that each live in their own KV cache slot (the generation engine's layout): row r
@@ -292,7 +292,13 @@ internal sealed class LlamaDecoderLayer : nn.Module<Tensor, Tensor>
     public Tensor ForwardSlots(Tensor x, Tensor cos, Tensor sin, Tensor? mask, bool causal, KvCache cache, int layer, SlotRows rows)
     {
         using var scope = NewDisposeScope();
-        var h = HeldScalars.Add(x, _selfAttn.ForwardSlots(_inputLayernorm.forward(x), cos, sin, mask, causal, cache, layer, rows));
+        Tensor h;
+        using (var normed = _inputLayernorm.forward(x))
+        using (var attended = _selfAttn.ForwardSlots(normed, cos, sin, mask, causal, cache, layer, rows))
+            h = HeldScalars.Add(x, attended);
+        // A long prompt's attention freed tens of megabytes of activations whose sizes the MLP's do not reuse: give them
+        // back before the MLP allocates (as LlamaModel.ForwardSlots does after each layer).
+        if (x.shape[1] >= LlamaModel.TrimEveryLayerFrom) CHeap.Trim();
         h = HeldScalars.Add(h, _mlp.forward(_postAttentionLayernorm.forward(h)));
         return h.MoveToOuterDisposeScope();
     }
