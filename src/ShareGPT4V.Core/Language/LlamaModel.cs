@@ -403,8 +403,10 @@ internal sealed class LlamaAttention : nn.Module<Tensor, Tensor>
             var outs = new Tensor[b];
             for (int r = 0; r < b; r++)
             {
-                var (keys, values) = b == 1 && rows.Starts[r] == 0 ? (k, v) : cache.Slot(layer, rows.Slots[r], rows.Starts[r] + t);
-                if (keys.dtype != q.dtype) (keys, values) = (keys.to(q.dtype), values.to(q.dtype)); // a 16-bit cache
+                var (keys, values) = b == 1 && rows.Starts[r] == 0 ? (k, v)
+                    : cache.DType == ScalarType.BFloat16 && q.dtype == ScalarType.Float32 ? cache.SlotAsFloat32(layer, rows.Slots[r], rows.Starts[r] + t)
+                    : cache.Slot(layer, rows.Slots[r], rows.Starts[r] + t);
+                if (keys.dtype != q.dtype) (keys, values) = (keys.to(q.dtype), values.to(q.dtype)); // a 16-bit cache elsewhere
                 outs[r] = Attend(q.narrow(0, r, 1), keys, values, mask, causal);
             }
             o = b == 1 ? outs[0] : torch.cat(outs, 0);

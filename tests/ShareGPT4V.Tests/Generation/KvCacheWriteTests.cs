@@ -57,6 +57,12 @@ public sealed class KvCacheWriteTests
         Assert.Equal(ScalarType.BFloat16, nk.dtype);
         Assert.Equal(wk.data<float>().ToArray(), nk.to(ScalarType.Float32).data<float>().ToArray()); // libtorch's rounding, bit for bit
         Assert.Equal(wv.data<float>().ToArray(), nv.to(ScalarType.Float32).data<float>().ToArray());
+        // A continued prompt reads the slot back as float32: exactly the widened cache.
+        var (kf, vf) = narrow.SlotAsFloat32(0, 1, positions);
+        var (ks, vs) = narrow.Slot(0, 1, positions);
+        Assert.Equal(new long[] { 1, kvHeads, positions, d }, kf.shape);
+        Assert.Equal(ks.to(ScalarType.Float32).data<float>().ToArray(), kf.data<float>().ToArray());
+        Assert.Equal(vs.to(ScalarType.Float32).data<float>().ToArray(), vf.data<float>().ToArray());
         var q = torch.randn(new long[] { 1, heads, 1, d }, generator: gen);
         Assert.True(ShareGPT4V.Modeling.DecodeAttention.Applies(q, nk, null));
         var fromBf16 = ShareGPT4V.Modeling.DecodeAttention.RunSlots(q, nk, nv, new[] { 1 }, new long[] { positions });
