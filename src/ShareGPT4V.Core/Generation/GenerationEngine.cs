@@ -216,7 +216,6 @@ internal sealed class GenerationEngine : IDisposable
                 rows[i] = _model.EncodeImages(pixels).squeeze(0);
                 if (request.Images[i].CacheKey is { } key) _images.Put(key, rows[i]!);
             }
-            if (missing.Count > 0) CHeap.Trim(); // the tower's activations are freed: their holes would sit under the prefill's peak
             var shape = new long[] { perImage, config.Text.HiddenSize };
             imageEmbeddings = torch.stack(rows.Select(r => r ?? torch.zeros(shape, _model.LanguageModel.DType, _model.LanguageModel.Device)), 0);
             WaitForDevice();

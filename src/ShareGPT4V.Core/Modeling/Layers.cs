@@ -1,3 +1,4 @@
+using System.Runtime.Intrinsics;
 using ShareGPT4V.Checkpoints;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -99,7 +100,7 @@ internal sealed class Linear : nn.Module<Tensor, Tensor>
         // of output rows at a time (about 16 MiB of float32: small next to the layer, and still in cache when the GEMM
         // reads it) into a reused scratch, and let each slice's GEMM write its columns of the output in place.
         long rows = weight.shape[0], inFeatures = weight.shape[1];
-        long step = Math.Min(rows, Math.Max(64, widenedSliceBytes / (inFeatures * 4) / 64 * 64));
+        long step = PanelRows(rows, inFeatures, widenedSliceBytes);
         using var scope = NewDisposeScope();
         var x2 = x.reshape(-1, inFeatures);
         var y = torch.empty(new[] { x2.shape[0], rows }, x.dtype, x.device);
@@ -131,7 +132,7 @@ internal sealed class Linear : nn.Module<Tensor, Tensor>
             || x.shape[^1] != g.Columns || !QuantKernels.Bf16Gemm)
             return null;
         long rows = g.Rows, inFeatures = g.Columns;
-        long step = Math.Min(rows, Math.Max(64, widenedSliceBytes / (inFeatures * 4) / 64 * 64));
+        long step = PanelRows(rows, inFeatures, widenedSliceBytes);
         using var scope = NewDisposeScope();
         var bf = ScalarType.BFloat16;
         var x2 = x.reshape(-1, inFeatures).to(bf);
@@ -143,12 +144,8 @@ internal sealed class Linear : nn.Module<Tensor, Tensor>
             using var panelScope = NewDisposeScope();
             var gc = gy.narrow(1, off, n);
             var uc = uy.narrow(1, off, n);
-            foreach (var (w, columns) in new[] { (g, gc), (u, uc) })
-            {
-                using var wp = Scratch(n * inFeatures, bf).view(n, inFeatures);
-                QuantKernels.DequantizePanel(w, off, n, wp, torch.get_num_threads());
-                columns.addmm_(x2, wp.t(), 0, 1);
-            }
+            QuantizedPanel(x2, g, off, n, gc);
+            QuantizedPanel(x2, u, off, n, uc);
             var a = nn.functional.silu(gc.to(ScalarType.Float32), inplace: true);
             a.mul_(uc.to(ScalarType.Float32));
             gc.copy_(a);
@@ -166,7 +163,7 @@ internal sealed class Linear : nn.Module<Tensor, Tensor>
         long rows = weight.Rows, inFeatures = weight.Columns;
         if (x.shape[^1] != inFeatures)
             throw new ArgumentException($"Input has {x.shape[^1]} features, the weight {inFeatures}");
-        long step = Math.Min(rows, Math.Max(64, widenedSliceBytes / (inFeatures * 4) / 64 * 64));
+        long step = PanelRows(rows, inFeatures, widenedSliceBytes);
         using var scope = NewDisposeScope();
         // bfloat16 where the CPU multiplies it natively (QuantKernels.Bf16Gemm): panels and activations in bfloat16,
         // float32 accumulation inside the GEMM, the output back to float32.
@@ -176,10 +173,8 @@ internal sealed class Linear : nn.Module<Tensor, Tensor>
         for (long off = 0; off < rows; off += step)
         {
             long n = Math.Min(step, rows - off);
-            using var w = Scratch(n * inFeatures, gemm).view(n, inFeatures);
-            QuantKernels.DequantizePanel(weight, off, n, w, torch.get_num_threads());
             using var columns = y.narrow(1, off, n);
-            columns.addmm_(x2, w.t(), 0, 1);
+            QuantizedPanel(x2, weight, off, n, columns);
         }
         if (gemm != ScalarType.Float32)
         {
@@ -188,6 +183,21 @@ internal sealed class Linear : nn.Module<Tensor, Tensor>
         }
         if (bias is not null) y.add_(bias.to(ScalarType.Float32), HeldScalars.One);
         return y.to(x.dtype).reshape(x.shape[..^1].Append(rows).ToArray()).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Output rows per widened or dequantized panel: about <paramref name="sliceBytes"/> of float32, a multiple of 64.</summary>
+    private static long PanelRows(long rows, long inFeatures, long sliceBytes) =>
+        Math.Min(rows, Math.Max(64, sliceBytes / (inFeatures * 4) / 64 * 64));
+
+    /// <summary>
+    /// columns = x2 · W[off, off + n)ᵀ: the panel dequantized into this thread's scratch in x2's dtype, and the GEMM
+    /// writing the output's column slice in place (its leading dimension is the whole output's).
+    /// </summary>
+    private static void QuantizedPanel(Tensor x2, QuantizedWeight weight, long off, long n, Tensor columns)
+    {
+        using var w = Scratch(n * weight.Columns, x2.dtype).view(n, weight.Columns);
+        QuantKernels.DequantizePanel(weight, off, n, w, torch.get_num_threads());
+        columns.addmm_(x2, w.t(), 0, 1);
     }
 
     // Per-thread float32 scratch the weight slices are widened into. Reusing it matters: a fresh 16 MiB block per slice
@@ -287,10 +297,21 @@ internal sealed class RmsNorm : nn.Module<Tensor, Tensor>
         for (long r = 0; r < n / dim; r++)
         {
             float* xr = xp + r * dim, yr = yp + r * dim;
-            double sum = 0;
-            for (long j = 0; j < dim; j++) sum += (double)xr[j] * xr[j];
+            long j = 0;
+            var acc0 = Vector256<double>.Zero;
+            var acc1 = Vector256<double>.Zero;
+            for (; j + 8 <= dim; j += 8)
+            {
+                var (lo, hi) = Vector256.Widen(Vector256.Load(xr + j));
+                acc0 += lo * lo;
+                acc1 += hi * hi;
+            }
+            double sum = Vector256.Sum(acc0 + acc1);
+            for (; j < dim; j++) sum += (double)xr[j] * xr[j];
             float inv = 1f / MathF.Sqrt((float)(sum / dim) + _epsF);
-            for (long j = 0; j < dim; j++) yr[j] = w[j] * (xr[j] * inv);
+            var invs = Vector256.Create(inv);
+            for (j = 0; j + 8 <= dim; j += 8) (Vector256.Load(w + j) * (Vector256.Load(xr + j) * invs)).Store(yr + j);
+            for (; j < dim; j++) yr[j] = w[j] * (xr[j] * inv);
         }
         return y;
     }

@@ -102,16 +102,10 @@ internal static unsafe class InterleavedBlocks
     }
     [ThreadStatic] private static byte[]? _row;
 
-    // AvxVnni is marked as a preview API in .NET 10; the instruction itself is stable (Alder Lake, Zen 4 and later).
-#pragma warning disable CA2252
-    /// <summary>s + the four-byte dot products of unsigned <paramref name="u"/> and signed <paramref name="x"/>, per int32 lane.</summary>
+    // The unsigned × signed four-byte dot products (vpdpbusd, or its AVX2 equivalent), shared with the row kernels.
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<int> Accumulate(Vector256<int> s, Vector256<byte> u, Vector256<sbyte> x) =>
-        AvxVnni.IsSupported
-            ? AvxVnni.MultiplyWideningAndAdd(s, u, x)
-            // No int16 saturation: a pair is at most 2·128·127.
-            : Avx2.Add(s, Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(u, x), Vector256.Create((short)1)));
-#pragma warning restore CA2252
+        QuantKernels.UnsignedTimesSigned(s, u, x);
 
     // Signed × signed through the unsigned × signed instruction: |w| times x with w's sign moved onto x.
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

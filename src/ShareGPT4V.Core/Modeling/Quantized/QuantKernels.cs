@@ -398,10 +398,14 @@ internal static unsafe class QuantKernels
     // AvxVnni is marked as a preview API in .NET 10; the instruction itself is stable (Alder Lake, Zen 4 and later).
 #pragma warning disable CA2252
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<int> UnsignedTimesSigned(Vector256<byte> u, Vector256<sbyte> s) =>
+    private static Vector256<int> UnsignedTimesSigned(Vector256<byte> u, Vector256<sbyte> s) => UnsignedTimesSigned(Vector256<int>.Zero, u, s);
+
+    /// <summary>acc + the four-byte dot products of unsigned <paramref name="u"/> and signed <paramref name="s"/>, per int32 lane.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static Vector256<int> UnsignedTimesSigned(Vector256<int> acc, Vector256<byte> u, Vector256<sbyte> s) =>
         AvxVnni.IsSupported
-            ? AvxVnni.MultiplyWideningAndAdd(Vector256<int>.Zero, u, s)
-            : Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(u, s), Vector256.Create((short)1));
+            ? AvxVnni.MultiplyWideningAndAdd(acc, u, s)
+            : Avx2.Add(acc, Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(u, s), Vector256.Create((short)1)));
 #pragma warning restore CA2252
 
     private readonly struct Q8Blocks : IBlockDot
