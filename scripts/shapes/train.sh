@@ -16,6 +16,8 @@ VISION_EPOCHS=${VISION_EPOCHS:-1}
 STAGE1_STEPS=${STAGE1_STEPS:-350}   # optimizer steps of 16 records (the first ones of the seeded shuffle)
 STAGE2_STEPS=${STAGE2_STEPS:-550}
 STAGE3_STEPS=${STAGE3_STEPS:-500}
+LOOKUP_STEPS=${LOOKUP_STEPS:-700}
+BINDING_STEPS=${BINDING_STEPS:-2000}
 # LABEL_CELLS=1: the ablation whose patch labels name colour, shape and grid cell (217 classes) instead of colour,
 # shape and size (49); it measured no better (docs/shapes-model.md), so the shipped model does not use it.
 if [ "${LABEL_CELLS:-0}" = 1 ]; then LABEL_ARGS=(--label-cells); AUX_CLASSES=217; else LABEL_ARGS=(); AUX_CLASSES=49; fi
@@ -33,6 +35,7 @@ start=$(date +%s)
 stamp "data: $STAGE1_IMAGES stage-1 images, $STAGE2_IMAGES stage-2 images, $EVAL_IMAGES held-out (seed $SEED)"
 [ -f "$WORK/data/stage2.json" ] || shapes generate --out "$WORK/data" --seed "$SEED" \
   --stage1 "$STAGE1_IMAGES" --stage2 "$STAGE2_IMAGES" --eval "$EVAL_IMAGES" --extra-questions "${LABEL_ARGS[@]}"
+[ -f "$WORK/data/stage2-binding.json" ] || shapes curriculum --data "$WORK/data"
 [ -f "$WORK/init/config.json" ] || shapes init-model --data "$WORK/data" --out "$WORK/init"
 
 common=(--threads "$THREADS" --image-folder "$WORK/data" --tokenizer-variant legacy
@@ -63,10 +66,23 @@ stamp "stage 2, second pass"
 [ -f "$WORK/stage3/model.safetensors" ] || cli train --stage finetune --model "$WORK/stage2" --data "$WORK/data/stage2.json" --output "$WORK/stage3" \
   --per-device-batch-size 16 --learning-rate 3e-4 --max-steps "$STAGE3_STEPS" --seed $((SEED + 1)) "${common[@]}"
 
+# 4. Curriculum, lookups: one word of the question to find among the objects ("Is there a star?", "Is there a red
+#    shape?"), with a count question in every record so counting is not forgotten. The conjunctions of stage 2 stay at
+#    chance for thousands of steps; one-word lookups start to be learned within a few hundred (docs/shapes-model.md).
+stamp "curriculum: lookups"
+[ -f "$WORK/lookup/model.safetensors" ] || cli train --stage finetune --model "$WORK/stage3" --data "$WORK/data/stage2-lookup.json" --output "$WORK/lookup" \
+  --per-device-batch-size 16 --learning-rate 5e-4 --max-steps "$LOOKUP_STEPS" --seed $((SEED + 2)) "${common[@]}"
+
+# 5. Curriculum, binding: every held-out question kind in each record, with the (colour, shape) conjunctions and
+#    "where" asked most, a describe turn in one record in four.
+stamp "curriculum: binding"
+[ -f "$WORK/binding/model.safetensors" ] || cli train --stage finetune --model "$WORK/lookup" --data "$WORK/data/stage2-binding.json" --output "$WORK/binding" \
+  --per-device-batch-size 16 --learning-rate 5e-4 --max-steps "$BINDING_STEPS" --seed $((SEED + 3)) "${common[@]}"
+
 stamp "model folder"
 rm -rf "$WORK/model"
 mkdir -p "$WORK/model"
-for f in "$WORK/stage3"/*.json "$WORK/stage3/model.safetensors"; do
+for f in "$WORK/binding"/*.json "$WORK/binding/model.safetensors"; do
   case "$(basename "$f")" in trainer_state.json) continue ;; esac
   cp "$f" "$WORK/model/"
 done

@@ -145,6 +145,79 @@ internal static class DatasetGenerator
         }
     }
 
+    /// <summary>The curriculum files <see cref="WriteCurriculum"/> writes beside stage2.json, in the order they are trained.</summary>
+    public static readonly string[] CurriculumFiles = ["stage2-lookup.json", "stage2-binding.json"];
+
+    /// <summary>
+    /// Writes the two curriculum steps over the stage-2 images of a generated dataset (no new pixels): lookups
+    /// (<see cref="Language.LookupTurns"/>), then binding (<see cref="Language.BindingTurns"/>). The scenes are drawn again
+    /// from the seed and renderer in dataset.json and checked against scenes/stage2.jsonl, so the questions are about
+    /// exactly the images on disk. Deterministic for the dataset.
+    /// </summary>
+    public static void WriteCurriculum(string dataDir, TextWriter log, CancellationToken ct)
+    {
+        string root = Path.GetFullPath(dataDir);
+        string manifestPath = Path.Combine(root, "dataset.json");
+        if (!File.Exists(manifestPath)) throw new IOException($"'{manifestPath}' not found: --data must be a folder written by 'generate'");
+        int seed, count;
+        RendererKind renderer;
+        try
+        {
+            using var manifest = JsonDocument.Parse(File.ReadAllText(manifestPath));
+            var m = manifest.RootElement;
+            seed = m.GetProperty("seed").GetInt32();
+            count = m.GetProperty("stage2").GetInt32();
+            renderer = m.GetProperty("renderer").GetString() switch
+            {
+                "default" => RendererKind.Default,
+                "alt" => RendererKind.Alt,
+                var r => throw new InvalidDataException($"'{manifestPath}': unknown renderer '{r}'"),
+            };
+        }
+        catch (Exception e) when (e is JsonException or KeyNotFoundException or InvalidOperationException or FormatException)
+        {
+            throw new InvalidDataException($"'{manifestPath}' is not a dataset manifest of this generator: {e.Message}", e);
+        }
+        if (count <= 0) throw new InvalidDataException($"'{manifestPath}': the dataset has no stage-2 images");
+        if (count > GenerateOptions.MaxImagesPerSplit) throw new InvalidDataException($"'{manifestPath}': stage2 {count} is out of range");
+        string scenesPath = Path.Combine(root, "scenes", "stage2.jsonl");
+        if (!File.Exists(scenesPath)) throw new IOException($"'{scenesPath}' not found: --data must be a folder written by 'generate'");
+
+        int width = Math.Max(6, count.ToString(CultureInfo.InvariantCulture).Length);
+        var lookup = new GeneratedImage[count];
+        var binding = new GeneratedImage[count];
+        using (var scenes = new StreamReader(scenesPath))
+        {
+            for (int i = 0; i < count; i++)
+            {
+                ct.ThrowIfCancellationRequested();
+                var (scene, _) = SceneSampler.Sample(new Random(ImageSeed(seed, 1, i)), renderer);
+                string id = $"{SplitPrefix[1]}_{(i + 1).ToString(CultureInfo.InvariantCulture).PadLeft(width, '0')}";
+                string imagePath = $"images/{Splits[1]}/{id}.png", labelPath = $"labels/{Splits[1]}/{id}.png";
+                string? line = scenes.ReadLine();
+                string expected = SceneJson(new GeneratedImage(id, imagePath, labelPath, scene, [], []));
+                if (line != expected)
+                    throw new InvalidDataException($"'{scenesPath}' line {i + 1} does not match scene '{id}' drawn again from seed {seed}: " +
+                        "the dataset was written by another version of the generator or changed since");
+                var text = new Random(ImageSeed(seed, 1, i) ^ 0x3c6ef372);
+                lookup[i] = new GeneratedImage(id + "_lookup", imagePath, labelPath, scene, Language.LookupTurns(scene, text), []);
+                binding[i] = new GeneratedImage(id + "_binding", imagePath, labelPath, scene, Language.BindingTurns(scene, text), []);
+            }
+        }
+        // Each file is written beside its final name and moved into place, so a failure leaves no half-written file.
+        foreach (var (name, records) in new[] { (CurriculumFiles[0], lookup), (CurriculumFiles[1], binding) })
+        {
+            string final = Path.Combine(root, name), temp = final + $".partial-{Environment.ProcessId}";
+            try
+            {
+                WriteRecords(temp, records);
+                File.Move(temp, final, overwrite: true);
+            }
+            finally { if (File.Exists(temp)) File.Delete(temp); }
+            log.WriteLine($"curriculum: {records.Length} records -> {final}");
+        }
+    }
+
     private static GeneratedImage MakeImage(string root, GenerateOptions o, int split, int index, int width)
     {
         var (scene, settings, turns, eval) = Plan(o.Seed, split, index, o.Renderer, o.ExtraQuestions);

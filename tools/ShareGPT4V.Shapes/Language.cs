@@ -53,6 +53,11 @@ internal static class Language
     private static readonly string[] SizeQuestions = ["Is the {color} {shape} large or small?", "What size is the {color} {shape}?"];
     private static readonly string[] CellQuestions = ["Is there a shape in the {pos}?", "Is the {pos} of the image empty?"];
 
+    // The curriculum's first step (sharegpt4v-shapes curriculum): one word of the question to find among the image's
+    // objects, before the conjunctions of stage 2.
+    private static readonly string[] ShapeLookupQuestions = ["Is there a {shape} in the image?", "Do you see a {shape}?", "Does the image contain a {shape}?"];
+    private static readonly string[] ColorLookupQuestions = ["Is there a {color} shape in the image?", "Do you see a {color} shape?", "Does the image contain a {color} shape?"];
+
     private static T Pick<T>(Random rng, IReadOnlyList<T> items) => items[rng.Next(items.Count)];
 
     /// <summary>Fills a question template; "a {color}" becomes "an orange" where the colour starts with a vowel.</summary>
@@ -242,6 +247,75 @@ internal static class Language
             if (chosen[i].Category != "caption" && rng.Next(2) == 0)
                 chosen[i] = chosen[i] with { Question = chosen[i].Question + ShortAnswerSuffix };
         return chosen;
+    }
+
+    /// <summary>
+    /// Curriculum step 1, lookups: two "is there a {shape}" and two "is there a {color} shape" questions (one present and
+    /// one absent of each where the scene allows) and a count question, in random order. The count question keeps the
+    /// model counting while it learns to find one word of a question among the objects it sees.
+    /// </summary>
+    public static List<SceneQuestion> LookupTurns(Scene scene, Random rng)
+    {
+        var shapes = scene.Objects.Select(o => o.Shape).ToHashSet();
+        var colors = scene.Objects.Select(o => o.Color).ToHashSet();
+        var turns = new List<SceneQuestion> { CountQuestion(scene, Pick(rng, CountQuestions)) };
+        foreach (bool present in new[] { true, false })
+        {
+            var shapeChoices = Enumerable.Range(0, World.Shapes.Length).Where(x => shapes.Contains(x) == present).ToList();
+            if (shapeChoices.Count > 0)
+            {
+                string shape = World.Shapes[Pick(rng, shapeChoices)];
+                turns.Add(new SceneQuestion("lookup_shape", Fill(Pick(rng, ShapeLookupQuestions), shape: shape), present ? "Yes" : "No", Shape: shape, Present: present));
+            }
+            var colorChoices = Enumerable.Range(0, World.Colors.Length).Where(x => colors.Contains(x) == present).ToList();
+            if (colorChoices.Count > 0)
+            {
+                string color = World.Colors[Pick(rng, colorChoices)];
+                turns.Add(new SceneQuestion("lookup_color", Fill(Pick(rng, ColorLookupQuestions), color), present ? "Yes" : "No", Color: color, Present: present));
+            }
+        }
+        return ShuffleWithSuffix(turns, rng);
+    }
+
+    /// <summary>
+    /// Curriculum step 2, binding: a count question, up to two present and two absent (colour, shape) pairs (the absent
+    /// ones mostly sharing a colour or a shape with an object, as <see cref="AbsentPair"/> draws them), "where" for up to
+    /// two uniquely named objects, the colour of a lone shape, and a describe turn in about one record in four. Every
+    /// question the held-out split asks, with the two that need binding asked most.
+    /// </summary>
+    public static List<SceneQuestion> BindingTurns(Scene scene, Random rng)
+    {
+        var turns = new List<SceneQuestion> { CountQuestion(scene, Pick(rng, CountQuestions)) };
+        if (scene.Objects.Count == 1) turns.Add(ColorQuestion(scene.Objects[0], Pick(rng, ColorQuestions)));
+        var presentPairs = Pairs(scene).ToList();
+        rng.Shuffle(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(presentPairs));
+        var asked = new HashSet<(int, int)>();
+        for (int i = 0; i < Math.Min(presentPairs.Count, 2); i++)
+        {
+            var (c, s) = presentPairs[i];
+            turns.Add(YesNoQuestion(c, s, true, Pick(rng, YesNoQuestions)));
+        }
+        for (int i = 0; i < 2; i++)
+        {
+            var absent = AbsentPair(scene, rng);
+            if (asked.Add(absent)) turns.Add(YesNoQuestion(absent.Color, absent.Shape, false, Pick(rng, YesNoQuestions)));
+        }
+        var unique = UniquelyNamed(scene);
+        rng.Shuffle(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(unique));
+        foreach (var o in unique.Take(2)) turns.Add(WhereQuestion(o, Pick(rng, WhereQuestions)));
+        turns = ShuffleWithSuffix(turns, rng);
+        if (rng.NextDouble() < 0.25)
+            turns.Insert(rng.Next(turns.Count + 1), new SceneQuestion("caption", Pick(rng, DescribeRequests), Caption(scene, rng)));
+        return turns;
+    }
+
+    /// <summary>Shuffles short-answer turns and gives about half of them the reference's short-answer instruction.</summary>
+    private static List<SceneQuestion> ShuffleWithSuffix(List<SceneQuestion> turns, Random rng)
+    {
+        rng.Shuffle(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(turns));
+        for (int i = 0; i < turns.Count; i++)
+            if (rng.Next(2) == 0) turns[i] = turns[i] with { Question = turns[i].Question + ShortAnswerSuffix };
+        return turns;
     }
 
     /// <summary>

@@ -8,6 +8,7 @@ internal static class Program
     private const string Usage = """
         usage: sharegpt4v-shapes generate --out DIR [--seed 1] [--stage1 N] [--stage2 N] [--eval 200] [--renderer default|alt]
                    [--extra-questions] [--label-cells] [--threads N] [--overwrite]
+               sharegpt4v-shapes curriculum --data DIR
                sharegpt4v-shapes init-model --data DIR --out MODELDIR [--image-size 160] [--patch-size 16] [--vision-hidden 160]
                    [--vision-layers 5] [--vision-heads 5] [--vision-intermediate 640] [--hidden 192] [--layers 4] [--heads 6]
                    [--intermediate 512] [--max-positions 1024] [--overwrite]
@@ -18,6 +19,8 @@ internal static class Program
                     --extra-questions adds binding questions to stage 2 (shape / colour in a cell, size, empty cells).
                     --label-cells makes the label masks name colour, shape and grid cell (217 classes) instead of
                     colour, shape and size (49 classes).
+        curriculum  writes stage2-lookup.json and stage2-binding.json beside DIR/stage2.json, over the same images: the
+                    recipe's last two instruction steps (one-word lookups, then the binding questions; docs/shapes-model.md).
         init-model  writes a llava-hf model folder without weights: configs and a word-level tokenizer built from DIR.
         """;
 
@@ -59,6 +62,10 @@ internal static class Program
                         options.ContainsKey("label-cells"));
                     g.Validate();
                     DatasetGenerator.Generate(g, log, ct);
+                    return 0;
+                case "curriculum":
+                    Check(options, "data");
+                    DatasetGenerator.WriteCurriculum(Required(options, "data"), log, ct);
                     return 0;
                 case "init-model":
                     Check(options, "data", "out", "image-size", "patch-size", "vision-hidden", "vision-layers", "vision-heads",

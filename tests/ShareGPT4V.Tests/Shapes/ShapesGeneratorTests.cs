@@ -303,6 +303,15 @@ public class ShapesGeneratorTests(ShapesDataset data) : IClassFixture<ShapesData
             Assert.Equal(colorQ.Groups[3].Value, scene.Objects[0].ShapeName);
             return World.Capitalize(scene.Objects[0].ColorName);
         }
+        // The curriculum's one-word lookups.
+        var lookup = Regex.Match(q, "^(Is there|Do you see|Does the image contain) an? ((red|green|blue|yellow|orange|purple) shape|circle|square|triangle|star)( in the image)?\\?$");
+        if (lookup.Success)
+        {
+            bool found = lookup.Groups[3].Success
+                ? scene.Objects.Any(x => x.ColorName == lookup.Groups[3].Value)
+                : scene.Objects.Any(x => x.ShapeName == lookup.Groups[2].Value);
+            return found ? "Yes" : "No";
+        }
         var pair = Regex.Match(q, "(red|green|blue|yellow|orange|purple) (circle|square|triangle|star)");
         Assert.True(pair.Success, q);
         var named = scene.Objects.Where(o => o.ColorName == pair.Groups[1].Value && o.ShapeName == pair.Groups[2].Value).ToList();
@@ -392,6 +401,64 @@ public class ShapesGeneratorTests(ShapesDataset data) : IClassFixture<ShapesData
         Assert.InRange(suffixed / (double)(suffixed + plain), 0.4, 0.6);
         Assert.InRange(describe / 400.0, 0.18, 0.32);
         Assert.True(extraSeen > 100, $"{extraSeen} binding questions");
+    }
+
+    [Fact]
+    public void CurriculumFilesAskTrueQuestionsAboutTheStage2Images()
+    {
+        string dir = Path.Combine(data.Root, "curriculum");
+        DatasetGenerator.Generate(new GenerateOptions(dir, ShapesDataset.Seed, Stage1: 0, Stage2: 40, Eval: 0), TextWriter.Null, CancellationToken.None);
+        var log = new StringWriter();
+        Assert.Equal(0, ShapesCli.Run(["curriculum", "--data", dir], log, CancellationToken.None));
+        var scenes = Scenes(dir, "stage2");
+        var first = new Dictionary<string, byte[]>();
+        int lookups = 0, yes = 0, no = 0, where = 0, conj = 0, count = 0;
+        foreach (var file in DatasetGenerator.CurriculumFiles)
+        {
+            first[file] = File.ReadAllBytes(Path.Combine(dir, file));
+            var records = TrainingDataFile.Read(Path.Combine(dir, file));
+            Assert.Equal(40, records.Count);
+            for (int i = 0; i < records.Count; i++)
+            {
+                Assert.Equal(scenes[i].Image, records[i].Images[0]);
+                var (scene, _, _, _) = DatasetGenerator.Plan(ShapesDataset.Seed, 1, i, RendererKind.Default);
+                Assert.Equal(scenes[i].Objects.Select(o => (o.Color, o.Shape, o.Row, o.Col)), scene.Objects.Select(o => (o.ColorName, o.ShapeName, o.Row, o.Col)));
+                var turns = records[i].Conversations;
+                Assert.StartsWith("<image>\n", turns[0].Value, StringComparison.Ordinal);
+                bool counted = false;
+                for (int t = 0; t < turns.Count; t += 2)
+                {
+                    string question = turns[t].Value, answer = turns[t + 1].Value;
+                    if (ShapesText.DescribeRequests.Contains(question.Replace("<image>\n", "", StringComparison.Ordinal)))
+                    {
+                        Assert.EndsWith("binding.json", file, StringComparison.Ordinal);
+                        CheckCaption(answer, scene);
+                        continue;
+                    }
+                    Assert.Equal(ExpectedAnswer(question, scene), answer);
+                    if (Regex.IsMatch(question, "(How many|Count|number of)")) { counted = true; count++; }
+                    else if (file.Contains("lookup", StringComparison.Ordinal)) { lookups++; if (answer == "Yes") yes++; else no++; }
+                    else if (answer.StartsWith("In the", StringComparison.Ordinal)) where++;
+                    else if (answer is "Yes" or "No") conj++;
+                }
+                Assert.True(counted, $"{file} record {i} has no count question");
+            }
+        }
+        Assert.Equal(80, count);
+        Assert.InRange(yes / (double)(yes + no), 0.4, 0.6);
+        Assert.True(lookups >= 40 * 3 && conj >= 40 * 2 && where >= 40, $"{lookups} lookups, {conj} conjunctions, {where} where");
+
+        // Deterministic; and a dataset whose scenes no longer match its seed is refused, its files left as they were.
+        Assert.Equal(0, ShapesCli.Run(["curriculum", "--data", dir], log, CancellationToken.None));
+        foreach (var file in DatasetGenerator.CurriculumFiles) Assert.Equal(first[file], File.ReadAllBytes(Path.Combine(dir, file)));
+        string scenesPath = Path.Combine(dir, "scenes", "stage2.jsonl");
+        File.WriteAllText(scenesPath, File.ReadAllText(scenesPath).Replace("\"red\"", "\"blue\"", StringComparison.Ordinal));
+        var refused = new StringWriter();
+        Assert.Equal(1, ShapesCli.Run(["curriculum", "--data", dir], refused, CancellationToken.None));
+        Assert.Contains("does not match scene", refused.ToString());
+        foreach (var file in DatasetGenerator.CurriculumFiles) Assert.Equal(first[file], File.ReadAllBytes(Path.Combine(dir, file)));
+        Assert.Equal(1, ShapesCli.Run(["curriculum", "--data", Path.Combine(data.Root, "nothing-here")], refused, CancellationToken.None));
+        Assert.Equal(2, ShapesCli.Run(["curriculum"], refused, CancellationToken.None));
     }
 
     [Fact]
