@@ -17,7 +17,7 @@ STAGE1_STEPS=${STAGE1_STEPS:-350}   # optimizer steps of 16 records (the first o
 STAGE2_STEPS=${STAGE2_STEPS:-550}
 STAGE3_STEPS=${STAGE3_STEPS:-500}
 LOOKUP_STEPS=${LOOKUP_STEPS:-700}
-BINDING_STEPS=${BINDING_STEPS:-2000}
+BINDING_STEPS=${BINDING_STEPS:-1200}
 # LABEL_CELLS=1: the ablation whose patch labels name colour, shape and grid cell (217 classes) instead of colour,
 # shape and size (49); it measured no better (docs/shapes-model.md), so the shipped model does not use it.
 if [ "${LABEL_CELLS:-0}" = 1 ]; then LABEL_ARGS=(--label-cells); AUX_CLASSES=217; else LABEL_ARGS=(); AUX_CLASSES=49; fi

@@ -250,55 +250,49 @@ internal static class Language
     }
 
     /// <summary>
-    /// Curriculum step 1, lookups: two "is there a {shape}" and two "is there a {color} shape" questions (one present and
-    /// one absent of each where the scene allows) and a count question, in random order. The count question keeps the
-    /// model counting while it learns to find one word of a question among the objects it sees.
+    /// Curriculum step 1, lookups: six "is there a {shape}" or "is there a {color} shape" questions and a count question,
+    /// in random order. Each lookup is present or absent on its own coin flip: a record that balanced them would let the
+    /// model answer its later questions from its earlier answers instead of from the image (docs/shapes-model.md). The
+    /// count question keeps the model counting while it learns to find one word of a question among the objects.
     /// </summary>
     public static List<SceneQuestion> LookupTurns(Scene scene, Random rng)
     {
         var shapes = scene.Objects.Select(o => o.Shape).ToHashSet();
         var colors = scene.Objects.Select(o => o.Color).ToHashSet();
         var turns = new List<SceneQuestion> { CountQuestion(scene, Pick(rng, CountQuestions)) };
-        foreach (bool present in new[] { true, false })
+        for (int i = 0; i < 6; i++)
         {
-            var shapeChoices = Enumerable.Range(0, World.Shapes.Length).Where(x => shapes.Contains(x) == present).ToList();
-            if (shapeChoices.Count > 0)
-            {
-                string shape = World.Shapes[Pick(rng, shapeChoices)];
-                turns.Add(new SceneQuestion("lookup_shape", Fill(Pick(rng, ShapeLookupQuestions), shape: shape), present ? "Yes" : "No", Shape: shape, Present: present));
-            }
-            var colorChoices = Enumerable.Range(0, World.Colors.Length).Where(x => colors.Contains(x) == present).ToList();
-            if (colorChoices.Count > 0)
-            {
-                string color = World.Colors[Pick(rng, colorChoices)];
-                turns.Add(new SceneQuestion("lookup_color", Fill(Pick(rng, ColorLookupQuestions), color), present ? "Yes" : "No", Color: color, Present: present));
-            }
+            bool byShape = rng.Next(2) == 0, present = rng.Next(2) == 0;
+            var choices = byShape
+                ? Enumerable.Range(0, World.Shapes.Length).Where(x => shapes.Contains(x) == present).Select(x => World.Shapes[x]).ToList()
+                : Enumerable.Range(0, World.Colors.Length).Where(x => colors.Contains(x) == present).Select(x => World.Colors[x]).ToList();
+            if (choices.Count == 0) continue; // every shape present: no absent shape to ask about (rare)
+            string word = Pick(rng, choices);
+            turns.Add(byShape
+                ? new SceneQuestion("lookup_shape", Fill(Pick(rng, ShapeLookupQuestions), shape: word), present ? "Yes" : "No", Shape: word, Present: present)
+                : new SceneQuestion("lookup_color", Fill(Pick(rng, ColorLookupQuestions), word), present ? "Yes" : "No", Color: word, Present: present));
         }
         return ShuffleWithSuffix(turns, rng);
     }
 
     /// <summary>
-    /// Curriculum step 2, binding: a count question, up to two present and two absent (colour, shape) pairs (the absent
-    /// ones mostly sharing a colour or a shape with an object, as <see cref="AbsentPair"/> draws them), "where" for up to
-    /// two uniquely named objects, the colour of a lone shape, and a describe turn in about one record in four. Every
-    /// question the held-out split asks, with the two that need binding asked most.
+    /// Curriculum step 2, binding: a count question, four (colour, shape) questions each present or absent on its own
+    /// coin flip (the absent ones mostly sharing a colour or a shape with an object, as <see cref="AbsentPair"/> draws
+    /// them), "where" for up to two uniquely named objects, the colour of a lone shape, and a describe turn in about one
+    /// record in four: every question the held-out split asks, with the two that need binding asked most.
     /// </summary>
     public static List<SceneQuestion> BindingTurns(Scene scene, Random rng)
     {
         var turns = new List<SceneQuestion> { CountQuestion(scene, Pick(rng, CountQuestions)) };
         if (scene.Objects.Count == 1) turns.Add(ColorQuestion(scene.Objects[0], Pick(rng, ColorQuestions)));
         var presentPairs = Pairs(scene).ToList();
-        rng.Shuffle(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(presentPairs));
-        var asked = new HashSet<(int, int)>();
-        for (int i = 0; i < Math.Min(presentPairs.Count, 2); i++)
+        // A pair may come twice (a one-shape scene has one present pair); dropping repeats would make "No" likelier
+        // in small scenes, a prior the model could learn instead of looking.
+        for (int i = 0; i < 4; i++)
         {
-            var (c, s) = presentPairs[i];
-            turns.Add(YesNoQuestion(c, s, true, Pick(rng, YesNoQuestions)));
-        }
-        for (int i = 0; i < 2; i++)
-        {
-            var absent = AbsentPair(scene, rng);
-            if (asked.Add(absent)) turns.Add(YesNoQuestion(absent.Color, absent.Shape, false, Pick(rng, YesNoQuestions)));
+            bool present = rng.Next(2) == 0;
+            var (c, s) = present ? Pick(rng, presentPairs) : AbsentPair(scene, rng);
+            turns.Add(YesNoQuestion(c, s, present, Pick(rng, YesNoQuestions)));
         }
         var unique = UniquelyNamed(scene);
         rng.Shuffle(System.Runtime.InteropServices.CollectionsMarshal.AsSpan(unique));

@@ -41,7 +41,8 @@ public sealed class ShippedModelTests(ITestOutputHelper output) : IDisposable
         return Regex.Matches(args, "\"[^\"]*\"|\\S+").Select(m => m.Value.Trim('"')).ToArray();
     }
 
-    private static HashSet<(string Color, string Shape)> Truth(string image)
+    /// <summary>The sample's (colour, shape) pairs, their grid positions and its background, from samples.jsonl.</summary>
+    private static (HashSet<(string Color, string Shape)> Pairs, List<string> Positions, string Background) Scene(string image)
     {
         var scenes = Path.Combine(ModelDir, "samples", "samples.jsonl");
         foreach (var line in File.ReadLines(scenes))
@@ -49,8 +50,9 @@ public sealed class ShippedModelTests(ITestOutputHelper output) : IDisposable
             using var doc = JsonDocument.Parse(line);
             var e = doc.RootElement;
             if (e.GetProperty("image").GetString() != Path.GetFileName(image)) continue;
-            return e.GetProperty("objects").EnumerateArray()
-                .Select(o => (o.GetProperty("color").GetString()!, o.GetProperty("shape").GetString()!)).ToHashSet();
+            var objects = e.GetProperty("objects").EnumerateArray().ToList();
+            return (objects.Select(o => (o.GetProperty("color").GetString()!, o.GetProperty("shape").GetString()!)).ToHashSet(),
+                objects.Select(o => o.GetProperty("position").GetString()!).ToList(), e.GetProperty("background").GetString()!);
         }
         throw new InvalidOperationException($"{image} is not in {scenes}");
     }
@@ -73,7 +75,11 @@ public sealed class ShippedModelTests(ITestOutputHelper output) : IDisposable
         string caption = (await stdout).Trim();
         output.WriteLine(caption);
         string image = args[Array.IndexOf(args, "--image") + 1];
-        Assert.Equal(Truth(image), ShapesBenchmark.CaptionPairs(caption));
+        // True in every word the scene fixes: the shapes and colours, where each one is, and the background.
+        var scene = Scene(image);
+        Assert.Equal(scene.Pairs, ShapesBenchmark.CaptionPairs(caption));
+        foreach (var position in scene.Positions) Assert.Contains(position, caption, StringComparison.Ordinal);
+        Assert.Contains(scene.Background + " background", caption, StringComparison.Ordinal);
     }
 
     [Fact]
