@@ -10,29 +10,14 @@ Prints the loss and the answer accuracy over the last 100 steps. docs/shapes-mod
 
 Usage: python3 scripts/shapes/binding_probe.py --mode conj --steps 3000   (PyTorch 1.13, one thread)
 """
-import argparse
 import random
-import time
 
 import torch
 import torch.nn as nn
 
-ap = argparse.ArgumentParser()
-ap.add_argument("--mode", choices=["shape", "conj"], default="conj")
-ap.add_argument("--layers", type=int, default=4)
-ap.add_argument("--width", type=int, default=192)
-ap.add_argument("--lr", type=float, default=1e-3)
-ap.add_argument("--steps", type=int, default=3000)
-ap.add_argument("--questions", type=int, default=4, help="questions per scene")
-ap.add_argument("--batch", type=int, default=16)
-ap.add_argument("--seed", type=int, default=0)
-a = ap.parse_args()
-torch.set_num_threads(1)
-torch.manual_seed(a.seed)
-random.seed(a.seed)
+from probe_train import COLORS, SHAPES, parse_args, train
 
-COLORS = ["red", "green", "blue", "yellow", "orange", "purple"]
-SHAPES = ["circle", "square", "triangle", "star"]
+a = parse_args(lambda ap: ap.add_argument("--mode", choices=["shape", "conj"], default="conj"))
 CELLS = ["top left", "top center", "top right", "middle left", "center", "middle right",
          "bottom left", "bottom center", "bottom right"]
 vocab = {"<pad>": 0, "USER:": 1, "ASSISTANT:": 2, "</s>": 3}
@@ -95,20 +80,4 @@ class Decoder(nn.Module):
 
 
 model = Decoder()
-opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0)
-start, acc = time.time(), []
-for step in range(1, a.steps + 1):
-    batch = [record() for _ in range(a.batch)]
-    t = max(len(x) for x, _ in batch)
-    x = torch.tensor([x + [0] * (t - len(x)) for x, _ in batch])
-    y = torch.tensor([y + [-100] * (t - len(y)) for _, y in batch])[:, 1:]
-    logits = model(x)[:, :-1]
-    loss = nn.functional.cross_entropy(logits.reshape(-1, V), y.reshape(-1), ignore_index=-100)
-    opt.zero_grad()
-    loss.backward()
-    nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    opt.step()
-    m = y != -100
-    acc.append(((logits.argmax(-1) == y) & m).sum().item() / m.sum().item())
-    if step % 100 == 0:
-        print(f"step {step} loss {loss.item():.3f} accuracy(last 100) {sum(acc[-100:]) / 100:.3f} {time.time() - start:.0f}s", flush=True)
+train(model, record, V, a.steps, a.batch, a.lr)

@@ -12,30 +12,15 @@ shape an auxiliary alignment loss would give image tokens. docs/shapes-model.md 
 
 Usage: python3 scripts/shapes/patch_probe.py --steps 3000 [--lr 1e-3] [--questions 4] [--tied 0]   (PyTorch 1.13)
 """
-import argparse
 import math
 import random
-import time
 
 import torch
 import torch.nn as nn
 
-ap = argparse.ArgumentParser()
-ap.add_argument("--layers", type=int, default=4)
-ap.add_argument("--width", type=int, default=192)
-ap.add_argument("--lr", type=float, default=1e-3)
-ap.add_argument("--steps", type=int, default=3000)
-ap.add_argument("--questions", type=int, default=4, help="questions per scene")
-ap.add_argument("--batch", type=int, default=16)
-ap.add_argument("--tied", type=int, default=0, help="1: patch embedding = colour word + shape word embeddings")
-ap.add_argument("--seed", type=int, default=0)
-a = ap.parse_args()
-torch.set_num_threads(1)
-torch.manual_seed(a.seed)
-random.seed(a.seed)
+from probe_train import COLORS, SHAPES, parse_args, train
 
-COLORS = ["red", "green", "blue", "yellow", "orange", "purple"]
-SHAPES = ["circle", "square", "triangle", "star"]
+a = parse_args(lambda ap: ap.add_argument("--tied", type=int, default=0, help="1: patch embedding = colour word + shape word embeddings"))
 vocab = {"<pad>": 0, "USER:": 1, "ASSISTANT:": 2, "</s>": 3, "<bg>": 4}
 
 
@@ -133,20 +118,4 @@ class Decoder(nn.Module):
 
 
 model = Decoder()
-opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0)
-start, acc = time.time(), []
-for step in range(1, a.steps + 1):
-    batch = [record() for _ in range(a.batch)]
-    t = max(len(x) for x, _ in batch)
-    x = torch.tensor([x + [0] * (t - len(x)) for x, _ in batch])
-    y = torch.tensor([y + [-100] * (t - len(y)) for _, y in batch])[:, 1:]
-    logits = model(x)[:, :-1]
-    loss = nn.functional.cross_entropy(logits.reshape(-1, V), y.reshape(-1), ignore_index=-100)
-    opt.zero_grad()
-    loss.backward()
-    nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    opt.step()
-    m = y != -100
-    acc.append(((logits.argmax(-1) == y) & m).sum().item() / m.sum().item())
-    if step % 100 == 0:
-        print(f"step {step} loss {loss.item():.3f} accuracy(last 100) {sum(acc[-100:]) / 100:.3f} {time.time() - start:.0f}s", flush=True)
+train(model, record, V, a.steps, a.batch, a.lr)
