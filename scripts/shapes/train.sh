@@ -67,8 +67,9 @@ stamp "stage 2, second pass"
   --per-device-batch-size 16 --learning-rate 3e-4 --max-steps "$STAGE3_STEPS" --seed $((SEED + 1)) "${common[@]}"
 
 # 4. Curriculum, lookups: one word of the question to find among the objects ("Is there a star?", "Is there a red
-#    shape?"), with a count question in every record so counting is not forgotten. The conjunctions of stage 2 stay at
-#    chance for thousands of steps; one-word lookups start to be learned within a few hundred (docs/shapes-model.md).
+#    shape?"), each present or absent on its own coin flip, with a count question in every record so counting is not
+#    forgotten. The passes above leave every question-dependent answer at chance; these steps measurably raise
+#    counting and not yet the rest (docs/shapes-model.md, which also says what to try next).
 stamp "curriculum: lookups"
 [ -f "$WORK/lookup/model.safetensors" ] || cli train --stage finetune --model "$WORK/stage3" --data "$WORK/data/stage2-lookup.json" --output "$WORK/lookup" \
   --per-device-batch-size 16 --learning-rate 5e-4 --max-steps "$LOOKUP_STEPS" --seed $((SEED + 2)) "${common[@]}"
